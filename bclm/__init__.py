@@ -1,0 +1,3 @@
+"""bclm: behavior cloning as language modeling."""
+
+__version__ = "0.1.0"

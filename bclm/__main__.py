@@ -1,0 +1,5 @@
+import sys
+
+from bclm.cli import main
+
+sys.exit(main())

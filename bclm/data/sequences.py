@@ -1,0 +1,129 @@
+"""Token sequences for training: windows of whole timesteps, the task prompt first, loss on actions only.
+
+A window is `[BOS, TASK, o_s, ACT, a_s, o_s+1, ACT, a_s+1, ...]` holding at most
+`(context_length - prefix_len) // step_len` whole timesteps. Labels are -100 everywhere except on action
+tokens, so the model is trained on log π(a_t | o_≤t, a_<t) and never on predicting observations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bclm.config import option
+from bclm.errors import BCLMError
+from bclm.tokenizers import BCTokenizer
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class DataConfig:
+    context_length: int = option(256, "Tokens per training window (and the policy's context at rollout time).")
+    stride_fraction: float = option(
+        0.5, "Distance between window starts within an episode, as a fraction of the steps per window.")
+    shards: list[str] = option([], "Shards of the dataset to train on (empty = all).")
+    val_episodes: int = option(0, "Episodes held out to measure validation loss and action accuracy.")
+
+    def __post_init__(self) -> None:
+        if self.context_length < 8:
+            raise BCLMError(f"data.context_length must be at least 8, got {self.context_length}")
+        if not 0 < self.stride_fraction <= 1:
+            raise BCLMError(f"data.stride_fraction must be in (0, 1], got {self.stride_fraction}")
+
+
+def steps_per_window(tokenizer: BCTokenizer, context_length: int) -> int:
+    n = (context_length - tokenizer.prefix_len) // tokenizer.step_len
+    if n < 1:
+        raise BCLMError(
+            f"data.context_length {context_length} is too short for one timestep "
+            f"({tokenizer.prefix_len} prompt + {tokenizer.step_len} step tokens)")
+    return n
+
+
+def action_label_mask(tokenizer: BCTokenizer) -> np.ndarray:
+    """(step_len,) True at the action token positions of one timestep."""
+    mask = np.zeros(tokenizer.step_len, dtype=bool)
+    mask[tokenizer.obs_len + 1:] = True
+    return mask
+
+
+@dataclass
+class EpisodeTokens:
+    """All timesteps of a dataset as tokens: (N, step_len), grouped into contiguous episodes."""
+
+    steps: np.ndarray          # (N, step_len) int64, rows of one episode are contiguous and in order
+    starts: np.ndarray         # (E,) first row of each episode
+    lengths: np.ndarray        # (E,) steps per episode
+    task_tokens: np.ndarray    # (E,) task token id of each episode
+    episode_ids: np.ndarray    # (E,) the store's episode id
+
+
+def tokenize_episodes(tokenizer: BCTokenizer, observation, action, episode: np.ndarray, step: np.ndarray,
+                      task: np.ndarray) -> EpisodeTokens:
+    """Tokenize every step at once (vectorised), then sort rows into contiguous episodes."""
+    tokens = tokenizer.encode_steps(observation, action)
+    order = np.lexsort((step, episode))
+    tokens, episode, task = tokens[order], episode[order], task[order]
+    ids, starts, lengths = np.unique(episode, return_index=True, return_counts=True)
+    task_tokens = np.array([tokenizer.task_token(str(t)) for t in task[starts]], dtype=np.int64)
+    return EpisodeTokens(tokens, starts, lengths, task_tokens, ids)
+
+
+def window_index(lengths: np.ndarray, per_window: int, stride: int) -> np.ndarray:
+    """(W, 3) rows of (episode, first step, number of steps); the last window of an episode ends at its end."""
+    rows = []
+    for e, n in enumerate(lengths):
+        starts = list(range(0, max(n - per_window, 0) + 1, stride))
+        if starts[-1] + per_window < n:
+            starts.append(n - per_window)
+        rows.extend((e, s, min(per_window, n - s)) for s in starts)
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Windows over tokenized episodes; items are built on access (cheap slices of one array)."""
+
+    def __init__(self, tokens: EpisodeTokens, tokenizer: BCTokenizer, context_length: int,
+                 stride_fraction: float = 0.5):
+        self.tokens = tokens
+        self.per_window = steps_per_window(tokenizer, context_length)
+        stride = max(1, int(self.per_window * stride_fraction))
+        self.index = window_index(tokens.lengths, self.per_window, stride)
+        self.bos = tokenizer.bos_id
+        self.label_mask = action_label_mask(tokenizer)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        e, s, n = self.index[i]
+        row = self.tokens.starts[e] + s
+        body = self.tokens.steps[row:row + n]                                 # (n, step_len)
+        prefix = np.array([self.bos, self.tokens.task_tokens[e]], dtype=np.int64)
+        input_ids = np.concatenate([prefix, body.reshape(-1)])
+        labels = np.where(np.tile(self.label_mask, n), body.reshape(-1), IGNORE_INDEX)
+        labels = np.concatenate([np.full(len(prefix), IGNORE_INDEX), labels])
+        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
+
+
+class PadCollator:
+    """Right-pads a batch to its longest window; padding is masked out and carries no loss."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        length = max(len(it["input_ids"]) for it in items)
+        batch = len(items)
+        input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
+        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        for b, it in enumerate(items):
+            n = len(it["input_ids"])
+            input_ids[b, :n] = it["input_ids"]
+            labels[b, :n] = it["labels"]
+            attention_mask[b, :n] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}

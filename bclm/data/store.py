@@ -1,0 +1,299 @@
+"""Trajectory store: one Hugging Face `datasets` shard per source/round, on disk, memory-mapped.
+
+Layout of a store directory:
+
+    DIR/bclm_dataset.json     spaces, env id, format version: the dataset alone says how to tokenize it
+    DIR/round-000/            a `Dataset.save_to_disk` shard (Arrow), one row per environment step
+    DIR/round-001/ ...
+
+A shard is written to a temporary directory and renamed into place, so a crash mid-write leaves the
+earlier shards intact and no half-written shard is ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import gymnasium as gym
+import numpy as np
+
+from bclm.errors import BCLMError
+from bclm.tokenizers import assemble, flatten_leaves, leaf_arrays, space_from_dict, space_to_dict
+
+META_FILE = "bclm_dataset.json"
+FORMAT = "bclm-dataset"
+FORMAT_VERSION = 1
+
+datasets.disable_progress_bars()
+
+
+def _column(prefix: str, path: str) -> str:
+    return prefix if path == "" else f"{prefix}.{path}"
+
+
+def _leaf_feature(space: gym.Space) -> datasets.features.FeatureType:
+    if isinstance(space, gym.spaces.Text):
+        return datasets.Value("string")
+    dtype = np.dtype(space.dtype).name
+    shape = space.shape or ()
+    if len(shape) == 0:
+        return datasets.Value(dtype)
+    # Leaves are stored flattened: one fixed-length list per step, reshaped on read with the space.
+    return datasets.List(datasets.Value(dtype), length=int(np.prod(shape)))
+
+
+def space_features(prefix: str, space: gym.Space) -> dict[str, Any]:
+    return {_column(prefix, path): _leaf_feature(leaf) for path, leaf in flatten_leaves(space)}
+
+
+PROVENANCE = {
+    "episode": datasets.Value("int64"),
+    "step": datasets.Value("int32"),
+    "reward": datasets.Value("float32"),
+    "terminated": datasets.Value("bool"),
+    "truncated": datasets.Value("bool"),
+    "task": datasets.Value("string"),
+    "round": datasets.Value("int32"),
+    "source": datasets.Value("string"),
+    "expert_used": datasets.Value("bool"),
+    "beta": datasets.Value("float32"),
+    "policy_revision": datasets.Value("string"),
+}
+
+
+def store_features(observation_space: gym.Space, action_space: gym.Space) -> datasets.Features:
+    """`action` is the executed action, `expert_action` the expert's label for the same state."""
+    return datasets.Features({
+        **space_features("observation", observation_space),
+        **space_features("action", action_space),
+        **space_features("expert_action", action_space),
+        **PROVENANCE,
+    })
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished episode, as leaf arrays with a leading time axis."""
+
+    observation: dict[str, np.ndarray]
+    action: dict[str, np.ndarray]
+    expert_action: dict[str, np.ndarray] | None
+    reward: np.ndarray
+    terminated: bool
+    truncated: bool
+    task: str
+    success: bool
+    expert_used: np.ndarray | None = None
+    beta: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return len(self.reward)
+
+    @property
+    def episode_return(self) -> float:
+        return float(np.sum(self.reward, dtype=np.float64))
+
+
+def _stack_leaves(prefix: str, space: gym.Space, leaves: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    out = {}
+    for path, leaf in flatten_leaves(space):
+        arr = np.concatenate([ep[path] for ep in leaves])
+        if not isinstance(leaf, gym.spaces.Text) and arr.ndim > 1:
+            arr = arr.reshape(len(arr), -1)
+        out[_column(prefix, path)] = arr if not isinstance(leaf, gym.spaces.Text) else arr.tolist()
+    return out
+
+
+class TrajectoryStore:
+    """A directory of trajectory shards that share one observation and action space."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / META_FILE
+        if not meta_path.is_file():
+            raise BCLMError(f"{meta_path} not found: {self.path} is not a bclm dataset (run `bclm collect` first)")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise BCLMError(f"{meta_path} is not valid JSON: {e}") from None
+        if self.meta.get("format") != FORMAT:
+            raise BCLMError(f"{meta_path}: format {self.meta.get('format')!r} is not {FORMAT!r}")
+        version = self.meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise BCLMError(
+                f"{meta_path}: format_version {version!r} is newer than this bclm reads ({FORMAT_VERSION}); "
+                "upgrade bclm")
+        self.observation_space = space_from_dict(self.meta["observation_space"])
+        self.action_space = space_from_dict(self.meta["action_space"])
+        self.features = store_features(self.observation_space, self.action_space)
+
+    @classmethod
+    def create(cls, path: str | Path, observation_space: gym.Space, action_space: gym.Space,
+               env_id: str, task: str) -> TrajectoryStore:
+        """Create a new store; refuse a directory that already holds something, never overwrite."""
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            raise BCLMError(f"{path} already exists and is not empty: choose a new --output directory")
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "env_id": env_id,
+            "task": task,
+            "observation_space": space_to_dict(observation_space),
+            "action_space": space_to_dict(action_space),
+        }
+        _atomic_write_text(path / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
+        return cls(path)
+
+    def shard_names(self) -> list[str]:
+        """Complete shards in order (temporary directories of an interrupted write are ignored)."""
+        return sorted(p.name for p in self.path.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and (p / "dataset_info.json").is_file())
+
+    def num_episodes(self) -> int:
+        return len(set(self.load()["episode"])) if self.shard_names() else 0
+
+    def next_episode_id(self) -> int:
+        if not self.shard_names():
+            return 0
+        return int(np.max(self.load().with_format("numpy")["episode"][:])) + 1
+
+    def write_shard(self, name: str, episodes: Sequence[EpisodeRecord], *, round_index: int = 0,
+                    source: str = "expert", policy_revision: str = "") -> Path:
+        """Append the episodes as shard `name`; an existing shard of that name is an error."""
+        final = self.path / name
+        if final.exists():
+            raise BCLMError(f"shard {final} already exists; shards are never overwritten")
+        if not episodes:
+            raise BCLMError(f"shard {name}: no episodes to write")
+        first_id = self.next_episode_id()
+        columns = self._columns(episodes, first_id, round_index, source, policy_revision)
+        ds = datasets.Dataset.from_dict(columns, features=self.features)
+        tmp = self.path / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            ds.save_to_disk(str(tmp))
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def _columns(self, episodes: Sequence[EpisodeRecord], first_id: int, round_index: int, source: str,
+                 policy_revision: str) -> dict[str, Any]:
+        lengths = [ep.length for ep in episodes]
+        n = sum(lengths)
+        expert = [ep.expert_action if ep.expert_action is not None else ep.action for ep in episodes]
+        columns = {
+            **_stack_leaves("observation", self.observation_space, [ep.observation for ep in episodes]),
+            **_stack_leaves("action", self.action_space, [ep.action for ep in episodes]),
+            **_stack_leaves("expert_action", self.action_space, expert),
+            "episode": np.repeat(np.arange(first_id, first_id + len(episodes)), lengths),
+            "step": np.concatenate([np.arange(k, dtype=np.int32) for k in lengths]),
+            "reward": np.concatenate([ep.reward for ep in episodes]).astype(np.float32),
+            "terminated": np.concatenate([_last_flag(ep.length, ep.terminated) for ep in episodes]),
+            "truncated": np.concatenate([_last_flag(ep.length, ep.truncated) for ep in episodes]),
+            "task": [ep.task for ep in episodes for _ in range(ep.length)],
+            "round": np.full(n, round_index, dtype=np.int32),
+            "source": [source] * n,
+            "expert_used": np.concatenate([
+                ep.expert_used if ep.expert_used is not None else np.ones(ep.length, bool) for ep in episodes]),
+            "beta": np.concatenate([np.full(ep.length, ep.beta, np.float32) for ep in episodes]),
+            "policy_revision": [policy_revision] * n,
+        }
+        return columns
+
+    def load(self, shards: Sequence[str] | None = None) -> datasets.Dataset:
+        """All (or the named) shards as one memory-mapped dataset in numpy format."""
+        names = list(shards) if shards is not None else self.shard_names()
+        if not names:
+            raise BCLMError(f"{self.path} holds no complete shard")
+        parts = []
+        for name in names:
+            shard_path = self.path / name
+            if not (shard_path / "dataset_info.json").is_file():
+                raise BCLMError(f"shard {shard_path} not found or incomplete")
+            ds = datasets.load_from_disk(str(shard_path))
+            if ds.features != self.features:
+                raise BCLMError(
+                    f"shard {shard_path}: its columns do not match the spaces in {self.path / META_FILE}")
+            parts.append(ds)
+        ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        return ds.with_format("numpy")
+
+    def arrays(self, shards: Sequence[str] | None = None) -> StepArrays:
+        return StepArrays.from_dataset(self.load(shards), self.observation_space, self.action_space)
+
+
+@dataclass
+class StepArrays:
+    """All steps of a store in memory, as batches structured like the spaces (what tokenizers take)."""
+
+    observation: Any
+    action: Any
+    expert_action: Any
+    columns: dict[str, np.ndarray]
+
+    @classmethod
+    def from_dataset(cls, ds: datasets.Dataset, observation_space: gym.Space,
+                     action_space: gym.Space) -> StepArrays:
+        data = ds[:]
+        return cls(
+            observation=_assemble_column(data, "observation", observation_space),
+            action=_assemble_column(data, "action", action_space),
+            expert_action=_assemble_column(data, "expert_action", action_space),
+            columns={k: np.asarray(v) for k, v in data.items() if k in PROVENANCE},
+        )
+
+    def __len__(self) -> int:
+        return len(self.columns["episode"])
+
+
+def _assemble_column(data: dict[str, Any], prefix: str, space: gym.Space) -> Any:
+    leaves = {}
+    for path, leaf in flatten_leaves(space):
+        arr = np.asarray(data[_column(prefix, path)])
+        if not isinstance(leaf, gym.spaces.Text):
+            arr = arr.reshape((len(arr), *(leaf.shape or ())))
+        else:
+            arr = arr.astype(object)
+        leaves[path] = arr
+    return assemble(space, leaves)
+
+
+def _last_flag(length: int, flag: bool) -> np.ndarray:
+    out = np.zeros(length, dtype=bool)
+    out[-1] = flag
+    return out
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def episode_leaves(space: gym.Space, steps: list[Any]) -> dict[str, np.ndarray]:
+    """A list of per-step (unbatched) values → leaf arrays with a leading time axis."""
+    batched = [leaf_arrays(space, _batch_of_one(space, v)) for v in steps]
+    return {path: np.concatenate([b[path] for b in batched]) for path, _ in flatten_leaves(space)}
+
+
+def _batch_of_one(space: gym.Space, value: Any) -> Any:
+    if isinstance(space, gym.spaces.Dict):
+        return {k: _batch_of_one(s, value[k]) for k, s in space.spaces.items()}
+    if isinstance(space, gym.spaces.Tuple):
+        return tuple(_batch_of_one(s, v) for s, v in zip(space.spaces, value))
+    if isinstance(space, gym.spaces.Text):
+        return np.array([value], dtype=object)
+    return np.asarray(value)[None]

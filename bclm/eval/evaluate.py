@@ -1,0 +1,83 @@
+"""Evaluate a policy with scripted, seeded rollouts; the report is plain JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bclm.config import option
+from bclm.envs import TaskSpec, load_expert, make_env
+from bclm.errors import BCLMError
+from bclm.eval.metrics import action_mismatch, summarize
+from bclm.eval.rollout import ExpertActor, run_episodes
+from bclm.policy import Policy
+
+
+@dataclass
+class EvalConfig:
+    env: str = option("", "Task name or gymnasium id to evaluate on (default: the dataset's env).")
+    episodes: int = option(20, "Evaluation episodes.")
+    num_envs: int = option(8, "Environments stepped together (one batched forward pass per step).")
+    seed: int = option(10_000, "Seed of the first env; env i uses seed + i (kept apart from collection seeds).")
+    expert: str = option("", "Expert for the mistake rate ('module:callable' or builtin name; '' = the task's).")
+    greedy: bool = option(True, "Greedy decoding; false samples with `temperature`.")
+    temperature: float = option(1.0, "Sampling temperature when greedy is false.")
+    mistake_tolerance: float = option(
+        0.1, "A continuous action counts as a mistake when it differs from the expert's by more than this "
+             "fraction of the dimension's range.")
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.num_envs < 1:
+            raise BCLMError(f"eval.episodes and eval.num_envs must be >= 1, got {self.episodes}, {self.num_envs}")
+
+
+def check_env_matches(policy: Policy, task: TaskSpec) -> None:
+    env = make_env(task)
+    try:
+        policy.tokenizer.assert_compatible(env.observation_space, env.action_space, where=f"env {task.env_id}")
+    finally:
+        env.close()
+
+
+def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool = False) -> dict[str, Any]:
+    """Success, return, length, and (with an expert) mistakes over `config.episodes` seeded episodes."""
+    check_env_matches(policy, task)
+    expert_ref = config.expert or (task.expert or "")
+    space = policy.tokenizer.action_space
+    expert = (ExpertActor(load_expert(expert_ref), policy.tokenizer.observation_space, space, expert_ref)
+              if expert_ref else None)
+    num_envs = max(1, min(config.num_envs, config.episodes))
+    session = policy.new_session(num_envs, greedy=config.greedy, temperature=config.temperature,
+                                 seed=config.seed)
+    was_training = policy.model.training
+    policy.model.eval()
+    try:
+        result = run_episodes(task, session, config.episodes, num_envs=num_envs, seed=config.seed,
+                              expert=expert, differ=partial(action_mismatch, space,
+                                                            tolerance=config.mistake_tolerance),
+                              record=False, progress=progress)
+    finally:
+        policy.model.train(was_training)
+    report = {"env": task.name, "seed": config.seed, "expert": expert_ref or None,
+              **summarize(result.episodes, result.mistakes)}
+    return report
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain-text table (for the terminal and the README)."""
+    def cell(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    table = [columns] + [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""Scripted rollouts over gymnasium vector envs: one loop serves expert collection and policy evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector.utils import concatenate, create_empty_array, iterate
+from tqdm.auto import tqdm
+
+from bclm.data.store import EpisodeRecord
+from bclm.envs import TaskSpec, episode_success, make_vector_env
+from bclm.errors import BCLMError
+from bclm.tokenizers import leaf_arrays
+
+
+class Actor(Protocol):
+    def act(self, observations: Any, new_episode: np.ndarray) -> Any: ...
+
+
+class ExpertActor:
+    """Applies a per-observation expert to each env of the batch and checks every action it returns."""
+
+    def __init__(self, expert: Callable[[Any], Any], observation_space: gym.Space, action_space: gym.Space,
+                 name: str = "expert"):
+        self.expert = expert
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.name = name
+
+    def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
+        batch_space = gym.vector.utils.batch_space(self.observation_space, _batch_len(self.observation_space,
+                                                                                       observations))
+        items = []
+        for obs in iterate(batch_space, observations):
+            action = self.expert(obs)
+            action = _as_space_value(self.action_space, action)
+            if not self.action_space.contains(action):
+                raise BCLMError(f"expert {self.name!r} returned {action!r}, outside the action space "
+                                f"{self.action_space}")
+            items.append(action)
+        out = create_empty_array(self.action_space, len(items))
+        return concatenate(self.action_space, items, out)
+
+
+def _as_space_value(space: gym.Space, action: Any) -> Any:
+    """Experts may return Python ints/floats/lists; give them the space's dtype so `contains` is fair."""
+    if isinstance(space, gym.spaces.Discrete):
+        return np.int64(action) if np.ndim(action) == 0 and float(action).is_integer() else action
+    if isinstance(space, gym.spaces.Box | gym.spaces.MultiDiscrete | gym.spaces.MultiBinary):
+        arr = np.asarray(action)
+        if arr.shape == space.shape and np.can_cast(arr.dtype, space.dtype, "same_kind"):
+            return arr.astype(space.dtype)
+        return arr
+    return action
+
+
+def _batch_len(space: gym.Space, batch: Any) -> int:
+    return len(next(iter(leaf_arrays(space, batch).values())))
+
+
+@dataclass
+class RolloutResult:
+    episodes: list[EpisodeRecord]
+    mistakes: list[np.ndarray] = field(default_factory=list)   # per episode, (T,) bool; empty without expert
+    env_steps: int = 0
+
+
+class _EpisodeBuffer:
+    def __init__(self) -> None:
+        self.obs: list[dict[str, np.ndarray]] = []
+        self.act: list[dict[str, np.ndarray]] = []
+        self.expert: list[dict[str, np.ndarray]] = []
+        self.rewards: list[float] = []
+        self.info_success = False
+
+
+def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int = 8, seed: int = 0,
+                 expert: ExpertActor | None = None,
+                 differ: Callable[[Any, Any], np.ndarray] | None = None,
+                 record: bool = True, progress: bool = False) -> RolloutResult:
+    """Run exactly `episodes` episodes (env i runs its share; seeds seed+i) and collect them.
+
+    With an `expert`, its action is queried on every visited state; `differ(policy_actions,
+    expert_actions)` marks the mistakes (the seed lecture's cost c(s, a)).
+    """
+    if episodes < 1:
+        raise BCLMError(f"episodes must be at least 1, got {episodes}")
+    num_envs = max(1, min(num_envs, episodes))
+    quota = np.full(num_envs, episodes // num_envs)
+    quota[: episodes % num_envs] += 1
+    env = make_vector_env(task, num_envs)
+    obs_space, act_space = env.single_observation_space, env.single_action_space
+    try:
+        obs, _ = env.reset(seed=[seed + i for i in range(num_envs)])
+        buffers = [_EpisodeBuffer() for _ in range(num_envs)]
+        done_eps: list[tuple[int, EpisodeRecord, np.ndarray | None]] = []
+        mistakes_buf: list[list[bool]] = [[] for _ in range(num_envs)]
+        new_episode = np.ones(num_envs, dtype=bool)
+        steps = 0
+        bar = tqdm(total=episodes, desc=f"rollout {task.name}", disable=not progress, leave=False)
+        while quota.sum() > 0:
+            actions = actor.act(obs, new_episode)
+            expert_actions = expert.act(obs, new_episode) if expert is not None else None
+            if expert_actions is not None and differ is not None:
+                wrong = differ(actions, expert_actions)
+                for i in range(num_envs):
+                    mistakes_buf[i].append(bool(wrong[i]))
+            if record:
+                _append_step(buffers, obs_space, act_space, obs, actions, expert_actions)
+            obs, reward, terminated, truncated, info = env.step(actions)
+            steps += int((quota > 0).sum())
+            for i in range(num_envs):
+                buffers[i].rewards.append(float(reward[i]))
+                buffers[i].info_success |= _info_success(info, i)
+            done = np.logical_or(terminated, truncated)
+            for i in np.flatnonzero(done):
+                if quota[i] > 0:
+                    ep = _finish(task, buffers[i], bool(terminated[i]), bool(truncated[i]), record)
+                    done_eps.append((i, ep, np.array(mistakes_buf[i], bool) if expert is not None else None))
+                    quota[i] -= 1
+                    bar.update(1)
+                buffers[i] = _EpisodeBuffer()
+                mistakes_buf[i] = []
+            new_episode = done
+        bar.close()
+    finally:
+        env.close()
+    # Order episodes by env then by completion so results do not depend on env timing.
+    done_eps.sort(key=lambda t: t[0])
+    return RolloutResult(
+        episodes=[e for _, e, _ in done_eps],
+        mistakes=[m for _, _, m in done_eps if m is not None],
+        env_steps=steps,
+    )
+
+
+def _append_step(buffers: list[_EpisodeBuffer], obs_space: gym.Space, act_space: gym.Space, obs: Any,
+                 actions: Any, expert_actions: Any) -> None:
+    obs_leaves = leaf_arrays(obs_space, obs)
+    act_leaves = leaf_arrays(act_space, actions)
+    exp_leaves = leaf_arrays(act_space, expert_actions) if expert_actions is not None else None
+    for i, buf in enumerate(buffers):
+        buf.obs.append({k: v[i:i + 1] for k, v in obs_leaves.items()})
+        buf.act.append({k: v[i:i + 1] for k, v in act_leaves.items()})
+        if exp_leaves is not None:
+            buf.expert.append({k: v[i:i + 1] for k, v in exp_leaves.items()})
+
+
+def _info_success(info: dict[str, Any], i: int) -> bool:
+    final = info.get("final_info", {})
+    for source in (final, info):
+        if "success" in source and source.get("_success", np.ones(i + 1, bool))[i]:
+            if bool(source["success"][i]):
+                return True
+    return False
+
+
+def _stack(steps: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([s[k] for s in steps]) for k in steps[0]} if steps else {}
+
+
+def _finish(task: TaskSpec, buf: _EpisodeBuffer, terminated: bool, truncated: bool,
+            record: bool) -> EpisodeRecord:
+    rewards = np.asarray(buf.rewards, dtype=np.float32)
+    success = episode_success(task, float(rewards.sum(dtype=np.float64)), terminated, buf.info_success)
+    return EpisodeRecord(
+        observation=_stack(buf.obs) if record else {},
+        action=_stack(buf.act) if record else {},
+        expert_action=_stack(buf.expert) if record and buf.expert else None,
+        reward=rewards, terminated=terminated, truncated=truncated, task=task.name, success=success,
+    )
+

@@ -1,0 +1,65 @@
+"""The causal LM behind a policy: any `AutoModelForCausalLM`, built from a config or a local checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from bclm.config import option
+from bclm.errors import BCLMError
+
+# Named sizes for the default Llama; parameters exclude embeddings (which depend on the vocabulary).
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "small": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4},
+    "base": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 6, "num_attention_heads": 8},
+    "medium": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 8, "num_attention_heads": 8},
+    "large": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
+}
+
+
+@dataclass
+class ModelConfig:
+    arch: str = option("llama", "transformers model_type used when building from a config (llama, gpt2, qwen2, ...).")
+    size: str = option("small", f"Named size: {', '.join(SIZES)}.")
+    overrides: dict = option({}, "Extra config fields for the architecture (e.g. {num_hidden_layers: 3}).")
+    pretrained: str = option("", "Local path of a pretrained causal LM; its vocabulary is extended by bclm's tokens.")
+    attn_implementation: str = option("sdpa", "Attention kernel: sdpa, eager or flash_attention_2.")
+    dropout: float = option(0.0, "Attention dropout (architectures that have it).")
+
+    def __post_init__(self) -> None:
+        if not self.pretrained and self.size not in SIZES:
+            raise BCLMError(f"model.size {self.size!r} is not one of {', '.join(SIZES)}")
+
+
+def build_model(config: ModelConfig, vocab_size: int, max_positions: int, bos_id: int, eos_id: int,
+                pad_id: int) -> PreTrainedModel:
+    """A fresh model from `config`, or the pretrained one with its embeddings resized to `vocab_size`."""
+    if config.pretrained:
+        path = Path(config.pretrained)
+        if not (path / "config.json").is_file():
+            raise BCLMError(f"model.pretrained: {path / 'config.json'} not found (a local checkpoint is needed)")
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), attn_implementation=config.attn_implementation, use_safetensors=True)
+        model.resize_token_embeddings(vocab_size)
+        return model
+    fields: dict[str, Any] = dict(SIZES[config.size])
+    fields.update(config.overrides)
+    fields.setdefault("num_key_value_heads", fields.get("num_attention_heads"))
+    try:
+        hf_config = AutoConfig.for_model(
+            config.arch, vocab_size=vocab_size, max_position_embeddings=max_positions, bos_token_id=bos_id,
+            eos_token_id=eos_id, pad_token_id=pad_id, tie_word_embeddings=True,
+            attention_dropout=config.dropout, **fields)
+    except ValueError as e:
+        raise BCLMError(f"model.arch {config.arch!r}: {e}") from None
+    hf_config._attn_implementation = config.attn_implementation
+    return AutoModelForCausalLM.from_config(hf_config, attn_implementation=config.attn_implementation)
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,222 @@
+"""A policy = causal LM + bclm tokenizer; `act` serves a whole batch of vector-env observations at once.
+
+Rollout-time decoding keeps one KV cache for the batch. Rows never need the same history length:
+every row owns a mask over the cache, so an env whose episode ends (or whose context is full) simply
+masks out its old cache entries and feeds its new context as a left-padded block, with position ids
+counted per row from 0, exactly as in training windows. When masked-out entries make the cache twice
+the context, all rows are rebuilt from their token histories. At action positions a logit mask lets
+only the valid tokens of that action dimension be produced, so every action decodes inside its space.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
+
+from bclm.errors import BCLMError
+from bclm.tokenizers import TOKENIZER_FILE, BCTokenizer
+
+POLICY_FILE = "bclm_policy.json"
+POLICY_FORMAT_VERSION = 1
+
+
+class Policy:
+    def __init__(self, model: PreTrainedModel, tokenizer: BCTokenizer, context_length: int,
+                 task: str = "default", metadata: dict[str, Any] | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.task = task
+        self.metadata = dict(metadata or {})
+        self.steps_per_context = (context_length - tokenizer.prefix_len) // tokenizer.step_len
+        if self.steps_per_context < 1:
+            raise BCLMError(f"context_length {context_length} cannot hold one timestep of {tokenizer.step_len} tokens")
+        embeddings = model.get_input_embeddings().num_embeddings
+        if embeddings < tokenizer.vocab_size:
+            raise BCLMError(
+                f"the model's vocabulary ({embeddings}) is smaller than the tokenizer's ({tokenizer.vocab_size}): "
+                "the tokenizer belongs to another model")
+        self._session: ActSession | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def new_session(self, batch_size: int, *, use_cache: bool = True, greedy: bool = True,
+                    temperature: float = 1.0, seed: int | None = None, task: str | None = None) -> ActSession:
+        return ActSession(self, batch_size, use_cache=use_cache, greedy=greedy, temperature=temperature,
+                          seed=seed, task=task or self.task)
+
+    def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
+        """Actions for a batch of observations; `new_episode[i]` marks an env whose episode just began."""
+        batch = _batch_size(self.tokenizer, observations)
+        if self._session is None or self._session.batch_size != batch:
+            self._session = self.new_session(batch)
+            new_episode = np.ones(batch, dtype=bool)
+        return self._session.act(observations, new_episode)
+
+    def reset(self) -> None:
+        self._session = None
+
+    # --- persistence -------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(directory))
+        self.tokenizer.save_pretrained(directory)
+        meta = {"format": "bclm-policy", "format_version": POLICY_FORMAT_VERSION,
+                "context_length": self.context_length, "task": self.task, **self.metadata}
+        (directory / POLICY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Policy:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise BCLMError(f"policy directory {directory} not found")
+        for name in (POLICY_FILE, TOKENIZER_FILE, "config.json"):
+            if not (directory / name).is_file():
+                raise BCLMError(f"{directory / name} not found: {directory} is not a complete bclm policy")
+        meta = json.loads((directory / POLICY_FILE).read_text())
+        if meta.get("format_version", 0) > POLICY_FORMAT_VERSION:
+            raise BCLMError(f"{directory / POLICY_FILE}: format_version {meta['format_version']} is newer "
+                            f"than this bclm reads ({POLICY_FORMAT_VERSION})")
+        tokenizer = BCTokenizer.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True)
+        model.to(device).eval()
+        context_length = int(meta.pop("context_length"))
+        task = meta.pop("task", "default")
+        for key in ("format", "format_version"):
+            meta.pop(key, None)
+        return cls(model, tokenizer, context_length, task=task, metadata=meta)
+
+
+def _batch_size(tokenizer: BCTokenizer, observations: Any) -> int:
+    from bclm.tokenizers import leaf_arrays
+
+    leaves = leaf_arrays(tokenizer.observation_space, observations)
+    return len(next(iter(leaves.values())))
+
+
+class ActSession:
+    """Decoding state for one batch of envs: token histories, the shared KV cache and its per-row mask."""
+
+    def __init__(self, policy: Policy, batch_size: int, *, use_cache: bool, greedy: bool, temperature: float,
+                 seed: int | None, task: str):
+        self.policy = policy
+        self.batch_size = batch_size
+        self.use_cache = use_cache
+        self.greedy = greedy
+        self.temperature = temperature
+        tok = policy.tokenizer
+        self.prefix = tok.prefix(task)
+        self.max_steps = policy.steps_per_context
+        self.keep_steps = max(self.max_steps // 2, 0)
+        ranges = tok.action_token_ranges()
+        vocab = policy.model.get_input_embeddings().num_embeddings
+        allowed = torch.zeros((len(ranges), vocab), dtype=torch.bool)
+        for k, (lo, hi) in enumerate(ranges):
+            allowed[k, lo:hi] = True
+        self.logit_mask = torch.where(allowed, 0.0, float("-inf")).to(policy.device)
+        self.generator = torch.Generator(device=policy.device)
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.history: list[list[np.ndarray]] = [[] for _ in range(batch_size)]   # complete steps per row
+        self.started = np.zeros(batch_size, dtype=bool)
+        self._clear_cache()
+
+    def _clear_cache(self) -> None:
+        self.cache: DynamicCache | None = None
+        self.cache_mask = torch.zeros((self.batch_size, 0), dtype=torch.long, device=self.policy.device)
+        self.valid_len = np.zeros(self.batch_size, dtype=np.int64)
+        self.pending: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(self.batch_size)]
+
+    @torch.no_grad()
+    def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
+        tok = self.policy.tokenizer
+        tok.check_observation(observations)
+        obs_tokens = tok.encode_observation(observations)                     # (B, obs_len)
+        restart = ~self.started if new_episode is None else (np.asarray(new_episode, bool) | ~self.started)
+        for i in np.flatnonzero(restart):
+            self.history[i] = []
+        self.started[:] = True
+        for i in range(self.batch_size):
+            if len(self.history[i]) + 1 > self.max_steps:                   # context full: slide
+                self.history[i] = self.history[i][len(self.history[i]) - self.keep_steps:]
+                restart[i] = True
+        step_head = np.concatenate([obs_tokens, np.full((self.batch_size, 1), tok.act_id)], axis=1)
+        if self.use_cache:
+            logits = self._feed_step(step_head, restart)
+        else:
+            logits = self._recompute(step_head, [np.zeros(0, np.int64)] * self.batch_size)
+        actions = np.zeros((self.batch_size, tok.action_len), dtype=np.int64)
+        for k in range(tok.action_len):
+            actions[:, k] = self._choose(logits, k)
+            if k + 1 < tok.action_len:
+                if self.use_cache:
+                    logits = self._feed([actions[:, k:k + 1][i] for i in range(self.batch_size)])
+                else:
+                    logits = self._recompute(step_head, list(actions[:, :k + 1]))
+        for i in range(self.batch_size):
+            self.history[i].append(np.concatenate([step_head[i], actions[i]]))
+            self.pending[i] = actions[i, -1:]
+        return tok.decode_action(actions)
+
+    def _context(self, i: int, head: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.prefix, *self.history[i], head])
+
+    def _feed_step(self, step_head: np.ndarray, restart: np.ndarray) -> torch.Tensor:
+        blocks = []
+        for i in range(self.batch_size):
+            if restart[i]:
+                self.cache_mask[i] = 0
+                self.valid_len[i] = 0
+                blocks.append(self._context(i, step_head[i]))
+            else:
+                blocks.append(np.concatenate([self.pending[i], step_head[i]]))
+        longest = max(len(b) for b in blocks) + self.policy.tokenizer.action_len
+        if self.cache_mask.shape[1] + longest > 2 * self.policy.context_length:
+            # Too many masked-out entries: rebuild every row from its history (amortised, rare).
+            self._clear_cache()
+            blocks = [self._context(i, step_head[i]) for i in range(self.batch_size)]
+        return self._feed(blocks)
+
+    def _feed(self, blocks: list[np.ndarray]) -> torch.Tensor:
+        """Append one left-padded block per row to the cache; logits at each row's last token."""
+        device = self.policy.device
+        width = max(len(b) for b in blocks)
+        ids = np.zeros((self.batch_size, width), dtype=np.int64)
+        mask = np.zeros((self.batch_size, width), dtype=np.int64)
+        for i, b in enumerate(blocks):
+            ids[i, width - len(b):] = b
+            mask[i, width - len(b):] = 1
+        positions = np.maximum(self.valid_len[:, None] + np.cumsum(mask, axis=1) - 1, 0)
+        self.valid_len += mask.sum(axis=1)
+        mask_t = torch.from_numpy(mask).to(device)
+        self.cache_mask = torch.cat([self.cache_mask, mask_t], dim=1)
+        if self.cache is None:
+            self.cache = DynamicCache(config=self.policy.model.config)
+        out = self.policy.model(
+            input_ids=torch.from_numpy(ids).to(device), attention_mask=self.cache_mask,
+            position_ids=torch.from_numpy(positions).to(device), past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[:, -1, :].float()
+
+    def _recompute(self, step_head: np.ndarray, partial: list[np.ndarray]) -> torch.Tensor:
+        """Reference path without a cache: the whole context of every row, every token."""
+        self._clear_cache()
+        blocks = [np.concatenate([self._context(i, step_head[i]), partial[i]]) for i in range(self.batch_size)]
+        logits = self._feed(blocks)
+        self._clear_cache()
+        return logits
+
+    def _choose(self, logits: torch.Tensor, k: int) -> np.ndarray:
+        masked = logits + self.logit_mask[k]
+        if self.greedy:
+            return masked.argmax(dim=-1).cpu().numpy()
+        probs = torch.softmax(masked / self.temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).cpu().numpy()

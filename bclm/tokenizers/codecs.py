@@ -1,0 +1,448 @@
+"""One codec per leaf space: a value <-> a fixed number of local token ids.
+
+Local ids at token position k lie in [0, sizes()[k]); the tokenizer shifts them into the shared value
+range (kind "value") or the text range (kind "text").
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from bclm.errors import BCLMError
+from bclm.tokenizers.spaces import floats_from_json, floats_to_json
+
+MODES = ("uniform", "mulaw")
+BOUNDS = ("space", "data", "auto")
+
+
+def _leaf(path: str) -> str:
+    return f"leaf '{path}'" if path else "root leaf"
+
+
+def _not_fitted(path: str, what: str) -> BCLMError:
+    return BCLMError(f"{_leaf(path)} uses {what}: the tokenizer must be fitted (BCTokenizer.fit) on "
+                     "training data before encoding or decoding")
+
+
+# --- Box ----------------------------------------------------------------------------------------
+
+class BoxCodec:
+    """Per-dimension binning of a Box, one token per element.
+
+    Integer dimensions whose whole range fits in `bins` are encoded exactly (token = x - low) with the
+    space bounds, whatever the bounds source: an exact code is never worse than a data-fitted one.
+    """
+
+    kind = "value"
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: str, low: np.ndarray, high: np.ndarray,
+                 *, bins: int, mode: str = "uniform", mu: float = 100.0, bounds: str = "space",
+                 percentiles: tuple[float, float] = (1.0, 99.0), exact: np.ndarray | None = None,
+                 needs_data: bool | None = None, fitted: bool = False):
+        self.path = path
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.bins = int(bins)
+        self.mode = mode
+        self.mu = float(mu)
+        self.bounds = bounds
+        self.percentiles = (float(percentiles[0]), float(percentiles[1]))
+        self.low = np.asarray(low, dtype=np.float64).ravel().copy()
+        self.high = np.asarray(high, dtype=np.float64).ravel().copy()
+        self.exact = self._exact_dims() if exact is None else np.asarray(exact, dtype=bool)
+        self.needs_data = self._needs_data() if needs_data is None else bool(needs_data)
+        self.fitted = bool(fitted)
+        binned = ~self.exact
+        finite = np.isfinite(self.low[binned]).all() and np.isfinite(self.high[binned]).all()
+        if self.bounds == "space" and not finite:
+            raise BCLMError(f"{_leaf(path)} has infinite Box bounds, so bounds source 'space' cannot bin "
+                            "it: use bounds 'data' or 'auto' (fitted percentiles)")
+
+    @classmethod
+    def from_space(cls, space: gym.spaces.Box, path: str, **kw: Any) -> BoxCodec:
+        return cls(path, space.shape, space.dtype.name, space.low, space.high, **kw)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def _exact_dims(self) -> np.ndarray:
+        if not np.issubdtype(self.dtype, np.integer):
+            return np.zeros(self.low.shape, dtype=bool)
+        return (self.high - self.low + 1) <= self.bins
+
+    def _needs_data(self) -> bool:
+        if self.exact.all():
+            return False
+        if self.bounds == "data":
+            return True
+        if self.bounds == "auto":
+            return not (np.isfinite(self.low).all() and np.isfinite(self.high).all())
+        return False
+
+    def sizes(self) -> np.ndarray:
+        exact_sizes = (self.high - self.low + 1).clip(1, self.bins) if self.exact.any() else 0
+        return np.where(self.exact, exact_sizes, self.bins).astype(np.int64)
+
+    def fit(self, x: np.ndarray) -> None:
+        if not self.needs_data:
+            return
+        flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        if len(flat) == 0:
+            raise BCLMError(f"cannot fit {_leaf(self.path)}: no data")
+        if not np.isfinite(flat).all():
+            raise BCLMError(f"cannot fit {_leaf(self.path)}: the data contains NaN or inf")
+        lo, hi = np.percentile(flat, self.percentiles, axis=0)
+        self.low = np.where(self.exact, self.low, lo)
+        self.high = np.where(self.exact, self.high, np.maximum(hi, lo))
+        self.fitted = True
+
+    def _check_ready(self) -> None:
+        if self.needs_data and not self.fitted:
+            raise _not_fitted(self.path, f"'{self.bounds}' bounds (percentiles of the training data)")
+
+    # Companding maps the normalised z in [-1, 1] to c in [-1, 1]; bins are uniform in c.
+    def _compand(self, z: np.ndarray) -> np.ndarray:
+        return np.sign(z) * np.log1p(self.mu * np.abs(z)) / np.log1p(self.mu)
+
+    def _expand(self, c: np.ndarray) -> np.ndarray:
+        return np.sign(c) * np.expm1(np.abs(c) * np.log1p(self.mu)) / self.mu
+
+    def _unit(self, x: np.ndarray, width: np.ndarray) -> np.ndarray:
+        """Position in [0, 1] of x inside the bounds, in the (possibly companded) binning coordinate."""
+        u = np.divide(x - self.low, width, out=np.zeros_like(x), where=width > 0)
+        if self.mode == "mulaw":
+            u = (self._compand(2.0 * u - 1.0) + 1.0) / 2.0
+        return u
+
+    def _edge(self, t: np.ndarray, width: np.ndarray) -> np.ndarray:
+        """x-space value of the binning coordinate t in [0, 1]."""
+        if self.mode == "mulaw":
+            t = (self._expand(2.0 * t - 1.0) + 1.0) / 2.0
+        return self.low + t * width
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        self._check_ready()
+        flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        flat = np.clip(flat, self.low, self.high)
+        width = self.high - self.low
+        ids = np.floor(self._unit(flat, width) * self.bins)
+        ids = np.where(self.exact, np.rint(flat - self.low), ids)
+        return np.clip(ids, 0, self.sizes() - 1).astype(np.int64)
+
+    def decode(self, ids: np.ndarray) -> np.ndarray:
+        self._check_ready()
+        ids = np.clip(np.asarray(ids, dtype=np.int64), 0, self.sizes() - 1).astype(np.float64)
+        width = self.high - self.low
+        # The midpoint of the bin's edges in x-space bounds the error by half the x-space bin width,
+        # which the companded-space centre would not.
+        mid = 0.5 * (self._edge(ids / self.bins, width) + self._edge((ids + 1) / self.bins, width))
+        x = np.where(width > 0, mid, self.low)
+        x = np.where(self.exact, self.low + ids, x)
+        if np.issubdtype(self.dtype, np.integer):
+            info = np.iinfo(self.dtype)
+            x = np.clip(np.rint(x), max(self.low.min(), info.min), min(self.high.max(), info.max))
+        return x.astype(self.dtype).reshape((len(ids), *self.shape))
+
+    def to_dict(self) -> dict:
+        return {"type": "Box", "path": self.path, "shape": list(self.shape), "dtype": self.dtype.name,
+                "bins": self.bins, "mode": self.mode, "mu": self.mu, "bounds": self.bounds,
+                "percentiles": list(self.percentiles), "low": floats_to_json(self.low),
+                "high": floats_to_json(self.high), "exact": self.exact.tolist(),
+                "needs_data": self.needs_data, "fitted": self.fitted}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BoxCodec:
+        return cls(d["path"], tuple(d["shape"]), d["dtype"], floats_from_json(d["low"]),
+                   floats_from_json(d["high"]), bins=d["bins"], mode=d["mode"], mu=d["mu"],
+                   bounds=d["bounds"], percentiles=tuple(d["percentiles"]), exact=np.array(d["exact"]),
+                   needs_data=d["needs_data"], fitted=d["fitted"])
+
+
+# --- integer leaves: mixed-radix packing ---------------------------------------------------------
+
+class _RadixCodec:
+    """Flattened integer elements, `group` consecutive ones packed into one token by mixed radix."""
+
+    kind = "value"
+    type_name: ClassVar[str] = ""
+
+    def __init__(self, path: str, shape: tuple[int, ...], nvec: np.ndarray, start: np.ndarray, dtype: str,
+                 *, group: int, value_vocab: int):
+        self.path = path
+        self.shape = tuple(int(s) for s in shape)
+        self.nvec = np.asarray(nvec, dtype=np.int64).ravel()
+        self.start = np.asarray(start, dtype=np.int64).ravel()
+        self.dtype = np.dtype(dtype)
+        self.group = int(group)
+        self.value_vocab = int(value_vocab)
+        n_tok = -(-self.nvec.size // self.group)
+        pad = n_tok * self.group - self.nvec.size
+        # Padding with radix-1 elements lets every group be handled as one (n_tok, group) block.
+        radix = np.concatenate([self.nvec, np.ones(pad, dtype=np.int64)]).reshape(n_tok, self.group)
+        self._radix = radix
+        self._mult = np.cumprod(radix[:, ::-1], axis=1)[:, ::-1]
+        self._mult = np.concatenate([self._mult[:, 1:], np.ones((n_tok, 1), dtype=np.int64)], axis=1)
+        self._pad = pad
+        self._sizes = radix.prod(axis=1)
+        too_big = np.flatnonzero(self._sizes > self.value_vocab)
+        if too_big.size:
+            raise BCLMError(f"{_leaf(path)}: token {int(too_big[0])} packs {self.group} element(s) with "
+                            f"{int(self._sizes[too_big[0]])} combinations, more than value_vocab="
+                            f"{self.value_vocab}: lower `group` or raise `value_vocab`")
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self._sizes)
+
+    def sizes(self) -> np.ndarray:
+        return self._sizes.copy()
+
+    def fit(self, x: np.ndarray) -> None:
+        return None
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        local = np.asarray(x).reshape(len(x), -1).astype(np.int64) - self.start
+        bad = (local < 0) | (local >= self.nvec)
+        if bad.any():
+            b, i = np.argwhere(bad)[0]
+            raise BCLMError(f"{_leaf(self.path)}: element {int(i)} = {int(local[b, i] + self.start[i])} is "
+                            f"outside [{int(self.start[i])}, {int(self.start[i] + self.nvec[i])})")
+        local = np.pad(local, ((0, 0), (0, self._pad))).reshape(len(x), self.num_tokens, self.group)
+        return (local * self._mult).sum(axis=2)
+
+    def decode(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.clip(np.asarray(ids, dtype=np.int64), 0, self._sizes - 1)
+        local = (ids[:, :, None] // self._mult) % self._radix
+        local = local.reshape(len(ids), -1)[:, : self.nvec.size]
+        return (local + self.start).astype(self.dtype).reshape((len(ids), *self.shape))
+
+
+class DiscreteCodec(_RadixCodec):
+    type_name = "Discrete"
+
+    def __init__(self, path: str, n: int, start: int = 0, dtype: str = "int64", *, value_vocab: int):
+        self.n = int(n)
+        self.start_value = int(start)
+        super().__init__(path, (), np.array([n]), np.array([start]), dtype, group=1, value_vocab=value_vocab)
+
+    @classmethod
+    def from_space(cls, space: gym.spaces.Discrete, path: str, *, value_vocab: int, **_: Any):
+        return cls(path, space.n, space.start, space.dtype.name, value_vocab=value_vocab)
+
+    def to_dict(self) -> dict:
+        return {"type": "Discrete", "path": self.path, "n": self.n, "start": self.start_value,
+                "dtype": self.dtype.name, "value_vocab": self.value_vocab}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DiscreteCodec:
+        return cls(d["path"], d["n"], d["start"], d["dtype"], value_vocab=d["value_vocab"])
+
+
+class MultiDiscreteCodec(_RadixCodec):
+    type_name = "MultiDiscrete"
+
+    @classmethod
+    def from_space(cls, space: gym.spaces.MultiDiscrete, path: str, *, group: int, value_vocab: int,
+                   **_: Any):
+        return cls(path, space.shape, space.nvec, space.start, space.dtype.name, group=group,
+                   value_vocab=value_vocab)
+
+    def to_dict(self) -> dict:
+        return {"type": "MultiDiscrete", "path": self.path, "shape": list(self.shape),
+                "nvec": self.nvec.tolist(), "start": self.start.tolist(), "dtype": self.dtype.name,
+                "group": self.group, "value_vocab": self.value_vocab}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MultiDiscreteCodec:
+        return cls(d["path"], tuple(d["shape"]), np.array(d["nvec"]), np.array(d["start"]), d["dtype"],
+                   group=d["group"], value_vocab=d["value_vocab"])
+
+
+class MultiBinaryCodec(_RadixCodec):
+    type_name = "MultiBinary"
+
+    def __init__(self, path: str, shape: tuple[int, ...], *, group: int, value_vocab: int):
+        size = int(np.prod(shape, dtype=np.int64))
+        super().__init__(path, shape, np.full(size, 2), np.zeros(size), "int8", group=group,
+                         value_vocab=value_vocab)
+
+    @classmethod
+    def from_space(cls, space: gym.spaces.MultiBinary, path: str, *, group: int, value_vocab: int,
+                   **_: Any):
+        return cls(path, space.shape, group=group, value_vocab=value_vocab)
+
+    def to_dict(self) -> dict:
+        return {"type": "MultiBinary", "path": self.path, "shape": list(self.shape), "group": self.group,
+                "value_vocab": self.value_vocab}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MultiBinaryCodec:
+        return cls(d["path"], tuple(d["shape"]), group=d["group"], value_vocab=d["value_vocab"])
+
+
+# --- Text ---------------------------------------------------------------------------------------
+
+def train_bpe(texts: list[str], vocab_size: int) -> Any:
+    """Byte-level BPE, so any string (any charset) encodes without unknown tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+class TextCodec:
+    """Fixed `max_tokens` text tokens per value, truncated or padded.
+
+    BPE backend: local 0 is the pad, BPE id i is local i + 1, so the range stays contiguous whatever
+    vocabulary size training reaches. Hugging Face backend: local ids are the base tokenizer's ids (the
+    tokenizer places them at global offset 0) and the pad is its pad (or eos) token.
+    """
+
+    kind = "text"
+
+    def __init__(self, path: str, *, max_tokens: int, vocab_size: int, bpe: Any = None,
+                 hf_tokenizer: Any = None, hf_name: str | None = None):
+        self.path = path
+        self.max_tokens = int(max_tokens)
+        self.vocab_size = int(vocab_size)
+        self.bpe = bpe
+        self.hf_tokenizer = hf_tokenizer
+        self.hf_name = hf_name if hf_name is not None else (
+            getattr(hf_tokenizer, "name_or_path", "") if hf_tokenizer is not None else None)
+
+    @classmethod
+    def from_space(cls, space: gym.spaces.Text, path: str, *, text_max_tokens: int, text_vocab_size: int,
+                   text_tokenizer: Any = None, **_: Any) -> TextCodec:
+        return cls(path, max_tokens=text_max_tokens, vocab_size=text_vocab_size, hf_tokenizer=text_tokenizer)
+
+    @property
+    def backend(self) -> str:
+        return "hf" if self.hf_name is not None else "bpe"
+
+    @property
+    def num_tokens(self) -> int:
+        return self.max_tokens
+
+    @property
+    def range_size(self) -> int:
+        """Ids this codec may use; the tokenizer reserves this many (BPE) before any fitting."""
+        if self.backend == "hf":
+            return len(self._hf())
+        return self.vocab_size + 1
+
+    def sizes(self) -> np.ndarray:
+        used = self.bpe.get_vocab_size() + 1 if self.backend == "bpe" and self.bpe is not None else None
+        return np.full(self.max_tokens, used or self.range_size, dtype=np.int64)
+
+    def _hf(self) -> Any:
+        if self.hf_tokenizer is None:
+            raise BCLMError(f"text {_leaf(self.path)} uses the Hugging Face tokenizer '{self.hf_name}': "
+                            "pass it as text_tokenizer= when loading the bclm tokenizer")
+        return self.hf_tokenizer
+
+    def _pad_id(self) -> int:
+        if self.backend == "bpe":
+            return 0
+        tok = self._hf()
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return int(pad) if pad is not None else 0
+
+    def fit(self, texts: np.ndarray) -> None:
+        if self.backend == "bpe":
+            self.bpe = train_bpe([str(t) for t in texts], self.vocab_size)
+
+    def _token_lists(self, texts: list[str]) -> list[list[int]]:
+        if self.backend == "hf":
+            return list(self._hf()(texts, add_special_tokens=False)["input_ids"])
+        if self.bpe is None:
+            raise _not_fitted(self.path, "a BPE text tokenizer trained on the data")
+        return [[i + 1 for i in enc.ids] for enc in self.bpe.encode_batch(texts)]
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        lists = self._token_lists([str(t) for t in np.asarray(x, dtype=object).ravel()])
+        out = np.full((len(lists), self.max_tokens), self._pad_id(), dtype=np.int64)
+        for row, ids in zip(out, lists):
+            ids = ids[: self.max_tokens]
+            row[: len(ids)] = ids
+        return out
+
+    def decode(self, ids: np.ndarray) -> np.ndarray:
+        pad = self._pad_id()
+        lists = [[int(i) for i in row if i != pad] for row in np.asarray(ids, dtype=np.int64)]
+        if self.backend == "hf":
+            texts = self._hf().batch_decode(lists, skip_special_tokens=True)
+        elif self.bpe is None:
+            raise _not_fitted(self.path, "a BPE text tokenizer trained on the data")
+        else:
+            texts = self.bpe.decode_batch([[i - 1 for i in row] for row in lists])
+        out = np.empty(len(lists), dtype=object)
+        out[:] = list(texts)
+        return out
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"type": "Text", "path": self.path, "max_tokens": self.max_tokens,
+                             "vocab_size": self.vocab_size, "backend": self.backend}
+        if self.backend == "hf":
+            # The base LM's tokenizer ships with the LM itself; only its name is kept here.
+            d["hf_name"] = self.hf_name
+        else:
+            d["bpe"] = self.bpe.to_str() if self.bpe is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, text_tokenizer: Any = None) -> TextCodec:
+        if d["backend"] == "hf":
+            return cls(d["path"], max_tokens=d["max_tokens"], vocab_size=d["vocab_size"],
+                       hf_tokenizer=text_tokenizer, hf_name=d["hf_name"])
+        bpe = None
+        if d.get("bpe") is not None:
+            from tokenizers import Tokenizer
+
+            bpe = Tokenizer.from_str(d["bpe"])
+        return cls(d["path"], max_tokens=d["max_tokens"], vocab_size=d["vocab_size"], bpe=bpe)
+
+
+# --- factory ------------------------------------------------------------------------------------
+
+_BY_SPACE = ((gym.spaces.Box, BoxCodec), (gym.spaces.Discrete, DiscreteCodec),
+             (gym.spaces.MultiDiscrete, MultiDiscreteCodec), (gym.spaces.MultiBinary, MultiBinaryCodec),
+             (gym.spaces.Text, TextCodec))
+_BY_NAME = {"Box": BoxCodec, "Discrete": DiscreteCodec, "MultiDiscrete": MultiDiscreteCodec,
+            "MultiBinary": MultiBinaryCodec, "Text": TextCodec}
+
+Codec = BoxCodec | DiscreteCodec | MultiDiscreteCodec | MultiBinaryCodec | TextCodec
+
+
+def make_codec(space: gym.Space, path: str, *, bins: int, mode: str, mu: float, bounds: str,
+               percentiles: tuple[float, float], value_vocab: int, group: int, text_max_tokens: int,
+               text_vocab_size: int, text_tokenizer: Any = None) -> Codec:
+    if isinstance(space, gym.spaces.Box):
+        return BoxCodec.from_space(space, path, bins=bins, mode=mode, mu=mu, bounds=bounds,
+                                   percentiles=percentiles)
+    if isinstance(space, gym.spaces.Discrete) and space.n > value_vocab:
+        raise BCLMError(f"{_leaf(path)}: Discrete({space.n}) needs more than value_vocab={value_vocab} ids: "
+                        "raise `value_vocab`")
+    for space_type, codec_type in _BY_SPACE[1:]:
+        if isinstance(space, space_type):
+            return codec_type.from_space(space, path, group=group, value_vocab=value_vocab,
+                                         text_max_tokens=text_max_tokens, text_vocab_size=text_vocab_size,
+                                         text_tokenizer=text_tokenizer)
+    raise BCLMError(f"unsupported space type {type(space).__name__} at {_leaf(path)}")
+
+
+def codec_from_dict(d: dict, text_tokenizer: Any = None) -> Codec:
+    kind = d.get("type")
+    if kind == "Text":
+        return TextCodec.from_dict(d, text_tokenizer)
+    if kind not in _BY_NAME:
+        raise BCLMError(f"unknown codec type {kind!r} in tokenizer file: expected one of {sorted(_BY_NAME)}")
+    return _BY_NAME[kind].from_dict(d)

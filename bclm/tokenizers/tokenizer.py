@@ -1,0 +1,481 @@
+"""BCTokenizer: observations and actions of a gymnasium env <-> token ids for a causal LM.
+
+Vocabulary (every id shifted by base_vocab_size, so a pretrained LM's own text vocabulary comes first):
+
+    [pad, bos, eos, act, obs, 3 spare] [value range: value_vocab] [text range] [one token per task]
+
+Tasks are last so that adding a task never moves a value or text id of an existing model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from bclm.errors import BCLMError
+from bclm.tokenizers.codecs import BOUNDS, MODES, Codec, TextCodec, codec_from_dict, make_codec, train_bpe
+from bclm.tokenizers.spaces import assemble, flatten_leaves, leaf_arrays, space_from_dict, space_to_dict
+
+TOKENIZER_FILE = "bclm_tokenizer.json"
+FORMAT = "bclm-tokenizer"
+FORMAT_VERSION = 1
+NUM_SPECIAL = 8
+
+
+@dataclass
+class TokenizerConfig:
+    obs_bins: int = field(default=256, metadata={"help": "Bins per continuous observation dimension."})
+    action_bins: int = field(default=256, metadata={"help": "Bins per continuous action dimension."})
+    mode: str = field(default="uniform", metadata={
+        "help": "Continuous binning: 'uniform', or 'mulaw' (Gato-style companding, finer bins near the "
+                "centre of the bounds)."})
+    mu: float = field(default=100.0, metadata={"help": "mu of the mu-law companding (mode 'mulaw')."})
+    obs_bounds: str = field(default="data", metadata={
+        "help": "Where observation Box bounds come from: 'space', 'data' (training-data percentiles), or "
+                "'auto' (the space's bounds when all finite, else data)."})
+    action_bounds: str = field(default="auto", metadata={
+        "help": "Where action Box bounds come from: 'space', 'data' or 'auto' (as obs_bounds)."})
+    percentiles: tuple[float, float] = field(default=(1.0, 99.0), metadata={
+        "help": "Lower and upper data percentiles used as bounds when fitting; values outside are clipped."})
+    value_vocab: int = field(default=1024, metadata={
+        "help": "Size of the value-token range shared by all observation and action values (Gato-style)."})
+    group: int = field(default=1, metadata={
+        "help": "MultiDiscrete/MultiBinary elements packed into one token (mixed radix)."})
+    text_max_tokens: int = field(default=16, metadata={"help": "Tokens per Text value (truncated/padded)."})
+    text_vocab_size: int = field(default=512, metadata={
+        "help": "Vocabulary size of the byte-level BPE trained for Text leaves (at least 256)."})
+
+    def __post_init__(self) -> None:
+        self.percentiles = tuple(float(p) for p in self.percentiles)  # JSON gives a list back
+        for name in ("obs_bins", "action_bins", "value_vocab", "group", "text_max_tokens"):
+            if not isinstance(getattr(self, name), (int, np.integer)) or getattr(self, name) < 1:
+                raise BCLMError(f"tokenizer config {name}={getattr(self, name)!r}: expected an integer >= 1")
+        for name in ("obs_bins", "action_bins"):
+            if getattr(self, name) > self.value_vocab:
+                raise BCLMError(f"tokenizer config {name}={getattr(self, name)} exceeds value_vocab="
+                                f"{self.value_vocab}: every bin needs its own value token")
+        if self.mode not in MODES:
+            raise BCLMError(f"tokenizer config mode={self.mode!r}: expected one of {list(MODES)}")
+        for name in ("obs_bounds", "action_bounds"):
+            if getattr(self, name) not in BOUNDS:
+                raise BCLMError(f"tokenizer config {name}={getattr(self, name)!r}: expected one of "
+                                f"{list(BOUNDS)}")
+        if not self.mu > 0:
+            raise BCLMError(f"tokenizer config mu={self.mu!r}: expected a positive number")
+        lo, hi = self.percentiles if len(self.percentiles) == 2 else (None, None)
+        if lo is None or not 0 <= lo < hi <= 100:
+            raise BCLMError(f"tokenizer config percentiles={self.percentiles!r}: expected (lo, hi) with "
+                            "0 <= lo < hi <= 100")
+        if self.text_vocab_size < 256:
+            raise BCLMError(f"tokenizer config text_vocab_size={self.text_vocab_size}: expected >= 256 "
+                            "(the byte-level BPE starts from 256 byte tokens)")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["percentiles"] = list(self.percentiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TokenizerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise BCLMError(f"unknown tokenizer config field(s) {unknown}: expected some of {sorted(known)}")
+        return cls(**d)
+
+
+def _leaf(path: str) -> str:
+    return f"leaf '{path}'" if path else "root leaf"
+
+
+class BCTokenizer:
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space,
+                 config: TokenizerConfig | None = None, tasks: Sequence[str] = ("default",),
+                 base_vocab_size: int = 0, text_tokenizer: Any = None):
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.config = config if config is not None else TokenizerConfig()
+        self.tasks: list[str] = []
+        self.text_tokenizer = text_tokenizer
+        self.base_vocab_size = self._base_vocab(int(base_vocab_size), text_tokenizer)
+        self.fitted = False
+        self.obs_leaves = flatten_leaves(observation_space)
+        self.action_leaves = flatten_leaves(action_space)
+        cfg = self.config
+        self.obs_codecs = [self._codec(s, p, cfg.obs_bins, cfg.obs_bounds) for p, s in self.obs_leaves]
+        self.action_codecs = [self._codec(s, p, cfg.action_bins, cfg.action_bounds)
+                              for p, s in self.action_leaves]
+        for t in tasks:
+            self.add_task(t)
+
+    @staticmethod
+    def _base_vocab(base: int, text_tokenizer: Any) -> int:
+        if text_tokenizer is None:
+            return base
+        n = len(text_tokenizer)
+        if base == 0:
+            return n
+        if base < n:
+            raise BCLMError(f"base_vocab_size={base} is smaller than the text tokenizer's {n} tokens")
+        return base
+
+    def _codec(self, space: gym.Space, path: str, bins: int, bounds: str) -> Codec:
+        c = self.config
+        return make_codec(space, path, bins=bins, mode=c.mode, mu=c.mu, bounds=bounds,
+                          percentiles=c.percentiles, value_vocab=c.value_vocab, group=c.group,
+                          text_max_tokens=c.text_max_tokens, text_vocab_size=c.text_vocab_size,
+                          text_tokenizer=self.text_tokenizer)
+
+    # --- vocabulary layout ----------------------------------------------------------------------
+
+    @property
+    def pad_id(self) -> int:
+        return self.base_vocab_size
+
+    @property
+    def bos_id(self) -> int:
+        return self.base_vocab_size + 1
+
+    @property
+    def eos_id(self) -> int:
+        return self.base_vocab_size + 2
+
+    @property
+    def act_id(self) -> int:
+        return self.base_vocab_size + 3
+
+    @property
+    def obs_id(self) -> int:
+        return self.base_vocab_size + 4
+
+    @property
+    def value_offset(self) -> int:
+        return self.base_vocab_size + NUM_SPECIAL
+
+    @property
+    def has_text(self) -> bool:
+        return any(isinstance(c, TextCodec) for c in self.obs_codecs + self.action_codecs)
+
+    @property
+    def text_range_size(self) -> int:
+        """Ids reserved after the value range: only for a BPE trained here (a base LM's text is in-base)."""
+        if not self.has_text or self.text_tokenizer_name is not None:
+            return 0
+        return self.config.text_vocab_size + 1
+
+    @property
+    def text_tokenizer_name(self) -> str | None:
+        names = [c.hf_name for c in self.obs_codecs + self.action_codecs
+                 if isinstance(c, TextCodec) and c.backend == "hf"]
+        if names:
+            return names[0]
+        if self.text_tokenizer is not None:
+            return getattr(self.text_tokenizer, "name_or_path", "")
+        return None
+
+    @property
+    def text_offset(self) -> int:
+        if self.text_tokenizer_name is not None:
+            return 0
+        return self.value_offset + self.config.value_vocab
+
+    @property
+    def task_offset(self) -> int:
+        return self.value_offset + self.config.value_vocab + self.text_range_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.task_offset + len(self.tasks)
+
+    def task_token(self, name: str) -> int:
+        if name not in self.tasks:
+            raise BCLMError(f"unknown task {name!r}: the tokenizer knows {self.tasks}")
+        return self.task_offset + self.tasks.index(name)
+
+    def add_task(self, name: str) -> int:
+        if not isinstance(name, str) or not name:
+            raise BCLMError(f"task name {name!r}: expected a non-empty string")
+        if name not in self.tasks:
+            self.tasks.append(name)
+        return self.task_token(name)
+
+    @property
+    def obs_len(self) -> int:
+        return sum(c.num_tokens for c in self.obs_codecs)
+
+    @property
+    def action_len(self) -> int:
+        return sum(c.num_tokens for c in self.action_codecs)
+
+    @property
+    def step_len(self) -> int:
+        return self.obs_len + 1 + self.action_len
+
+    @property
+    def prefix_len(self) -> int:
+        return 2
+
+    def prefix(self, task: str) -> np.ndarray:
+        return np.array([self.bos_id, self.task_token(task)], dtype=np.int64)
+
+    def _offset(self, codec: Codec) -> int:
+        return self.text_offset if codec.kind == "text" else self.value_offset
+
+    # --- validation -----------------------------------------------------------------------------
+
+    def _leaves(self, space: gym.Space, leaves: list[tuple[str, gym.Space]], batch: Any,
+                where: str) -> dict[str, np.ndarray]:
+        """Per-leaf arrays, checked for shape and a common batch size."""
+        try:
+            arrays = leaf_arrays(space, batch)
+        except BCLMError as exc:
+            raise BCLMError(f"{where}: {exc}") from exc
+        sizes = set()
+        for path, sub in leaves:
+            arr = arrays[path]
+            expected = () if isinstance(sub, gym.spaces.Text) else tuple(sub.shape)
+            if arr.ndim < 1 or arr.shape[1:] != expected:
+                raise BCLMError(f"{where}: {_leaf(path)} has shape {arr.shape}, expected (batch, "
+                                f"{', '.join(map(str, expected))}) for {sub}")
+            sizes.add(arr.shape[0])
+        if len(sizes) > 1:
+            raise BCLMError(f"{where}: leaves have different batch sizes {sorted(sizes)}")
+        return arrays
+
+    def _check_finite(self, leaves: list[tuple[str, gym.Space]], arrays: dict[str, np.ndarray],
+                      where: str) -> None:
+        for path, sub in leaves:
+            if isinstance(sub, gym.spaces.Box) and np.issubdtype(arrays[path].dtype, np.floating):
+                bad = ~np.isfinite(arrays[path])
+                if bad.any():
+                    row = int(np.argwhere(bad)[0][0])
+                    raise BCLMError(f"{where}: {_leaf(path)} contains NaN or inf (batch row {row})")
+
+    def check_observation(self, obs_batch: Any, where: str = "observation") -> dict[str, np.ndarray]:
+        arrays = self._leaves(self.observation_space, self.obs_leaves, obs_batch, where)
+        self._check_finite(self.obs_leaves, arrays, where)
+        return arrays
+
+    def check_action(self, act_batch: Any, where: str = "action") -> dict[str, np.ndarray]:
+        arrays = self._leaves(self.action_space, self.action_leaves, act_batch, where)
+        for path, sub in self.action_leaves:
+            _check_contained(sub, arrays[path], path, where)
+        return arrays
+
+    # --- fitting ------------------------------------------------------------------------------
+
+    def fit(self, observations: Any, actions: Any) -> BCTokenizer:
+        obs = self.check_observation(observations, "fit observations")
+        act = self.check_action(actions, "fit actions")
+        texts: list[str] = []
+        for codecs, arrays in ((self.obs_codecs, obs), (self.action_codecs, act)):
+            for codec in codecs:
+                if isinstance(codec, TextCodec):
+                    texts.extend(str(t) for t in arrays[codec.path])
+                else:
+                    codec.fit(arrays[codec.path])
+        self._fit_text(texts)
+        self.fitted = True
+        return self
+
+    def _fit_text(self, texts: list[str]) -> None:
+        # One BPE for all text leaves: they share one text id range.
+        bpe_codecs = [c for c in self.obs_codecs + self.action_codecs
+                      if isinstance(c, TextCodec) and c.backend == "bpe"]
+        if not bpe_codecs:
+            return
+        bpe = train_bpe(texts, self.config.text_vocab_size)
+        for codec in bpe_codecs:
+            codec.bpe = bpe
+
+    # --- encode / decode ----------------------------------------------------------------------
+
+    def _encode(self, codecs: list[Codec], arrays: dict[str, np.ndarray]) -> np.ndarray:
+        batch = len(next(iter(arrays.values())))
+        parts = [codec.encode(arrays[codec.path]) + self._offset(codec) for codec in codecs]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((batch, 0), dtype=np.int64)
+
+    def _decode(self, space: gym.Space, codecs: list[Codec], ids: np.ndarray, length: int, what: str) -> Any:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 2 or ids.shape[1] != length:
+            raise BCLMError(f"{what} ids have shape {ids.shape}, expected (batch, {length})")
+        leaves, pos = {}, 0
+        for codec in codecs:
+            local = ids[:, pos: pos + codec.num_tokens] - self._offset(codec)
+            leaves[codec.path] = codec.decode(local)
+            pos += codec.num_tokens
+        return assemble(space, leaves)
+
+    def encode_observation(self, obs_batch: Any) -> np.ndarray:
+        return self._encode(self.obs_codecs, self.check_observation(obs_batch))
+
+    def encode_action(self, act_batch: Any) -> np.ndarray:
+        arrays = self._leaves(self.action_space, self.action_leaves, act_batch, "action")
+        self._check_finite(self.action_leaves, arrays, "action")
+        return self._encode(self.action_codecs, arrays)
+
+    def decode_observation(self, ids: np.ndarray) -> Any:
+        return self._decode(self.observation_space, self.obs_codecs, ids, self.obs_len, "observation")
+
+    def decode_action(self, ids: np.ndarray) -> Any:
+        return self._decode(self.action_space, self.action_codecs, ids, self.action_len, "action")
+
+    def encode_steps(self, obs_batch: Any, act_batch: Any) -> np.ndarray:
+        obs = self.encode_observation(obs_batch)
+        act = self.encode_action(act_batch)
+        if len(obs) != len(act):
+            raise BCLMError(f"encode_steps: {len(obs)} observations but {len(act)} actions")
+        sep = np.full((len(obs), 1), self.act_id, dtype=np.int64)
+        return np.concatenate([obs, sep, act], axis=1)
+
+    def action_token_ranges(self) -> np.ndarray:
+        rows = [np.stack([np.full(c.num_tokens, self._offset(c)), self._offset(c) + c.sizes()], axis=1)
+                for c in self.action_codecs]
+        return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), dtype=np.int64)
+
+    # --- reporting ----------------------------------------------------------------------------
+
+    def quantization_report(self, observations: Any, actions: Any) -> dict:
+        """Round-trip error per leaf and dimension, and how often the bounds clipped a value."""
+        report: dict[str, Any] = {"observation": {}, "action": {}}
+        sources = (("observation", self.obs_codecs, self.check_observation(observations, "report")),
+                   ("action", self.action_codecs, self.check_action(actions, "report")))
+        overall = 0.0
+        for name, codecs, arrays in sources:
+            for codec in codecs:
+                leaf = _leaf_report(codec, arrays[codec.path])
+                report[name][codec.path] = leaf
+                overall = max([overall, *leaf.get("max_abs_error", [])])
+        report["max_abs_error"] = overall
+        return report
+
+    # --- persistence --------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "observation_space": space_to_dict(self.observation_space),
+            "action_space": space_to_dict(self.action_space),
+            "config": self.config.to_dict(),
+            "tasks": list(self.tasks),
+            "base_vocab_size": self.base_vocab_size,
+            "text_tokenizer": self.text_tokenizer_name,
+            "fitted": self.fitted,
+            "codecs": {"observation": [c.to_dict() for c in self.obs_codecs],
+                       "action": [c.to_dict() for c in self.action_codecs]},
+            # Derived, but written out so that the file alone documents the id layout.
+            "layout": {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id,
+                       "act_id": self.act_id, "obs_id": self.obs_id, "value_offset": self.value_offset,
+                       "text_offset": self.text_offset, "task_offset": self.task_offset,
+                       "vocab_size": self.vocab_size},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, text_tokenizer: Any = None, source: str = "tokenizer dict") -> BCTokenizer:
+        _check_format(d, source)
+        hf_name = d.get("text_tokenizer")
+        tok = cls(space_from_dict(d["observation_space"]), space_from_dict(d["action_space"]),
+                  TokenizerConfig.from_dict(d["config"]), tasks=d["tasks"],
+                  base_vocab_size=d["base_vocab_size"],
+                  text_tokenizer=text_tokenizer if hf_name is not None else None)
+        tok.obs_codecs = [codec_from_dict(c, tok.text_tokenizer) for c in d["codecs"]["observation"]]
+        tok.action_codecs = [codec_from_dict(c, tok.text_tokenizer) for c in d["codecs"]["action"]]
+        tok.fitted = bool(d["fitted"])
+        return tok
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        path = Path(directory) / TOKENIZER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
+        path.write_text(text + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, text_tokenizer: Any = None) -> BCTokenizer:
+        path = Path(directory) / TOKENIZER_FILE
+        if not path.is_file():
+            raise BCLMError(f"{path} not found: {directory} is not a bclm policy/tokenizer directory")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise BCLMError(f"{path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(d, text_tokenizer=text_tokenizer, source=str(path))
+
+    def assert_compatible(self, observation_space: gym.Space, action_space: gym.Space, where: str) -> None:
+        for name, mine, theirs in (("observation", self.observation_space, observation_space),
+                                   ("action", self.action_space, action_space)):
+            if space_to_dict(mine) != space_to_dict(theirs):
+                raise BCLMError(f"{where}: {name} space {theirs} differs from the tokenizer's {name} "
+                                f"space {mine}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BCTokenizer) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"BCTokenizer(obs_len={self.obs_len}, action_len={self.action_len}, "
+                f"vocab_size={self.vocab_size}, tasks={self.tasks}, fitted={self.fitted})")
+
+
+def _check_format(d: Any, source: str) -> None:
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise BCLMError(f"{source} is not a bclm tokenizer (expected \"format\": \"{FORMAT}\")")
+    version = d.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BCLMError(f"{source} has tokenizer format_version {version!r}; this bclm reads versions up "
+                        f"to {FORMAT_VERSION}: upgrade bclm")
+
+
+def _outside_mask(space: gym.Space, arr: np.ndarray) -> np.ndarray:
+    """(B, ...) True where an element is outside the space (vectorised, Text aside)."""
+    if isinstance(space, gym.spaces.Box):
+        x = arr.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            return ~((x >= space.low.astype(np.float64)) & (x <= space.high.astype(np.float64)))
+    if isinstance(space, gym.spaces.Text):
+        return np.array([not space.contains(s) for s in arr], dtype=bool)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)):
+        if not np.issubdtype(arr.dtype, np.floating):
+            return np.ones(arr.shape, dtype=bool)
+        integral = np.isfinite(arr) & (arr == np.round(arr))
+        if not integral.all():
+            return ~integral
+    x = arr.astype(np.int64)
+    if isinstance(space, gym.spaces.MultiBinary):
+        return (x < 0) | (x > 1)
+    nvec = np.asarray(space.n if isinstance(space, gym.spaces.Discrete) else space.nvec, dtype=np.int64)
+    start = np.asarray(space.start, dtype=np.int64)
+    return (x < start) | (x >= start + nvec)
+
+
+def _check_contained(space: gym.Space, arr: np.ndarray, path: str, where: str) -> None:
+    bad = _outside_mask(space, arr)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        value = arr[index].item() if isinstance(arr[index], np.generic) else arr[index]
+        raise BCLMError(f"{where}: {_leaf(path)} value {value!r} (at index {index}) is outside the "
+                        f"space {space}")
+
+
+def _leaf_report(codec: Codec, x: np.ndarray) -> dict:
+    decoded = codec.decode(codec.encode(x))
+    if isinstance(codec, TextCodec):
+        exact = float(np.mean([a == b for a, b in zip(x, decoded)])) if len(x) else 1.0
+        return {"exact_fraction": exact}
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    err = np.abs(decoded.reshape(len(x), -1).astype(np.float64) - flat)
+    if hasattr(codec, "low"):
+        clipped = (flat < codec.low) | (flat > codec.high)
+    else:
+        clipped = np.zeros_like(flat, dtype=bool)
+    return {"max_abs_error": [float(v) for v in err.max(axis=0)] if len(x) else [],
+            "mean_abs_error": [float(v) for v in err.mean(axis=0)] if len(x) else [],
+            "clip_fraction": [float(v) for v in clipped.mean(axis=0)] if len(x) else []}

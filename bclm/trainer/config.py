@@ -1,0 +1,58 @@
+"""The training recipe: one typed config tree, filled from YAML and command-line overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bclm.config import option
+from bclm.data.sequences import DataConfig
+from bclm.errors import BCLMError
+from bclm.eval.evaluate import EvalConfig
+from bclm.models import ModelConfig
+from bclm.tokenizers import TokenizerConfig
+
+
+@dataclass
+class OptimConfig:
+    max_steps: int = option(2000, "Optimizer steps.")
+    batch_size: int = option(32, "Windows per optimizer step (per process, before gradient accumulation).")
+    grad_accum: int = option(1, "Micro-batches accumulated per optimizer step.")
+    lr: float = option(5e-4, "Peak learning rate of AdamW.")
+    min_lr_ratio: float = option(0.1, "Final learning rate of the cosine schedule, as a fraction of the peak.")
+    warmup_steps: int = option(100, "Linear warmup steps.")
+    weight_decay: float = option(0.1, "AdamW weight decay (not applied to norms and biases).")
+    betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas.")
+    grad_clip: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
+    bf16: bool = option(False, "bf16 autocast (CPUs with avx512_bf16 and recent GPUs).")
+    compile: bool = option(False, "torch.compile the model (faster steps after a warm-up compile).")
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise BCLMError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise BCLMError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class LoopConfig:
+    seed: int = option(0, "Seed for model initialisation and data order.")
+    log_every: int = option(25, "Log loss and action accuracy every N steps (tensorboard + metrics.jsonl).")
+    eval_every: int = option(0, "Evaluation rollouts every N steps (0 = only at the end).")
+    save_every: int = option(0, "Save a resumable checkpoint every N steps (0 = only the final policy).")
+    num_workers: int = option(0, "DataLoader worker processes.")
+    progress: bool = option(True, "Show a progress bar.")
+
+
+@dataclass
+class TrainRecipe:
+    dataset: str = option("", "Trajectory dataset directory (from `bclm collect`).")
+    output_dir: str = option("", "Where the policy, checkpoints, logs and reports go.")
+    task: str = option("", "Task name for the prompt token (default: the dataset's task).")
+    overwrite: bool = option(False, "Allow writing into an output_dir that already holds a finished policy.")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model"})
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig, metadata={"help": "tokenizer"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data"})
+    train: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer"})
+    loop: LoopConfig = field(default_factory=LoopConfig, metadata={"help": "loop"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "eval"})

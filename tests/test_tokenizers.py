@@ -1,0 +1,450 @@
+"""Tests for bclm.tokenizers: round trips, error bounds, persistence and the on-disk format."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector.utils import concatenate, create_empty_array
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bclm.errors import BCLMError
+from bclm.tokenizers import (
+    TOKENIZER_FILE,
+    BCTokenizer,
+    TokenizerConfig,
+    assemble,
+    flatten_leaves,
+    leaf_arrays,
+    space_from_dict,
+    space_to_dict,
+)
+from bclm.tokenizers.codecs import BoxCodec
+
+GOLDEN = Path(__file__).parent / "golden" / "tokenizer_v1.json"
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --- strategies ---------------------------------------------------------------------------------
+
+@st.composite
+def float_boxes(draw):
+    shape = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    scale = draw(st.sampled_from([1e-3, 1.0, 100.0]))
+    low = (rng.uniform(-1, 1, shape) * scale).astype(np.float32)
+    width = rng.uniform(0, 2, shape) * scale
+    if draw(st.booleans()) and shape:
+        width.ravel()[0] = 0.0  # a degenerate dimension must decode to its bound
+    high = (low + width).astype(np.float32)
+    return gym.spaces.Box(low, np.maximum(low, high), shape, np.float32)
+
+
+@st.composite
+def int_boxes(draw):
+    shape = tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=2)))
+    dtype = draw(st.sampled_from([np.int8, np.int32, np.int64]))
+    limit = 60 if dtype is np.int8 else 1000
+    low = draw(st.integers(-limit, limit // 2))
+    high = draw(st.integers(low, limit))
+    return gym.spaces.Box(low, high, shape, dtype)
+
+
+def discretes():
+    return st.builds(lambda n, s: gym.spaces.Discrete(n, start=s), st.integers(1, 50), st.integers(-5, 5))
+
+
+def multi_discretes():
+    return st.builds(lambda nvec, s: gym.spaces.MultiDiscrete(nvec, start=[s] * len(nvec)),
+                     st.lists(st.integers(1, 9), min_size=1, max_size=5), st.integers(-3, 3))
+
+
+def multi_binaries():
+    return st.one_of(st.integers(1, 6), st.tuples(st.integers(1, 3), st.integers(1, 3))).map(
+        lambda n: gym.spaces.MultiBinary(list(n) if isinstance(n, tuple) else n))
+
+
+def leaf_spaces():
+    return st.one_of(float_boxes(), int_boxes(), discretes(), multi_discretes(), multi_binaries())
+
+
+def spaces():
+    return st.recursive(
+        leaf_spaces(),
+        lambda children: st.one_of(
+            st.lists(children, min_size=1, max_size=3).map(gym.spaces.Tuple),
+            st.dictionaries(st.sampled_from(["a", "b", "pos", "z_key"]), children, min_size=1,
+                            max_size=3).map(gym.spaces.Dict),
+        ),
+        max_leaves=4,
+    )
+
+
+def sample_batch(space: gym.Space, n: int, seed: int):
+    """A batch as a gymnasium vector env returns it."""
+    space.seed(seed)
+    return concatenate(space, [space.sample() for _ in range(n)], create_empty_array(space, n))
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def _x_edges(codec: BoxCodec, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bin edges in x-space, computed independently of the codec's own inverse."""
+    width = codec.high - codec.low
+
+    def edge(t):
+        if codec.mode == "mulaw":
+            c = 2.0 * t - 1.0
+            t = (np.sign(c) * ((1.0 + codec.mu) ** np.abs(c) - 1.0) / codec.mu + 1.0) / 2.0
+        return codec.low + t * width
+
+    return edge(ids / codec.bins), edge((ids + 1) / codec.bins)
+
+
+def assert_box_error_within_half_bin(codec: BoxCodec, x: np.ndarray) -> None:
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    ids = codec.encode(x)
+    decoded = codec.decode(ids).reshape(len(x), -1).astype(np.float64)
+    lo, hi = _x_edges(codec, ids.astype(np.float64))
+    half = np.where(codec.exact, 0.0, (hi - lo) / 2)
+    # Integer dtypes round the midpoint to an integer; float32 output rounds it to float32.
+    slack = 1e-5 * np.maximum(np.abs(flat), 1.0) + (0.5 if np.issubdtype(codec.dtype, np.integer) else 0)
+    err = np.abs(decoded - flat)
+    assert (err <= half * (1 + 1e-5) + slack).all(), (codec.to_dict(), flat, decoded)
+
+
+def check_leaves_round_trip(tok: BCTokenizer, space: gym.Space, codecs, batch, decoded) -> None:
+    original = leaf_arrays(space, batch)
+    back = leaf_arrays(space, decoded)
+    for codec in codecs:
+        x, y = original[codec.path], back[codec.path]
+        assert y.shape == x.shape and y.dtype == x.dtype, codec.path
+        if isinstance(codec, BoxCodec):
+            assert_box_error_within_half_bin(codec, x)
+        else:
+            np.testing.assert_array_equal(y, x)
+
+
+def _space_tokenizer(obs_space, act_space, mode, bins, **kw) -> BCTokenizer:
+    config = TokenizerConfig(obs_bins=bins, action_bins=bins, mode=mode, obs_bounds="space",
+                             action_bounds="space", value_vocab=max(bins, 64), **kw)
+    return BCTokenizer(obs_space, act_space, config)
+
+
+# --- property tests -----------------------------------------------------------------------------
+
+@SETTINGS
+@given(spaces())
+def test_space_dict_round_trip(space):
+    d = space_to_dict(space)
+    again = space_from_dict(json.loads(json.dumps(d)))
+    assert space_to_dict(again) == d
+    assert again == space
+    assert [p for p, _ in flatten_leaves(again)] == [p for p, _ in flatten_leaves(space)]
+
+
+@SETTINGS
+@given(obs_space=spaces(), act_space=spaces(), mode=st.sampled_from(["uniform", "mulaw"]),
+       bins=st.sampled_from([16, 256]), seed=st.integers(0, 1000))
+def test_round_trip_error_ranges_and_persistence(obs_space, act_space, mode, bins, seed):
+    tok = _space_tokenizer(obs_space, act_space, mode, bins)
+    obs = sample_batch(obs_space, 7, seed)
+    act = sample_batch(act_space, 7, seed + 1)
+    tok.check_observation(obs)
+    tok.check_action(act)
+
+    check_leaves_round_trip(tok, obs_space, tok.obs_codecs, obs,
+                            tok.decode_observation(tok.encode_observation(obs)))
+    act_ids = tok.encode_action(act)
+    check_leaves_round_trip(tok, act_space, tok.action_codecs, act, tok.decode_action(act_ids))
+    ranges = tok.action_token_ranges()
+    assert ranges.shape == (tok.action_len, 2)
+    assert ((act_ids >= ranges[:, 0]) & (act_ids < ranges[:, 1])).all()
+    assert ranges[:, 0].min() >= tok.value_offset and ranges[:, 1].max() <= tok.task_offset
+    tok.check_action(tok.decode_action(act_ids))  # decoded actions always lie in the space
+
+    steps = tok.encode_steps(obs, act)
+    assert steps.shape == (7, tok.step_len)
+    assert (steps[:, tok.obs_len] == tok.act_id).all()
+    assert steps.max() < tok.vocab_size
+
+    with tempfile.TemporaryDirectory() as d:
+        tok.save_pretrained(d)
+        again = BCTokenizer.from_pretrained(d)
+    assert again == tok
+    np.testing.assert_array_equal(again.encode_steps(obs, act), steps)
+
+
+@SETTINGS
+@given(space=spaces(), seed=st.integers(0, 1000))
+def test_leaf_arrays_assemble_inverse(space, seed):
+    batch = sample_batch(space, 3, seed)
+    leaves = leaf_arrays(space, batch)
+    assert all(len(v) == 3 for v in leaves.values())
+    again = leaf_arrays(space, assemble(space, leaves))
+    for path in leaves:
+        np.testing.assert_array_equal(again[path], leaves[path])
+
+
+# --- specific behaviour -------------------------------------------------------------------------
+
+def test_flatten_leaves_paths():
+    space = gym.spaces.Dict({"a": gym.spaces.Discrete(2),
+                             "b": gym.spaces.Tuple([gym.spaces.Discrete(3),
+                                                    gym.spaces.Dict({"c": gym.spaces.MultiBinary(2)})])})
+    assert [p for p, _ in flatten_leaves(space)] == ["a", "b.0", "b.1.c"]
+    assert [p for p, _ in flatten_leaves(gym.spaces.Discrete(4))] == [""]
+
+
+def test_infinite_box_bounds_survive_json():
+    space = gym.spaces.Box(np.array([-np.inf, 0.1]), np.array([np.inf, 1e30]), dtype=np.float64)
+    text = json.dumps(space_to_dict(space), allow_nan=False)
+    again = space_from_dict(json.loads(text))
+    np.testing.assert_array_equal(again.low, space.low)
+    np.testing.assert_array_equal(again.high, space.high)
+
+
+def test_fit_uses_percentiles_and_reports_clipping():
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    act_space = gym.spaces.Discrete(3)
+    tok = BCTokenizer(obs_space, act_space, TokenizerConfig(percentiles=(5.0, 95.0)))
+    x = np.stack([np.arange(101), 10 * np.arange(101)], axis=1).astype(np.float32)
+    actions = np.arange(101) % 3
+    tok.fit(x, actions)
+    codec = tok.obs_codecs[0]
+    np.testing.assert_allclose(codec.low, [5.0, 50.0])
+    np.testing.assert_allclose(codec.high, [95.0, 950.0])
+    decoded = tok.decode_observation(tok.encode_observation(x))
+    assert decoded.min(axis=0).tolist() >= [5.0, 50.0] and decoded.max(axis=0).tolist() <= [95.0, 950.0]
+    report = tok.quantization_report(x, actions)
+    assert report["observation"][""]["clip_fraction"] == pytest.approx([10 / 101, 10 / 101])
+    assert report["action"][""]["max_abs_error"] == [0.0]
+    # The clipped extreme 0 of dimension 1 decodes to the centre of the lowest bin.
+    assert report["max_abs_error"] == pytest.approx(50.0 + 900.0 / 256 / 2)
+    json.dumps(report, allow_nan=False)
+
+
+def test_auto_bounds_use_space_when_finite():
+    act_space = gym.spaces.Box(-2.0, 2.0, (3,), np.float32)
+    tok = BCTokenizer(gym.spaces.Discrete(2), act_space)  # action_bounds defaults to "auto"
+    act = np.array([[-2.0, 0.0, 2.0]], dtype=np.float32)
+    np.testing.assert_allclose(tok.decode_action(tok.encode_action(act)), act, atol=4 / 256)
+
+
+def test_int_box_within_bins_is_exact_even_with_data_bounds():
+    obs_space = gym.spaces.Box(0, 255, (7, 7, 3), np.uint8)
+    tok = BCTokenizer(obs_space, gym.spaces.Discrete(3))  # obs_bounds "data", but no fit needed
+    x = sample_batch(obs_space, 4, 0)
+    np.testing.assert_array_equal(tok.decode_observation(tok.encode_observation(x)), x)
+
+
+def test_multidiscrete_grouping_shortens_and_is_exact():
+    space = gym.spaces.MultiDiscrete(np.tile([11, 6, 3], (7, 7, 1)))
+    plain = BCTokenizer(space, gym.spaces.Discrete(7))
+    grouped = BCTokenizer(space, gym.spaces.Discrete(7), TokenizerConfig(group=3))
+    assert plain.obs_len == 147 and grouped.obs_len == 49
+    x = sample_batch(space, 16, 3)
+    np.testing.assert_array_equal(grouped.decode_observation(grouped.encode_observation(x)), x)
+    assert grouped.encode_observation(x).max() < grouped.value_offset + 11 * 6 * 3
+
+
+def test_group_too_large_for_value_vocab():
+    space = gym.spaces.MultiDiscrete([100, 100])
+    with pytest.raises(BCLMError, match="value_vocab"):
+        BCTokenizer(space, gym.spaces.Discrete(2), TokenizerConfig(group=2))
+
+
+def test_multibinary_grouping():
+    space = gym.spaces.MultiBinary(10)
+    tok = BCTokenizer(space, space, TokenizerConfig(group=4))
+    assert tok.obs_len == 3
+    x = sample_batch(space, 8, 1)
+    np.testing.assert_array_equal(tok.decode_action(tok.encode_action(x)), x)
+    assert tok.action_token_ranges()[:, 1].tolist() == [tok.value_offset + 16] * 2 + [tok.value_offset + 4]
+
+
+MISSIONS = ["go to the red ball", "pick up the blue key", "open the yellow door",
+            "put the green box next to the purple ball"]
+
+
+def test_text_bpe_round_trip():
+    obs_space = gym.spaces.Dict({"mission": gym.spaces.Text(64), "dir": gym.spaces.Discrete(4)})
+    tok = BCTokenizer(obs_space, gym.spaces.Discrete(7), TokenizerConfig(text_max_tokens=12))
+    obs = {"mission": tuple(MISSIONS), "dir": np.arange(4)}
+    tok.fit(obs, np.arange(4))
+    ids = tok.encode_observation(obs)
+    assert ids.shape == (4, 13)
+    text_ids = ids[:, 1:] if tok.obs_codecs[0].path == "dir" else ids[:, :12]
+    assert (text_ids >= tok.text_offset).all() and (text_ids < tok.task_offset).all()
+    assert list(tok.decode_observation(ids)["mission"]) == MISSIONS
+    with tempfile.TemporaryDirectory() as d:
+        tok.save_pretrained(d)
+        again = BCTokenizer.from_pretrained(d)
+    np.testing.assert_array_equal(again.encode_observation(obs), ids)
+
+
+def test_text_truncates_to_max_tokens():
+    tok = BCTokenizer(gym.spaces.Text(64), gym.spaces.Discrete(2), TokenizerConfig(text_max_tokens=2))
+    tok.fit(list(MISSIONS), np.zeros(4, dtype=np.int64))
+    assert tok.encode_observation(list(MISSIONS)).shape == (4, 2)
+
+
+def test_text_with_hf_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
+    from bclm.tokenizers.codecs import train_bpe
+
+    base = PreTrainedTokenizerFast(tokenizer_object=train_bpe(MISSIONS, 300), pad_token="<pad>")
+    tok = BCTokenizer(gym.spaces.Text(64), gym.spaces.Discrete(3), text_tokenizer=base)
+    assert tok.base_vocab_size == len(base) and tok.text_offset == 0
+    assert tok.pad_id == len(base) and tok.vocab_size == len(base) + 8 + 1024 + 1
+    ids = tok.encode_observation(MISSIONS)
+    assert ids.max() < len(base)
+    assert list(tok.decode_observation(ids)) == MISSIONS
+    d = tok.to_dict()
+    assert d["text_tokenizer"] == base.name_or_path and "bpe" not in d["codecs"]["observation"][0]
+    again = BCTokenizer.from_dict(d, text_tokenizer=base)
+    np.testing.assert_array_equal(again.encode_observation(MISSIONS), ids)
+    with pytest.raises(BCLMError, match="text_tokenizer="):
+        BCTokenizer.from_dict(d).encode_observation(MISSIONS)
+
+
+def test_tasks_append_without_moving_ids():
+    tok = BCTokenizer(gym.spaces.Discrete(3), gym.spaces.Discrete(3), tasks=["a"])
+    before = tok.task_token("a"), tok.value_offset, tok.act_id
+    tok.add_task("b")
+    assert (tok.task_token("a"), tok.value_offset, tok.act_id) == before
+    assert tok.task_token("b") == tok.vocab_size - 1
+    assert tok.prefix("b").tolist() == [tok.bos_id, tok.vocab_size - 1] and tok.prefix_len == 2
+    with pytest.raises(BCLMError, match=r"unknown task 'c'.*\['a', 'b'\]"):
+        tok.task_token("c")
+
+
+def test_base_vocab_shifts_everything():
+    tok = BCTokenizer(gym.spaces.Discrete(3), gym.spaces.Discrete(3), base_vocab_size=1000)
+    assert tok.pad_id == 1000 and tok.value_offset == 1008
+    assert tok.encode_action(np.array([2])).tolist() == [[1010]]
+
+
+def test_assert_compatible():
+    obs, act = gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(3)
+    tok = BCTokenizer(obs, act, TokenizerConfig(obs_bounds="space"))
+    tok.assert_compatible(gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(3), "env")
+    with pytest.raises(BCLMError, match=r"env: action space Discrete\(4\) differs"):
+        tok.assert_compatible(obs, gym.spaces.Discrete(4), "env")
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+def _dict_tokenizer() -> BCTokenizer:
+    obs = gym.spaces.Dict({"pos": gym.spaces.Box(-1, 1, (2,)), "k": gym.spaces.Discrete(3)})
+    return BCTokenizer(obs, gym.spaces.Box(-1, 1, (2,)), TokenizerConfig(obs_bounds="space"))
+
+
+def test_nan_observation_names_leaf():
+    tok = _dict_tokenizer()
+    obs = {"pos": np.array([[0.0, np.nan]], dtype=np.float32), "k": np.array([1])}
+    with pytest.raises(BCLMError, match=r"rollout: leaf 'pos' contains NaN"):
+        tok.check_observation(obs, where="rollout")
+    with pytest.raises(BCLMError, match="leaf 'pos'"):
+        tok.encode_observation(obs)
+
+
+def test_wrong_shape_and_missing_key():
+    tok = _dict_tokenizer()
+    with pytest.raises(BCLMError, match=r"leaf 'pos' has shape \(1, 3\)"):
+        tok.check_observation({"pos": np.zeros((1, 3)), "k": np.array([1])})
+    with pytest.raises(BCLMError, match="no entry 'k'"):
+        tok.check_observation({"pos": np.zeros((1, 2))})
+
+
+def test_action_outside_space():
+    tok = _dict_tokenizer()
+    with pytest.raises(BCLMError, match=r"action: root leaf value 1\.5.*outside the space Box"):
+        tok.check_action(np.array([[0.0, 1.5]], dtype=np.float32))
+    tok2 = BCTokenizer(gym.spaces.Discrete(2), gym.spaces.Discrete(3, start=1))
+    with pytest.raises(BCLMError, match=r"value 0 .*Discrete\(3, start=1\)"):
+        tok2.check_action(np.array([1, 0]))
+
+
+def test_unfitted_data_bounds():
+    tok = BCTokenizer(gym.spaces.Box(-np.inf, np.inf, (2,)), gym.spaces.Discrete(2))
+    with pytest.raises(BCLMError, match="must be fitted"):
+        tok.encode_observation(np.zeros((1, 2), dtype=np.float32))
+
+
+def test_infinite_bounds_with_space_source():
+    with pytest.raises(BCLMError, match=r"leaf 'x' has infinite Box bounds"):
+        BCTokenizer(gym.spaces.Dict({"x": gym.spaces.Box(-np.inf, np.inf, (2,))}), gym.spaces.Discrete(2),
+                    TokenizerConfig(obs_bounds="space"))
+
+
+def test_missing_tokenizer_file(tmp_path):
+    with pytest.raises(BCLMError, match=f"{TOKENIZER_FILE} not found.*not a bclm policy/tokenizer"):
+        BCTokenizer.from_pretrained(tmp_path)
+
+
+def test_newer_format_version(tmp_path):
+    tok = _dict_tokenizer()
+    path = tok.save_pretrained(tmp_path)
+    d = json.loads(path.read_text())
+    d["format_version"] = 99
+    path.write_text(json.dumps(d))
+    with pytest.raises(BCLMError, match="format_version 99"):
+        BCTokenizer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(("field", "value"), [("obs_bins", 2048), ("mode", "log"), ("obs_bounds", "x"),
+                                              ("percentiles", (99.0, 1.0)), ("group", 0)])
+def test_config_validation_names_field(field, value):
+    with pytest.raises(BCLMError, match=field):
+        TokenizerConfig(**{field: value})
+
+
+def test_unsupported_space():
+    with pytest.raises(BCLMError, match="Graph"):
+        space_to_dict(gym.spaces.Graph(gym.spaces.Discrete(2), None))
+
+
+# --- golden file --------------------------------------------------------------------------------
+
+def golden_tokenizer() -> BCTokenizer:
+    obs = gym.spaces.Dict({"pos": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
+                           "dir": gym.spaces.Discrete(4, start=1),
+                           "cell": gym.spaces.MultiDiscrete([11, 6, 3, 2])})
+    act = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    config = TokenizerConfig(obs_bins=64, action_bins=32, mode="mulaw", group=2, value_vocab=512)
+    tok = BCTokenizer(obs, act, config, tasks=["reach", "push"])
+    # 101 rows put the (1, 99) percentiles exactly on data points, so no interpolation rounding.
+    rng = np.random.default_rng(1234)
+    pos = (rng.standard_normal((101, 3)) * [1.0, 10.0, 0.1]).astype(np.float32)
+    obs_batch = {"pos": pos, "dir": np.arange(101) % 4 + 1, "cell": np.zeros((101, 4), dtype=np.int64)}
+    return tok.fit(obs_batch, np.zeros((101, 2), dtype=np.float32))
+
+
+def _canonical(d: dict) -> dict:
+    return json.loads(json.dumps(d, sort_keys=True, allow_nan=False))
+
+
+def test_golden_format():
+    actual = _canonical(golden_tokenizer().to_dict())
+    expected = json.loads(GOLDEN.read_text())
+    assert actual == expected, (
+        "the tokenizer file format drifted from tests/golden/tokenizer_v1.json. Saved policies depend on "
+        "it: if the change is deliberate, bump FORMAT_VERSION when old files no longer load identically, "
+        "then regenerate with `python tests/test_tokenizers.py --write-golden`")
+    assert BCTokenizer.from_dict(expected).to_dict() == expected
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write-golden"]:
+        sys.exit("usage: python tests/test_tokenizers.py --write-golden")
+    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+    GOLDEN.write_text(json.dumps(_canonical(golden_tokenizer().to_dict()), indent=2, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN}")
