@@ -8,11 +8,10 @@ from pathlib import Path
 
 from bclm.collect import collect
 from bclm.data.sequences import DataConfig
-from bclm.envs import get_task
+from bclm.envs import get_task, load_expert, make_env
 from bclm.eval.evaluate import EvalConfig, evaluate, format_table, write_report
 from bclm.eval.metrics import summarize
 from bclm.eval.rollout import ExpertActor, run_episodes
-from bclm.envs import load_expert, make_env
 from bclm.models import ModelConfig
 from bclm.trainer.bc import train
 from bclm.trainer.config import LoopConfig, OptimConfig, TrainRecipe

@@ -151,11 +151,11 @@ def _append_step(buffers: list[_EpisodeBuffer], obs_space: gym.Space, act_space:
 
 
 def _info_success(info: dict[str, Any], i: int) -> bool:
-    final = info.get("final_info", {})
-    for source in (final, info):
-        if "success" in source and source.get("_success", np.ones(i + 1, bool))[i]:
-            if bool(source["success"][i]):
-                return True
+    """`info["success"]` of env i's last step: in `final_info` when the episode just ended (SAME_STEP)."""
+    for source in (info.get("final_info", {}), info):
+        present = "success" in source and source.get("_success", np.ones(i + 1, bool))[i]
+        if present and bool(source["success"][i]):
+            return True
     return False
 
 

@@ -472,10 +472,7 @@ def _leaf_report(codec: Codec, x: np.ndarray) -> dict:
         return {"exact_fraction": exact}
     flat = x.reshape(len(x), -1).astype(np.float64)
     err = np.abs(decoded.reshape(len(x), -1).astype(np.float64) - flat)
-    if hasattr(codec, "low"):
-        clipped = (flat < codec.low) | (flat > codec.high)
-    else:
-        clipped = np.zeros_like(flat, dtype=bool)
+    clipped = (flat < codec.low) | (flat > codec.high) if hasattr(codec, "low") else np.zeros_like(flat, dtype=bool)
     return {"max_abs_error": [float(v) for v in err.max(axis=0)] if len(x) else [],
             "mean_abs_error": [float(v) for v in err.mean(axis=0)] if len(x) else [],
             "clip_fraction": [float(v) for v in clipped.mean(axis=0)] if len(x) else []}

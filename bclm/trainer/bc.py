@@ -219,6 +219,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         policy.save_pretrained(out)
         _evaluate_and_log(policy, recipe, optim.max_steps, accelerator, out, metrics_file, final=True)
     accelerator.end_training()
+    policy.model.eval()
     return policy
 
 

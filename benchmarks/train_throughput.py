@@ -1,0 +1,188 @@
+"""Training throughput: bclm's `train_step` (accelerate + `action_loss`) vs a bare PyTorch loop.
+
+Both sides train the same model config from the same initial weights (a deep copy) on the same batches
+in the same precision, so the ratio measures only what bclm's step adds or saves:
+
+* bclm: `train_step(model, optimizer, scheduler, stream, accelerator, optim)` under
+  `accelerate.Accelerator(cpu=True)`, with bclm's AdamW groups and cosine schedule; its loss
+  (`action_loss`) sends only the label-carrying positions through the LM head (`logits_to_keep`);
+* bare: `model(input_ids, attention_mask, labels=labels).loss.backward()`, `clip_grad_norm_`,
+  `torch.optim.AdamW` step, `LambdaLR` step, `zero_grad` — the textbook Hugging Face loop.
+
+Data: random CartPole-like episodes (Box(4) obs, Discrete(2) actions) tokenized into a `WindowDataset`
+(context 256) and collated once into a fixed list of batches, so neither side pays for data loading in
+the timed region and both see exactly the same tokens. Tokens are non-pad input tokens
+(`attention_mask.sum()`), the count bclm's training loop logs as tokens/s.
+
+The two sides are interleaved (A B A B ...) in rounds so that load from other processes hits both
+alike; each side's tokens/s is the median over rounds.
+
+    python benchmarks/train_throughput.py           # size base, batch 16, fp32
+    python benchmarks/train_throughput.py --bf16    # bf16 autocast on both sides
+    python benchmarks/train_throughput.py --quick   # seconds, to check the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+import gymnasium as gym
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from bclm.data.sequences import PadCollator, WindowDataset, tokenize_episodes
+from bclm.models import ModelConfig, build_model, count_parameters
+from bclm.tokenizers import BCTokenizer, TokenizerConfig
+from bclm.trainer.bc import make_optimizer, make_scheduler, train_step
+from bclm.trainer.config import OptimConfig
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="base", help="bclm model size (tiny, small, base, ...)")
+    p.add_argument("--context-length", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (default fp32)")
+    p.add_argument("--rounds", type=int, default=5, help="A B rounds; the median over rounds is reported")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per side per round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first (optimizer state)")
+    p.add_argument("--episodes", type=int, default=64, help="synthetic episodes in the dataset")
+    # torch's default (one thread per core) is right on an idle machine; on a shared one, OpenMP threads
+    # waiting for each other at every op can cost far more than the second core brings: try 1.
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny settings, only to check that the script runs")
+    args = p.parse_args()
+    if args.quick:
+        args.size, args.context_length, args.batch_size = "tiny", 64, 4
+        args.rounds, args.steps, args.warmup, args.episodes = 2, 2, 1, 8
+    return args
+
+
+def synthetic_batches(context_length: int, batch_size: int, count: int, episodes: int, seed: int
+                      ) -> tuple[BCTokenizer, list[dict[str, torch.Tensor]]]:
+    """`count` collated batches of windows over random CartPole-like episodes."""
+    rng = np.random.default_rng(seed)
+    # Varied episode lengths, so some windows are shorter than the context and batches carry padding,
+    # as real datasets with early terminations do.
+    lengths = rng.integers(20, 300, size=episodes)
+    n = int(lengths.sum())
+    obs = rng.normal(size=(n, 4)).astype(np.float32)
+    act = rng.integers(0, 2, size=n)
+    episode = np.repeat(np.arange(episodes), lengths)
+    step = np.concatenate([np.arange(k) for k in lengths])
+    tok = BCTokenizer(gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2),
+                      TokenizerConfig())
+    tok.fit(obs, act)
+    tokens = tokenize_episodes(tok, obs, act, episode, step, np.full(n, "default", dtype=object))
+    dataset = WindowDataset(tokens, tok, context_length)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                                         collate_fn=PadCollator(tok.pad_id),
+                                         generator=torch.Generator().manual_seed(seed))
+    out: list[dict[str, torch.Tensor]] = []
+    while len(out) < count:
+        out.extend(loader)
+    return tok, out[:count]
+
+
+def bclm_stepper(model: torch.nn.Module, optim: OptimConfig, bf16: bool) -> Callable[[Iterator], None]:
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16" if bf16 else "no")
+    optimizer = make_optimizer(model, optim)
+    scheduler = make_scheduler(optimizer, optim)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model.train()
+    return lambda stream: train_step(model, optimizer, scheduler, stream, accelerator, optim)
+
+
+def bare_stepper(model: torch.nn.Module, optim: OptimConfig, bf16: bool) -> Callable[[Iterator], None]:
+    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
+                            weight_decay=optim.weight_decay)
+
+    # The same warmup + cosine-to-min-lr schedule as bclm's, written as a plain LambdaLR.
+    def lr_factor(step: int) -> float:
+        if step < optim.warmup_steps:
+            return step / max(1, optim.warmup_steps)
+        progress = (step - optim.warmup_steps) / max(1, optim.max_steps - optim.warmup_steps)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * cosine
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    model.train()
+
+    def step(stream: Iterator) -> None:
+        batch = next(stream)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         labels=batch["labels"]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def timed(step: Callable[[Iterator], None], batches: list[dict[str, torch.Tensor]]) -> float:
+    """tokens/s of `len(batches)` optimizer steps."""
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    stream = iter(batches)
+    start = time.perf_counter()
+    for _ in batches:
+        step(stream)
+    return tokens / (time.perf_counter() - start)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    per_side = args.warmup + args.rounds * args.steps
+    tok, batches = synthetic_batches(args.context_length, args.batch_size, per_side, args.episodes, args.seed)
+    torch.manual_seed(args.seed)
+    model = build_model(ModelConfig(size=args.size), tok.vocab_size, args.context_length, tok.bos_id,
+                        tok.eos_id, tok.pad_id)
+    bare_model = copy.deepcopy(model)   # identical initial weights on both sides
+    optim = OptimConfig(max_steps=per_side, batch_size=args.batch_size, bf16=args.bf16, warmup_steps=2)
+    sides = {"bclm train_step": bclm_stepper(model, optim, args.bf16),
+             "bare PyTorch": bare_stepper(bare_model, optim, args.bf16)}
+
+    pad_share = 1 - sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel()
+                                                                               for b in batches)
+    precision = "bf16 autocast" if args.bf16 else "fp32"
+    print(f"model {args.size} ({count_parameters(model) / 1e6:.2f}M params, vocab {tok.vocab_size}), "
+          f"context {args.context_length}, batch {args.batch_size}, {precision}, "
+          f"{pad_share:.0%} padding, torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+
+    # Warm-up: the first step allocates AdamW's state and grows the allocator; not what we measure.
+    for step in sides.values():
+        timed(step, batches[:args.warmup])
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(args.rounds):
+        chunk = batches[args.warmup + r * args.steps: args.warmup + (r + 1) * args.steps]
+        for name, step in sides.items():          # A then B, every round
+            rates[name].append(timed(step, chunk))
+        line = ", ".join(f"{n} {v[-1]:,.0f} tok/s" for n, v in rates.items())
+        print(f"  round {r + 1}: {line}", flush=True)
+
+    med = {name: statistics.median(v) for name, v in rates.items()}
+    bclm, bare = med["bclm train_step"], med["bare PyTorch"]
+    print()
+    print("| loop | median tokens/s | min | max | vs bare |")
+    print("|---|---:|---:|---:|---:|")
+    for name, v in rates.items():
+        print(f"| {name} | {med[name]:,.0f} | {min(v):,.0f} | {max(v):,.0f} | {med[name] / bare:.2f}x |")
+    print()
+    print(f"bclm / bare = {bclm / bare:.2f} (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()

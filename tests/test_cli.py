@@ -1,0 +1,154 @@
+"""The CLI end to end, as a user runs it: a user's own env and expert by import path, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = "tests.custom_env:CustomTarget-v0"
+EXPERT = "tests.custom_env:expert"
+# CustomTarget is Markovian: a 3-step context avoids the copycat shortcut (repeat the last action) that
+# a long history offers a model trained this briefly.
+TINY = ["--model.size", "tiny", "--data.context_length", "14", "--train.batch_size", "32",
+        "--train.lr", "3e-3", "--train.warmup_steps", "20", "--loop.progress", "false",
+        "--eval.episodes", "8"]
+
+
+def bclm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "-m", "bclm", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def custom_run(tmp_path_factory) -> Path:
+    """Collect, train and evaluate the custom env once; the tests below read what it wrote."""
+    work = tmp_path_factory.mktemp("cli")
+    r = bclm("collect", "--env", ENV, "--expert", EXPERT, "--episodes", "40", "--output", "data", cwd=work)
+    assert r.returncode == 0, r.stderr
+    r = bclm("train", "--dataset", "data", "--output-dir", "policy", "--train.max_steps", "200", *TINY, cwd=work)
+    assert r.returncode == 0, r.stderr
+    r = bclm("eval", "--policy", "policy", "--env", ENV, "--expert", EXPERT, "--episodes", "16",
+             "--output", "report.json", cwd=work)
+    assert r.returncode == 0, r.stderr
+    return work
+
+
+def test_custom_env_and_expert_train_and_evaluate_by_import_path(custom_run):
+    summary = json.loads((custom_run / "data" / "bclm_dataset.json").read_text())
+    assert summary["env_id"] == ENV
+    report = json.loads((custom_run / "report.json").read_text())
+    for key in ("success_rate", "mean_return", "mean_length", "episodes", "mistake_rate"):
+        assert key in report
+    assert report["episodes"] == 16
+    # The expert needs at most 20 moves per episode; a policy that learned nothing scores ~0.
+    assert report["success_rate"] >= 0.75, report
+    assert report["mistake_rate"] < 0.3, report
+    metrics = [json.loads(line) for line in (custom_run / "policy" / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_trained_policy_dir_has_weights_tokenizer_and_recipe(custom_run):
+    names = {p.name for p in (custom_run / "policy").iterdir()}
+    assert {"config.json", "model.safetensors", "bclm_tokenizer.json", "bclm_policy.json", "recipe.yaml",
+            "eval_report.json"} <= names
+
+
+def _error(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr       # one line, no traceback
+    return lines[0]
+
+
+def test_unknown_recipe_key_is_named(custom_run, tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("train:\n  max_step: 10\n")
+    msg = _error(bclm("train", str(recipe), "--dataset", str(custom_run / "data"), "--output-dir", "out",
+                      cwd=tmp_path))
+    assert "max_step" in msg and "bad.yaml" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_override_is_named(custom_run, tmp_path):
+    msg = _error(bclm("train", "--dataset", str(custom_run / "data"), "--output-dir", "out",
+                      "--model.sise", "tiny", cwd=tmp_path))
+    assert "sise" in msg
+
+
+def test_missing_dataset_is_named(tmp_path):
+    msg = _error(bclm("train", "--dataset", "nowhere", "--output-dir", "out", cwd=tmp_path))
+    assert "nowhere" in msg
+
+
+def test_existing_policy_is_not_overwritten(custom_run):
+    before = (custom_run / "policy" / "model.safetensors").read_bytes()
+    msg = _error(bclm("train", "--dataset", "data", "--output-dir", "policy", *TINY, cwd=custom_run))
+    assert "already holds a trained policy" in msg
+    assert (custom_run / "policy" / "model.safetensors").read_bytes() == before
+
+
+def test_collect_refuses_existing_dataset(custom_run):
+    before = sorted(p.name for p in (custom_run / "data").iterdir())
+    msg = _error(bclm("collect", "--env", ENV, "--expert", EXPERT, "--episodes", "2", "--output", "data",
+                      cwd=custom_run))
+    assert "already exists" in msg
+    assert sorted(p.name for p in (custom_run / "data").iterdir()) == before
+
+
+def test_policy_without_tokenizer_is_named(custom_run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "policy"
+    shutil.copytree(custom_run / "policy", broken)
+    (broken / "bclm_tokenizer.json").unlink()
+    msg = _error(bclm("eval", "--policy", str(broken), "--episodes", "1", cwd=tmp_path))
+    assert "bclm_tokenizer.json" in msg
+
+
+def test_eval_on_env_with_other_spaces_is_named(custom_run):
+    msg = _error(bclm("eval", "--policy", "policy", "--env", "CartPole-v1", "--episodes", "1", cwd=custom_run))
+    assert "CartPole-v1" in msg
+
+
+def test_expert_with_action_outside_space_is_named(tmp_path):
+    msg = _error(bclm("collect", "--env", ENV, "--expert", "tests.test_cli:bad_expert", "--episodes", "2",
+                      "--output", "data", cwd=tmp_path))
+    assert "bad_expert" in msg and "outside the action space" in msg
+
+
+def test_unimportable_expert_is_named(tmp_path):
+    msg = _error(bclm("collect", "--env", ENV, "--expert", "no_such_module:fn", "--episodes", "2",
+                      "--output", "data", cwd=tmp_path))
+    assert "no_such_module" in msg
+
+
+def test_nan_in_dataset_observations_is_named(custom_run, tmp_path):
+    import shutil
+
+    import datasets
+
+    data = tmp_path / "data"
+    shutil.copytree(custom_run / "data", data)
+    shard = data / "round-000"
+    ds = datasets.load_from_disk(str(shard))
+    obs = np.array(ds["observation"], dtype=np.float32)
+    obs[3, 1] = np.nan
+    ds = ds.remove_columns("observation").add_column("observation", obs.tolist(),
+                                                      feature=ds.features["observation"])
+    shutil.rmtree(shard)
+    ds.save_to_disk(str(shard))
+    msg = _error(bclm("train", "--dataset", str(data), "--output-dir", "out", *TINY, cwd=tmp_path))
+    assert "observation" in msg and str(data) in msg
+
+
+def bad_expert(obs):
+    return 7   # CustomTarget has Discrete(3)

@@ -1,0 +1,55 @@
+"""Recipes and overrides: typed, strict, with errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from bclm import config as cfg
+from bclm.errors import BCLMError
+from bclm.trainer.config import TrainRecipe
+
+
+def test_defaults_recipe_and_overrides_compose(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  size: tiny\ntrain:\n  lr: 0.01\n  max_steps: 5\n")
+    r = cfg.build_config(TrainRecipe, recipe, ["--train.max_steps", "7", "--output-dir=out",
+                                               "--tokenizer.percentiles", "[2, 98]", "--train.bf16", "true"])
+    assert r.model.size == "tiny" and r.train.lr == 0.01        # from the recipe
+    assert r.train.max_steps == 7 and r.output_dir == "out"     # overrides win
+    assert r.tokenizer.percentiles == (2.0, 98.0) and r.train.bf16 is True
+    assert r.data.context_length == 256                          # default kept
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("train:\n  max_step: 3\n", "max_step"),
+    ("modle:\n  size: tiny\n", "modle"),
+])
+def test_unknown_recipe_key_names_key_and_file(tmp_path, text, needle):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    with pytest.raises(BCLMError, match=needle) as e:
+        cfg.build_config(TrainRecipe, recipe, [])
+    assert "r.yaml" in str(e.value)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--train.max_steps", "many"], "train.max_steps"),
+    (["--train.bf16", "maybe"], "train.bf16"),
+    (["--model.size", "huge"], "huge"),
+    (["--train.lr"], "needs a value"),
+    (["stray"], "stray"),
+])
+def test_bad_overrides_are_named(args, needle):
+    with pytest.raises(BCLMError, match=needle):
+        cfg.build_config(TrainRecipe, None, args)
+
+
+def test_help_lists_every_field_with_its_help():
+    text = "\n".join(cfg.help_text(TrainRecipe))
+    assert "--train.lr" in text and "Peak learning rate" in text
+    assert "--tokenizer.obs_bins" in text and "--eval.episodes" in text
+
+
+def test_to_dict_round_trips():
+    r = cfg.build_config(TrainRecipe, None, ["--model.size", "tiny", "--train.betas", "[0.9, 0.99]"])
+    assert cfg.from_dict(TrainRecipe, cfg.to_dict(r)) == r

@@ -1,0 +1,104 @@
+"""Trajectory store and training sequences."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from bclm.data.sequences import IGNORE_INDEX, PadCollator, WindowDataset, tokenize_episodes, window_index
+from bclm.data.store import EpisodeRecord, TrajectoryStore
+from bclm.errors import BCLMError
+from bclm.tokenizers import BCTokenizer, TokenizerConfig, leaf_arrays
+
+OBS = gym.spaces.Dict({"pos": gym.spaces.Box(-1, 1, (2,), np.float32), "grid": gym.spaces.MultiDiscrete([3, 4])})
+ACT = gym.spaces.Box(-1, 1, (2,), np.float32)
+
+
+def _episode(length: int, seed: int) -> EpisodeRecord:
+    rng = np.random.default_rng(seed)
+    obs = {"pos": rng.uniform(-1, 1, (length, 2)).astype(np.float32),
+           "grid": np.stack([rng.integers(0, 3, length), rng.integers(0, 4, length)], 1)}
+    act = {"": rng.uniform(-1, 1, (length, 2)).astype(np.float32)}
+    return EpisodeRecord(observation=leaf_arrays(OBS, obs), action=act, expert_action=None,
+                         reward=rng.normal(size=length).astype(np.float32), terminated=True, truncated=False,
+                         task="toy", success=True)
+
+
+def test_store_round_trips_steps_and_provenance(tmp_path):
+    store = TrajectoryStore.create(tmp_path / "d", OBS, ACT, env_id="Toy-v0", task="toy")
+    eps = [_episode(5, 0), _episode(3, 1)]
+    store.write_shard("round-000", eps)
+    store.write_shard("round-001", [_episode(4, 2)], round_index=1, source="dagger", policy_revision="abc")
+    reopened = TrajectoryStore(tmp_path / "d")
+    assert reopened.shard_names() == ["round-000", "round-001"]
+    steps = reopened.arrays()
+    assert len(steps) == 12
+    np.testing.assert_array_equal(steps.observation["pos"][:5], eps[0].observation["pos"])
+    np.testing.assert_array_equal(steps.observation["grid"][5:8], eps[1].observation["grid"])
+    np.testing.assert_array_equal(steps.action[:5], eps[0].action[""])
+    # Episode ids continue across shards; provenance columns are filled.
+    assert sorted(set(steps.columns["episode"].tolist())) == [0, 1, 2]
+    assert steps.columns["round"].tolist() == [0] * 8 + [1] * 4
+    assert steps.columns["terminated"].tolist()[:5] == [False] * 4 + [True]
+    assert reopened.observation_space == OBS and reopened.action_space == ACT
+
+
+def test_store_never_overwrites(tmp_path):
+    store = TrajectoryStore.create(tmp_path / "d", OBS, ACT, env_id="Toy-v0", task="toy")
+    store.write_shard("round-000", [_episode(3, 0)])
+    with pytest.raises(BCLMError, match="already exists"):
+        store.write_shard("round-000", [_episode(3, 1)])
+    with pytest.raises(BCLMError, match="not empty"):
+        TrajectoryStore.create(tmp_path / "d", OBS, ACT, env_id="Toy-v0", task="toy")
+    assert len(TrajectoryStore(tmp_path / "d").arrays()) == 3
+
+
+def test_interrupted_shard_write_is_ignored(tmp_path):
+    store = TrajectoryStore.create(tmp_path / "d", OBS, ACT, env_id="Toy-v0", task="toy")
+    store.write_shard("round-000", [_episode(3, 0)])
+    (tmp_path / "d" / ".tmp-round-001-deadbeef").mkdir()          # what a crash mid-write leaves
+    (tmp_path / "d" / "round-002").mkdir()                         # a shard without its metadata
+    assert store.shard_names() == ["round-000"]
+
+
+def test_newer_format_and_missing_meta_are_clear_errors(tmp_path):
+    with pytest.raises(BCLMError, match=r"bclm_dataset\.json not found"):
+        TrajectoryStore(tmp_path)
+    store = TrajectoryStore.create(tmp_path / "d", OBS, ACT, env_id="Toy-v0", task="toy")
+    meta = json.loads((store.path / "bclm_dataset.json").read_text())
+    meta["format_version"] = 99
+    (store.path / "bclm_dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(BCLMError, match="format_version 99"):
+        TrajectoryStore(store.path)
+
+
+def test_window_index_covers_every_step():
+    idx = window_index(np.array([10, 3]), per_window=4, stride=2)
+    covered = {(e, s + k) for e, s, n in idx for k in range(n)}
+    assert covered == {(0, t) for t in range(10)} | {(1, t) for t in range(3)}
+    assert all(n == 4 for e, s, n in idx if e == 0)
+
+
+def test_windows_put_prompt_first_and_loss_on_actions_only(tmp_path):
+    store = TrajectoryStore.create(tmp_path / "d", OBS, ACT, env_id="Toy-v0", task="toy")
+    store.write_shard("round-000", [_episode(9, 0), _episode(4, 1)])
+    steps = store.arrays()
+    tok = BCTokenizer(OBS, ACT, TokenizerConfig(), tasks=["toy"]).fit(steps.observation, steps.action)
+    tokens = tokenize_episodes(tok, steps.observation, steps.action, steps.columns["episode"],
+                               steps.columns["step"], steps.columns["task"])
+    ds = WindowDataset(tokens, tok, context_length=2 + 3 * tok.step_len)
+    item = ds[0]
+    ids, labels = item["input_ids"].numpy(), item["labels"].numpy()
+    assert ids[0] == tok.bos_id and ids[1] == tok.task_token("toy")
+    body = ids[2:].reshape(3, tok.step_len)
+    assert (body[:, tok.obs_len] == tok.act_id).all()
+    lab = labels[2:].reshape(3, tok.step_len)
+    assert (lab[:, : tok.obs_len + 1] == IGNORE_INDEX).all()
+    np.testing.assert_array_equal(lab[:, tok.obs_len + 1:], body[:, tok.obs_len + 1:])
+    np.testing.assert_array_equal(body[:, tok.obs_len + 1:],
+                                  tok.encode_action(steps.action[:3]))
+    batch = PadCollator(tok.pad_id)([ds[0], ds[len(ds) - 1]])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
