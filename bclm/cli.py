@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -93,7 +94,7 @@ def _eval(argv: list[str]) -> int:
 def _demo(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bclm demo", description="Collect, train and evaluate on CartPole-v1.")
     p.add_argument("--workdir", default="runs/demo", help="Where the dataset, policy and reports go.")
-    p.add_argument("--steps", type=int, default=600, help="Training steps.")
+    p.add_argument("--steps", type=int, default=800, help="Training steps.")
     args = p.parse_args(argv)
     from bclm.demo import run_demo
 
@@ -105,6 +106,9 @@ COMMANDS = {"collect": _collect, "train": _train, "eval": _eval, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning threads of two processes
+    # stall each other (a 100x slowdown seen on 2 cores). Export OMP_WAIT_POLICY=ACTIVE to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -116,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(argv[1:])
     except (BCLMError, FileNotFoundError) as e:
-        print(f"bclm {argv[0]}: error: {e}", file=sys.stderr)
+        # One line whatever the message holds (numpy prints spaces over several lines).
+        print(f"bclm {argv[0]}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 

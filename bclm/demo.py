@@ -17,21 +17,22 @@ from bclm.trainer.bc import train
 from bclm.trainer.config import LoopConfig, OptimConfig, TrainRecipe
 
 DEMO_TASK = "CartPole-v1"
-DEMO_EPISODES = 20
+DEMO_EPISODES = 50
 
 
-def demo_recipe(dataset: Path, output_dir: Path, steps: int) -> TrainRecipe:
+def demo_recipe(dataset: Path, output_dir: Path, steps: int = 800) -> TrainRecipe:
+    """The same settings as recipes/cartpole.yaml (a test keeps the two equal)."""
     return TrainRecipe(
         dataset=str(dataset), output_dir=str(output_dir),
         model=ModelConfig(size="small"),
-        data=DataConfig(context_length=128),
-        train=OptimConfig(max_steps=steps, batch_size=32, lr=1e-3, warmup_steps=50),
+        data=DataConfig(context_length=20),
+        train=OptimConfig(max_steps=steps, batch_size=64, lr=1e-3, warmup_steps=50),
         loop=LoopConfig(log_every=50),
-        eval=EvalConfig(episodes=20, num_envs=10),
+        eval=EvalConfig(episodes=50, num_envs=10),
     )
 
 
-def run_demo(workdir: Path, steps: int = 600) -> dict:
+def run_demo(workdir: Path, steps: int = 800) -> dict:
     run_dir = workdir / time.strftime("%Y%m%d-%H%M%S")
     task = get_task(DEMO_TASK)
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from bclm.config import option
 from bclm.errors import BCLMError
@@ -41,8 +41,6 @@ def build_model(config: ModelConfig, vocab_size: int, max_positions: int, bos_id
     """A fresh model from `config`, or the pretrained one with its embeddings resized to `vocab_size`."""
     if config.pretrained:
         path = Path(config.pretrained)
-        if not (path / "config.json").is_file():
-            raise BCLMError(f"model.pretrained: {path / 'config.json'} not found (a local checkpoint is needed)")
         model = AutoModelForCausalLM.from_pretrained(
             str(path), attn_implementation=config.attn_implementation, use_safetensors=True)
         model.resize_token_embeddings(vocab_size)
@@ -59,6 +57,22 @@ def build_model(config: ModelConfig, vocab_size: int, max_positions: int, bos_id
         raise BCLMError(f"model.arch {config.arch!r}: {e}") from None
     hf_config._attn_implementation = config.attn_implementation
     return AutoModelForCausalLM.from_config(hf_config, attn_implementation=config.attn_implementation)
+
+
+def pretrained_vocabulary(config: ModelConfig) -> tuple[int, Any]:
+    """(vocabulary size, its text tokenizer or None) of `config.pretrained`; (0, None) without one.
+
+    bclm's own ids go after the pretrained vocabulary, so the model keeps its text tokens and Text
+    leaves are tokenized with the model's own tokenizer.
+    """
+    if not config.pretrained:
+        return 0, None
+    path = Path(config.pretrained)
+    if not (path / "config.json").is_file():
+        raise BCLMError(f"model.pretrained: {path / 'config.json'} not found (a local checkpoint is needed)")
+    vocab = int(AutoConfig.from_pretrained(str(path)).vocab_size)
+    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    return vocab, AutoTokenizer.from_pretrained(str(path)) if has_tokenizer else None
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

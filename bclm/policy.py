@@ -1,10 +1,11 @@
 """A policy = causal LM + bclm tokenizer; `act` serves a whole batch of vector-env observations at once.
 
 Rollout-time decoding keeps one KV cache for the batch. Rows never need the same history length:
-every row owns a mask over the cache, so an env whose episode ends (or whose context is full) simply
-masks out its old cache entries and feeds its new context as a left-padded block, with position ids
-counted per row from 0, exactly as in training windows. When masked-out entries make the cache twice
-the context, all rows are rebuilt from their token histories. At action positions a logit mask lets
+every row owns a mask over the cache, so an env whose episode ends simply masks out its old cache
+entries and feeds its new prompt and observation as a left-padded block, with position ids counted
+per row from 0, exactly as in training windows. When any row's context is full, every row keeps the
+last half of its steps and the cache is rebuilt once from the token histories (also when masked-out
+entries make the cache twice the context). At action positions a logit mask lets
 only the valid tokens of that action dimension be produced, so every action decodes inside its space.
 """
 
@@ -16,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
 from bclm.errors import BCLMError
-from bclm.tokenizers import TOKENIZER_FILE, BCTokenizer
+from bclm.tokenizers import TOKENIZER_FILE, BCTokenizer, leaf_arrays
 
 POLICY_FILE = "bclm_policy.json"
 POLICY_FORMAT_VERSION = 1
@@ -69,6 +70,8 @@ class Policy:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(directory))
         self.tokenizer.save_pretrained(directory)
+        if self.tokenizer.text_tokenizer is not None:      # a pretrained LM's own text tokenizer
+            self.tokenizer.text_tokenizer.save_pretrained(str(directory))
         meta = {"format": "bclm-policy", "format_version": POLICY_FORMAT_VERSION,
                 "context_length": self.context_length, "task": self.task, **self.metadata}
         (directory / POLICY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -85,7 +88,9 @@ class Policy:
         if meta.get("format_version", 0) > POLICY_FORMAT_VERSION:
             raise BCLMError(f"{directory / POLICY_FILE}: format_version {meta['format_version']} is newer "
                             f"than this bclm reads ({POLICY_FORMAT_VERSION})")
-        tokenizer = BCTokenizer.from_pretrained(directory)
+        has_text_tokenizer = (directory / "tokenizer_config.json").is_file()
+        tokenizer = BCTokenizer.from_pretrained(
+            directory, text_tokenizer=AutoTokenizer.from_pretrained(str(directory)) if has_text_tokenizer else None)
         model = AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True)
         model.to(device).eval()
         context_length = int(meta.pop("context_length"))
@@ -96,8 +101,6 @@ class Policy:
 
 
 def _batch_size(tokenizer: BCTokenizer, observations: Any) -> int:
-    from bclm.tokenizers import leaf_arrays
-
     leaves = leaf_arrays(tokenizer.observation_space, observations)
     return len(next(iter(leaves.values())))
 
@@ -127,6 +130,7 @@ class ActSession:
             self.generator.manual_seed(seed)
         self.history: list[list[np.ndarray]] = [[] for _ in range(batch_size)]   # complete steps per row
         self.started = np.zeros(batch_size, dtype=bool)
+        self.trims = 0                                                   # times the contexts were trimmed
         self._clear_cache()
 
     def _clear_cache(self) -> None:
@@ -144,13 +148,16 @@ class ActSession:
         for i in np.flatnonzero(restart):
             self.history[i] = []
         self.started[:] = True
-        for i in range(self.batch_size):
-            if len(self.history[i]) + 1 > self.max_steps:                   # context full: slide
-                self.history[i] = self.history[i][len(self.history[i]) - self.keep_steps:]
-                restart[i] = True
+        rebuild = any(len(h) + 1 > self.max_steps for h in self.history)
+        if rebuild:
+            self.trims += 1
+            # A context is full: every row keeps its last `keep_steps` and the cache is rebuilt once.
+            # Re-entering rows one at a time would left-pad a long block across the whole batch each
+            # time a row fills up; together, the cost is one batch of half-contexts every W/2 steps.
+            self.history = [h[len(h) - self.keep_steps:] if self.keep_steps else [] for h in self.history]
         step_head = np.concatenate([obs_tokens, np.full((self.batch_size, 1), tok.act_id)], axis=1)
         if self.use_cache:
-            logits = self._feed_step(step_head, restart)
+            logits = self._feed_step(step_head, restart, rebuild)
         else:
             logits = self._recompute(step_head, [np.zeros(0, np.int64)] * self.batch_size)
         actions = np.zeros((self.batch_size, tok.action_len), dtype=np.int64)
@@ -169,7 +176,8 @@ class ActSession:
     def _context(self, i: int, head: np.ndarray) -> np.ndarray:
         return np.concatenate([self.prefix, *self.history[i], head])
 
-    def _feed_step(self, step_head: np.ndarray, restart: np.ndarray) -> torch.Tensor:
+    def _feed_step(self, step_head: np.ndarray, restart: np.ndarray, rebuild: bool) -> torch.Tensor:
+        """Feed this step's observation; rows in `restart` begin a new episode in their own row."""
         blocks = []
         for i in range(self.batch_size):
             if restart[i]:
@@ -179,8 +187,8 @@ class ActSession:
             else:
                 blocks.append(np.concatenate([self.pending[i], step_head[i]]))
         longest = max(len(b) for b in blocks) + self.policy.tokenizer.action_len
-        if self.cache_mask.shape[1] + longest > 2 * self.policy.context_length:
-            # Too many masked-out entries: rebuild every row from its history (amortised, rare).
+        if rebuild or self.cache_mask.shape[1] + longest > 2 * self.policy.context_length:
+            # Trimmed histories, or too many masked-out entries: every row afresh from its history.
             self._clear_cache()
             blocks = [self._context(i, step_head[i]) for i in range(self.batch_size)]
         return self._feed(blocks)

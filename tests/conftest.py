@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Several test processes share two cores: spinning OpenMP threads would stall each other.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import gymnasium as gym
 import numpy as np
 import pytest

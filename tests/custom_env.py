@@ -21,7 +21,10 @@ REWARD_THRESHOLD = 30.0
 
 
 class CustomTargetEnv(gymnasium.Env):
-    """1-D target following. obs = [position, target] in [-1, 1]; actions 0 left, 1 stay, 2 right.
+    """1-D target following. obs = [position, target - position]; actions 0 left, 1 stay, 2 right.
+
+    The offset is observed directly so the expert's choice depends on one observation token: a token
+    model learns that lookup from a few demos, where comparing two tokens would need many more.
 
     Both sit on a grid of step 1/GRID so the expert can land exactly on the target; reward is 1 for
     each step that ends on the target. The target does not move; episodes are truncated at 50 steps.
@@ -30,13 +33,14 @@ class CustomTargetEnv(gymnasium.Env):
     metadata = {"render_modes": []}  # noqa: RUF012 -- gymnasium's convention is a class-level dict
 
     def __init__(self) -> None:
-        self.observation_space = gymnasium.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.observation_space = gymnasium.spaces.Box(np.array([-1.0, -2.0], np.float32),
+                                                      np.array([1.0, 2.0], np.float32), dtype=np.float32)
         self.action_space = gymnasium.spaces.Discrete(3)
         self._pos = 0
         self._target = 0
 
     def _obs(self) -> np.ndarray:
-        return np.array([self._pos / GRID, self._target / GRID], dtype=np.float32)
+        return np.array([self._pos / GRID, (self._target - self._pos) / GRID], dtype=np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -52,8 +56,7 @@ class CustomTargetEnv(gymnasium.Env):
 
 def expert(obs: Any) -> int:
     """Step toward the target, stay once on it."""
-    diff = round(float(obs[1]) * GRID) - round(float(obs[0]) * GRID)
-    return 1 + int(np.sign(diff))
+    return 1 + int(np.sign(round(float(obs[1]) * GRID)))
 
 
 NOT_CALLABLE = 42  # for tests of load_expert on an attribute that is not a function

@@ -53,3 +53,21 @@ def test_help_lists_every_field_with_its_help():
 def test_to_dict_round_trips():
     r = cfg.build_config(TrainRecipe, None, ["--model.size", "tiny", "--train.betas", "[0.9, 0.99]"])
     assert cfg.from_dict(TrainRecipe, cfg.to_dict(r)) == r
+
+
+def test_demo_uses_the_cartpole_recipe():
+    from pathlib import Path
+
+    from bclm.demo import demo_recipe
+
+    root = Path(__file__).resolve().parents[1]
+    from_file = cfg.build_config(TrainRecipe, root / "recipes" / "cartpole.yaml",
+                                 ["--dataset", "d", "--output-dir", "o"])
+    assert demo_recipe(Path("d"), Path("o")) == from_file
+
+
+@pytest.mark.parametrize("name", ["cartpole.yaml", "lunarlander.yaml"])
+def test_shipped_recipes_parse(name):
+    from pathlib import Path
+
+    cfg.build_config(TrainRecipe, Path(__file__).resolve().parents[1] / "recipes" / name, [])

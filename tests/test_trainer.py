@@ -76,7 +76,7 @@ def test_action_loss_ignores_observation_tokens():
     loss, stats = action_loss(model, batch)
     reference = model(**batch).loss          # transformers' own shifted cross-entropy
     assert torch.allclose(loss, reference, atol=1e-5)
-    assert stats["action_tokens"] == 4
+    assert int(stats["action_tokens"]) == 4
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(dataset, tmp_path):
@@ -99,3 +99,29 @@ def test_dataset_of_another_space_is_rejected_by_policy_eval(dataset, tmp_path):
     policy = train(_recipe(dataset, tmp_path / "p", "--train.max_steps", "2"))
     with pytest.raises(BCLMError, match="CartPole"):
         evaluate(policy, get_task("CartPole-v1"), EvalConfig(episodes=1))
+
+
+def test_warm_start_checks_dataset_spaces(dataset, tmp_path):
+    first = train(_recipe(dataset, tmp_path / "a", "--train.max_steps", "3"))
+    warm = train(_recipe(dataset, tmp_path / "b", "--train.max_steps", "3", "--init-from", str(tmp_path / "a")))
+    assert warm.tokenizer == first.tokenizer          # reused, not refitted
+    other = tmp_path / "cartpole"
+    collect(get_task("CartPole-v1"), None, 1, other, seed=0)
+    with pytest.raises(BCLMError, match=r"dataset .*cartpole.*observation space"):
+        train(_recipe(other, tmp_path / "c", "--train.max_steps", "3", "--init-from", str(tmp_path / "a")))
+    assert not (tmp_path / "c" / "config.json").exists()
+
+
+def test_pretrained_checkpoint_gets_bclm_tokens_after_its_vocabulary(dataset, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2))
+    base.save_pretrained(tmp_path / "base")
+    policy = train(_recipe(dataset, tmp_path / "p", "--train.max_steps", "3", "--model.pretrained",
+                           str(tmp_path / "base")))
+    tok = policy.tokenizer
+    assert tok.base_vocab_size == 100 and tok.pad_id >= 100
+    assert policy.model.get_input_embeddings().num_embeddings == tok.vocab_size
+    loaded = Policy.from_pretrained(tmp_path / "p")
+    assert loaded.tokenizer.base_vocab_size == 100

@@ -126,4 +126,7 @@ class PadCollator:
             input_ids[b, :n] = it["input_ids"]
             labels[b, :n] = it["labels"]
             attention_mask[b, :n] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        # Positions whose next token carries a label: only these need logits (computed here, on the host).
+        predict_positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+                "predict_positions": predict_positions}

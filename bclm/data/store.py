@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 
 from bclm.errors import BCLMError
-from bclm.tokenizers import assemble, flatten_leaves, leaf_arrays, space_from_dict, space_to_dict
+from bclm.tokenizers import assemble, flatten_leaves, space_from_dict, space_to_dict
 
 META_FILE = "bclm_dataset.json"
 FORMAT = "bclm-dataset"
@@ -161,9 +161,6 @@ class TrajectoryStore:
         return sorted(p.name for p in self.path.iterdir()
                       if p.is_dir() and not p.name.startswith(".") and (p / "dataset_info.json").is_file())
 
-    def num_episodes(self) -> int:
-        return len(set(self.load()["episode"])) if self.shard_names() else 0
-
     def next_episode_id(self) -> int:
         if not self.shard_names():
             return 0
@@ -282,18 +279,3 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp.write_text(text)
     os.replace(tmp, path)
 
-
-def episode_leaves(space: gym.Space, steps: list[Any]) -> dict[str, np.ndarray]:
-    """A list of per-step (unbatched) values → leaf arrays with a leading time axis."""
-    batched = [leaf_arrays(space, _batch_of_one(space, v)) for v in steps]
-    return {path: np.concatenate([b[path] for b in batched]) for path, _ in flatten_leaves(space)}
-
-
-def _batch_of_one(space: gym.Space, value: Any) -> Any:
-    if isinstance(space, gym.spaces.Dict):
-        return {k: _batch_of_one(s, value[k]) for k, s in space.spaces.items()}
-    if isinstance(space, gym.spaces.Tuple):
-        return tuple(_batch_of_one(s, v) for s, v in zip(space.spaces, value))
-    if isinstance(space, gym.spaces.Text):
-        return np.array([value], dtype=object)
-    return np.asarray(value)[None]

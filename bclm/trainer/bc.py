@@ -16,7 +16,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import PreTrainedModel, get_scheduler
 
 from bclm import config as cfg
 from bclm.data.sequences import IGNORE_INDEX, PadCollator, WindowDataset, tokenize_episodes
@@ -24,7 +24,7 @@ from bclm.data.store import StepArrays, TrajectoryStore
 from bclm.envs import get_task
 from bclm.errors import BCLMError
 from bclm.eval.evaluate import evaluate, write_report
-from bclm.models import build_model, count_parameters
+from bclm.models import build_model, count_parameters, pretrained_vocabulary
 from bclm.policy import Policy
 from bclm.tokenizers import BCTokenizer
 from bclm.trainer.config import OptimConfig, TrainRecipe
@@ -33,15 +33,18 @@ CHECKPOINTS = "checkpoints"
 
 
 # --- small steps -------------------------------------------------------------------------------------
-def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean cross-entropy over action tokens, and the share of action tokens predicted exactly.
+def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean cross-entropy over action tokens, with the counts behind action-token accuracy.
 
     Windows share one layout, so the positions that carry labels are (nearly) the same in every row:
     only those positions go through the LM head (`logits_to_keep`), which saves most of its compute.
+    The collator computes them on the host so that no device sync is needed here; stats stay tensors
+    (converted only when logged) for the same reason.
     """
-    labels = batch["labels"]
-    targets = labels[:, 1:]                                         # (B, T-1) next-token targets
-    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)   # (K,) predicting positions
+    targets = batch["labels"][:, 1:]                                # (B, T-1) next-token targets
+    keep = batch.get("predict_positions")
+    if keep is None:
+        keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
     logits = out.logits.float()                                     # (B, K, V)
     chosen = targets[:, keep]                                       # (B, K)
@@ -49,9 +52,9 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
                                              ignore_index=IGNORE_INDEX)
     with torch.no_grad():
         valid = chosen != IGNORE_INDEX
-        correct = ((logits.argmax(-1) == chosen) & valid).sum()
-        accuracy = (correct / valid.sum().clamp(min=1)).item()
-    return loss, {"loss": loss.item(), "action_accuracy": accuracy, "action_tokens": int(valid.sum())}
+        stats = {"loss": loss.detach(), "correct": ((logits.argmax(-1) == chosen) & valid).sum(),
+                 "action_tokens": valid.sum()}
+    return loss, stats
 
 
 def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
@@ -98,18 +101,36 @@ class Prepared:
     env: str          # the TaskSpec name evaluations resolve with get_task
 
 
-def prepare_data(recipe: TrainRecipe) -> Prepared:
+def prepare_data(recipe: TrainRecipe, tokenizer: BCTokenizer | None = None) -> Prepared:
+    """Load the dataset, fit a new tokenizer on it (or check it against a given one), build windows."""
     store = TrajectoryStore(recipe.dataset)
     steps = store.arrays(recipe.data.shards or None)
     task_name = recipe.task or store.meta.get("task") or "default"
-    tokenizer = BCTokenizer(store.observation_space, store.action_space, recipe.tokenizer, tasks=[task_name])
-    tokenizer.check_observation(steps.observation, where=f"dataset {recipe.dataset}")
-    tokenizer.check_action(steps.action, where=f"dataset {recipe.dataset}")
-    tokenizer.fit(steps.observation, steps.action)
+    where = f"dataset {recipe.dataset}"
+    if tokenizer is None:
+        base_vocab, text_tokenizer = pretrained_vocabulary(recipe.model)
+        tokenizer = BCTokenizer(store.observation_space, store.action_space, recipe.tokenizer, tasks=[task_name],
+                                base_vocab_size=base_vocab, text_tokenizer=text_tokenizer)
+    else:
+        tokenizer.assert_compatible(store.observation_space, store.action_space, where=where)
+        if task_name not in tokenizer.tasks:
+            raise BCLMError(f"{where}: task {task_name!r} is not one of the policy's tasks {tokenizer.tasks}")
+    tokenizer.check_observation(steps.observation, where=where)
+    tokenizer.check_action(steps.action, where=where)
+    if not tokenizer.fitted:
+        tokenizer.fit(steps.observation, steps.action)
     train_steps, val_steps = split_episodes(steps, recipe.data.val_episodes)
     train_set = _windows(tokenizer, train_steps, recipe, task_name)
     val_set = _windows(tokenizer, val_steps, recipe, task_name) if val_steps is not None else None
     return Prepared(tokenizer, train_set, val_set, task_name, store.meta.get("task") or store.meta["env_id"])
+
+
+def initial_model(recipe: TrainRecipe) -> tuple[PreTrainedModel | None, BCTokenizer | None]:
+    """The warm-start policy's model and tokenizer (`init_from`), or nothing for a fresh model."""
+    if not recipe.init_from:
+        return None, None
+    policy = Policy.from_pretrained(recipe.init_from)
+    return policy.model.train(), policy.tokenizer
 
 
 def split_episodes(steps: StepArrays, val_episodes: int) -> tuple[StepArrays, StepArrays | None]:
@@ -168,12 +189,14 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     out = check_output_dir(recipe)
     optim, loop = recipe.train, recipe.loop
     set_seed(loop.seed)
-    data = prepare_data(recipe)
+    warm_model, warm_tokenizer = initial_model(recipe)
+    data = prepare_data(recipe, warm_tokenizer)
     accelerator = accelerator or Accelerator(
         mixed_precision="bf16" if optim.bf16 else "no", gradient_accumulation_steps=optim.grad_accum,
         log_with="tensorboard", project_dir=str(out))
     tok = data.tokenizer
-    model = build_model(recipe.model, tok.vocab_size, recipe.data.context_length, tok.bos_id, tok.eos_id, tok.pad_id)
+    model = warm_model or build_model(recipe.model, tok.vocab_size, recipe.data.context_length, tok.bos_id,
+                                      tok.eos_id, tok.pad_id)
     optimizer = make_optimizer(model, optim)
     scheduler = make_scheduler(optimizer, optim)
     generator = torch.Generator().manual_seed(loop.seed)
@@ -197,11 +220,15 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
                                                                                  accelerator.is_main_process))
     metrics_file = out / "metrics.jsonl"
     model.train()
-    t0, tokens_seen = time.perf_counter(), 0
+    t0, tokens_seen, window, window_steps = time.perf_counter(), 0.0, {}, 0
     for step in range(start + 1, optim.max_steps + 1):
-        stats = train_step(model, optimizer, scheduler, stream, accelerator, optim)
-        tokens_seen += stats.pop("tokens")
+        for k, v in train_step(model, optimizer, scheduler, stream, accelerator, optim).items():
+            window[k] = window[k] + v if k in window else v
+        window_steps += 1
         if step % loop.log_every == 0 or step == optim.max_steps:
+            tokens_seen += float(window.pop("tokens"))
+            stats = summarize_stats(window, window_steps)
+            window, window_steps = {}, 0
             stats.update(step=step, lr=scheduler.get_last_lr()[0],
                          tokens_per_s=tokens_seen / max(time.perf_counter() - t0, 1e-9))
             if data.val_set is not None:
@@ -224,23 +251,34 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
 
 
 def train_step(model, optimizer, scheduler, stream: Iterator[dict], accelerator: Accelerator,
-               optim: OptimConfig) -> dict[str, float]:
-    """One optimizer step over `grad_accum` micro-batches."""
-    totals = {"loss": 0.0, "action_accuracy": 0.0, "tokens": 0}
+               optim: OptimConfig) -> dict[str, torch.Tensor]:
+    """One optimizer step over `grad_accum` micro-batches; returns tensors (no device sync)."""
+    totals: dict[str, torch.Tensor] = {}
     for _ in range(optim.grad_accum):
         batch = next(stream)
-        with accelerator.accumulate(model), accelerator.autocast():
-            loss, stats = action_loss(model, batch)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss, stats = action_loss(model, batch)
             accelerator.backward(loss)
             if accelerator.sync_gradients and optim.grad_clip > 0:
-                totals["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip))
+                stats["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        totals["loss"] += stats["loss"] / optim.grad_accum
-        totals["action_accuracy"] += stats["action_accuracy"] / optim.grad_accum
-        totals["tokens"] += int(batch["attention_mask"].sum()) * accelerator.num_processes
+        stats["loss"] = stats["loss"] / optim.grad_accum
+        stats["tokens"] = batch["attention_mask"].sum() * accelerator.num_processes
+        for k, v in stats.items():
+            totals[k] = totals[k] + v if k in totals else v
     return totals
+
+
+def summarize_stats(totals: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
+    """Per-step averages of accumulated `train_step` results, as floats for logging."""
+    out = {"loss": float(totals["loss"]) / steps,
+           "action_accuracy": float(totals["correct"]) / max(float(totals["action_tokens"]), 1.0)}
+    if "grad_norm" in totals:
+        out["grad_norm"] = float(totals["grad_norm"]) / steps
+    return out
 
 
 @torch.no_grad()
@@ -248,16 +286,17 @@ def validate(model, dataset: WindowDataset, pad_id: int, accelerator: Accelerato
              batch_size: int = 64) -> dict[str, float]:
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=PadCollator(pad_id))
-    loss_sum, acc_sum, n = 0.0, 0.0, 0
+    loss_sum, correct, n = 0.0, 0.0, 0.0
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             _, stats = action_loss(model, batch)
-        loss_sum += stats["loss"] * stats["action_tokens"]
-        acc_sum += stats["action_accuracy"] * stats["action_tokens"]
-        n += stats["action_tokens"]
+        tokens = float(stats["action_tokens"])
+        loss_sum += float(stats["loss"]) * tokens
+        correct += float(stats["correct"])
+        n += tokens
     model.train()
-    return {"val_loss": loss_sum / max(n, 1), "val_action_accuracy": acc_sum / max(n, 1)}
+    return {"val_loss": loss_sum / max(n, 1), "val_action_accuracy": correct / max(n, 1)}
 
 
 def _evaluate_and_log(policy: Policy, recipe: TrainRecipe, step: int, accelerator: Accelerator, out: Path,

@@ -50,6 +50,8 @@ class TrainRecipe:
     output_dir: str = option("", "Where the policy, checkpoints, logs and reports go.")
     task: str = option("", "Task name for the prompt token (default: the dataset's task).")
     overwrite: bool = option(False, "Allow writing into an output_dir that already holds a finished policy.")
+    init_from: str = option("", "Warm start from this bclm policy directory (its model and tokenizer; the "
+                                "dataset's spaces must match the tokenizer's).")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model"})
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig, metadata={"help": "tokenizer"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data"})
