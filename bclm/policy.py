@@ -4,7 +4,7 @@ Rollout-time decoding keeps one KV cache for the batch. Rows never need the same
 every row owns a mask over the cache, so an env whose episode ends simply masks out its old cache
 entries and feeds its new prompt and observation as a left-padded block, with position ids counted
 per row from 0, exactly as in training windows. When any row's context is full, every row keeps the
-last half of its steps and the cache is rebuilt once from the token histories (also when masked-out
+last quarter of its steps and the cache is rebuilt once from the token histories (also when masked-out
 entries make the cache twice the context). At action positions a logit mask lets
 only the valid tokens of that action dimension be produced, so every action decodes inside its space.
 """
@@ -118,7 +118,9 @@ class ActSession:
         tok = policy.tokenizer
         self.prefix = tok.prefix(task)
         self.max_steps = policy.steps_per_context
-        self.keep_steps = max(self.max_steps // 2, 0)
+        # Kept when contexts are trimmed: a quarter of the context, so the batch is re-fed a quarter of a
+        # context every 3/4 context of steps (a half re-fed as much as it steps, doubling the work).
+        self.keep_steps = self.max_steps // 4
         ranges = tok.action_token_ranges()
         vocab = policy.model.get_input_embeddings().num_embeddings
         allowed = torch.zeros((len(ranges), vocab), dtype=torch.bool)
@@ -139,7 +141,7 @@ class ActSession:
         self.valid_len = np.zeros(self.batch_size, dtype=np.int64)
         self.pending: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(self.batch_size)]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
         tok = self.policy.tokenizer
         tok.check_observation(observations)

@@ -73,20 +73,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig):
 
 
 def batches(loader: torch.utils.data.DataLoader, accelerator: Accelerator, skip: int = 0) -> Iterator[dict]:
-    """Endless stream of batches over epochs; `skip` batches are passed over (for resume)."""
-    epoch = 0
+    """Endless stream of batches over epochs; the first `skip` batches are passed over (for resume)."""
+    epoch, within = divmod(skip, len(loader))
     while True:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
-        data = loader
-        if skip:
-            epoch, within = divmod(skip, len(loader))
-            skip = 0
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
-            data = accelerator.skip_first_batches(loader, within) if within else loader
-        yield from data
-        epoch += 1
+        yield from (accelerator.skip_first_batches(loader, within) if within else loader)
+        epoch, within = epoch + 1, 0
 
 
 # --- setup -------------------------------------------------------------------------------------------
