@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning threads of two processes
     # stall each other (a 100x slowdown seen on 2 cores). Export OMP_WAIT_POLICY=ACTIVE to override.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # bclm shows its own progress (collect, train, eval); the Hub's per-file loading bars are noise here.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)

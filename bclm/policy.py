@@ -144,8 +144,7 @@ class ActSession:
     @torch.inference_mode()
     def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
         tok = self.policy.tokenizer
-        tok.check_observation(observations)
-        obs_tokens = tok.encode_observation(observations)                     # (B, obs_len)
+        obs_tokens = tok.encode_observation(observations)     # (B, obs_len); rejects NaN/inf and bad shapes
         restart = ~self.started if new_episode is None else (np.asarray(new_episode, bool) | ~self.started)
         for i in np.flatnonzero(restart):
             self.history[i] = []

@@ -350,7 +350,7 @@ def _dict_tokenizer() -> BCTokenizer:
 def test_nan_observation_names_leaf():
     tok = _dict_tokenizer()
     obs = {"pos": np.array([[0.0, np.nan]], dtype=np.float32), "k": np.array([1])}
-    with pytest.raises(BCLMError, match=r"rollout: leaf 'pos' contains NaN"):
+    with pytest.raises(BCLMError, match=r"rollout: observation leaf 'pos' contains NaN"):
         tok.check_observation(obs, where="rollout")
     with pytest.raises(BCLMError, match="leaf 'pos'"):
         tok.encode_observation(obs)

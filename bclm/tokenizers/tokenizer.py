@@ -249,17 +249,17 @@ class BCTokenizer:
         return arrays
 
     def _check_finite(self, leaves: list[tuple[str, gym.Space]], arrays: dict[str, np.ndarray],
-                      where: str) -> None:
+                      where: str, kind: str) -> None:
         for path, sub in leaves:
             if isinstance(sub, gym.spaces.Box) and np.issubdtype(arrays[path].dtype, np.floating):
                 bad = ~np.isfinite(arrays[path])
                 if bad.any():
                     row = int(np.argwhere(bad)[0][0])
-                    raise BCLMError(f"{where}: {_leaf(path)} contains NaN or inf (batch row {row})")
+                    raise BCLMError(f"{where}: {kind} {_leaf(path)} contains NaN or inf (row {row})")
 
-    def check_observation(self, obs_batch: Any, where: str = "observation") -> dict[str, np.ndarray]:
+    def check_observation(self, obs_batch: Any, where: str = "input") -> dict[str, np.ndarray]:
         arrays = self._leaves(self.observation_space, self.obs_leaves, obs_batch, where)
-        self._check_finite(self.obs_leaves, arrays, where)
+        self._check_finite(self.obs_leaves, arrays, where, "observation")
         return arrays
 
     def check_action(self, act_batch: Any, where: str = "action") -> dict[str, np.ndarray]:
@@ -316,8 +316,8 @@ class BCTokenizer:
         return self._encode(self.obs_codecs, self.check_observation(obs_batch))
 
     def encode_action(self, act_batch: Any) -> np.ndarray:
-        arrays = self._leaves(self.action_space, self.action_leaves, act_batch, "action")
-        self._check_finite(self.action_leaves, arrays, "action")
+        arrays = self._leaves(self.action_space, self.action_leaves, act_batch, "input")
+        self._check_finite(self.action_leaves, arrays, "input", "action")
         return self._encode(self.action_codecs, arrays)
 
     def decode_observation(self, ids: np.ndarray) -> Any:
