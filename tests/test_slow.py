@@ -27,3 +27,12 @@ def test_recipe_reaches_target(tmp_path, env, episodes, recipe, metric, target):
         "--dataset", str(tmp_path / "data"), "--output-dir", str(tmp_path / "policy"), "--loop.progress", "false"]))
     report = json.loads((tmp_path / "policy" / "eval_report.json").read_text())
     assert report[metric] >= target, report
+
+
+@pytest.mark.slow
+def test_demo_clones_cartpole(tmp_path):
+    from bclm.demo import run_demo
+
+    summary = run_demo(tmp_path)
+    assert summary["bc"]["success_rate"] >= 0.95, summary["bc"]
+    assert summary["expert"]["success_rate"] == 1.0
