@@ -16,6 +16,7 @@ USAGE = """usage: bclm <command> [options]
 commands:
   collect   expert demonstrations into a dataset
   train     behavior cloning from a dataset (YAML recipe + --section.field overrides)
+  dagger    DAgger rounds: expert demos, then β-mixture rollouts labeled by the expert, retraining
   eval      scripted evaluation rollouts of a policy, written as a JSON report
   demo      the default job: collect, train and evaluate on CartPole-v1, on CPU, in a few minutes
 
@@ -64,6 +65,34 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+DAGGER_FLAGS = {"--env": "--dagger.env", "--expert": "--dagger.expert", "--rounds": "--dagger.rounds",
+                "--episodes-per-round": "--dagger.episodes_per_round",
+                "--initial-episodes": "--dagger.initial_episodes", "--beta": "--dagger.beta"}
+
+
+def _dagger(argv: list[str]) -> int:
+    from bclm import config as cfg
+    from bclm.trainer.dagger import DaggerRecipe
+
+    if "-h" in argv or "--help" in argv:
+        print("usage: bclm dagger [RECIPE.yaml] --env ENV [--expert EXPERT] --rounds K --episodes-per-round N "
+              "--output-dir DIR [--section.field VALUE ...]\n")
+        print("\n".join(cfg.help_text(DaggerRecipe)))
+        return 0
+    recipe_path = argv[0] if argv and not argv[0].startswith("--") else None
+    overrides = [DAGGER_FLAGS.get(a.split("=")[0], a.split("=")[0]) + a[len(a.split("=")[0]):]
+                 for a in (argv[1:] if recipe_path else argv)]
+    recipe = cfg.build_config(DaggerRecipe, recipe_path, overrides)
+    from bclm.eval.evaluate import format_table
+    from bclm.trainer.dagger import run_dagger
+
+    report = run_dagger(recipe)
+    print(format_table(report["rounds"], ["round", "beta", "expert_labels", "success_rate", "mean_return",
+                                          "mistake_rate", "mistakes_per_episode"]))
+    print(f"report: {Path(recipe.output_dir) / 'dagger_report.json'}")
+    return 0
+
+
 def _eval(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bclm eval", description="Evaluate a policy with seeded rollouts.")
     p.add_argument("--policy", required=True, help="Policy directory (from `bclm train`).")
@@ -102,7 +131,7 @@ def _demo(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"collect": _collect, "train": _train, "eval": _eval, "demo": _demo}
+COMMANDS = {"collect": _collect, "train": _train, "dagger": _dagger, "eval": _eval, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:

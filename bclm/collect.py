@@ -1,4 +1,4 @@
-"""Expert demonstrations into a new trajectory store (shard `round-000`)."""
+"""Expert demonstrations into a trajectory store (shard `round-000`)."""
 
 from __future__ import annotations
 
@@ -12,19 +12,37 @@ from bclm.eval.metrics import summarize
 from bclm.eval.rollout import ExpertActor, run_episodes
 
 
+def expert_ref_of(task: TaskSpec, expert_ref: str | None) -> str:
+    ref = expert_ref or task.expert
+    if not ref:
+        raise BCLMError(f"task {task.name!r} has no builtin expert: pass --expert module:callable")
+    load_expert(ref)                      # fail before any work if it cannot be imported
+    return ref
+
+
+def create_store(task: TaskSpec, output: str | Path) -> TrajectoryStore:
+    """A new, empty store for the task's spaces (refuses a directory that already holds something)."""
+    env = make_env(task)
+    try:
+        return TrajectoryStore.create(output, env.observation_space, env.action_space, env_id=task.env_id,
+                                      task=task.name)
+    finally:
+        env.close()
+
+
+def write_expert_shard(store: TrajectoryStore, task: TaskSpec, expert_ref: str, episodes: int, *, seed: int,
+                       num_envs: int, shard: str = "round-000", progress: bool = False) -> dict[str, Any]:
+    """Roll out the expert for `episodes` seeded episodes and store every step as `shard`."""
+    actor = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, name=expert_ref)
+    result = run_episodes(task, actor, episodes, num_envs=num_envs, seed=seed, progress=progress)
+    store.write_shard(shard, result.episodes, round_index=0, source="expert")
+    return {"steps": sum(ep.length for ep in result.episodes), **summarize(result.episodes)}
+
+
 def collect(task: TaskSpec, expert_ref: str | None, episodes: int, output: str | Path, *, seed: int = 0,
             num_envs: int = 8, progress: bool = False) -> dict[str, Any]:
-    """Roll out the expert for `episodes` seeded episodes and store every step; returns a summary."""
-    expert_ref = expert_ref or task.expert
-    if not expert_ref:
-        raise BCLMError(f"task {task.name!r} has no builtin expert: pass --expert module:callable")
-    expert = load_expert(expert_ref)
-    env = make_env(task)
-    obs_space, act_space = env.observation_space, env.action_space
-    env.close()
-    store = TrajectoryStore.create(output, obs_space, act_space, env_id=task.env_id, task=task.name)
-    actor = ExpertActor(expert, obs_space, act_space, name=expert_ref)
-    result = run_episodes(task, actor, episodes, num_envs=num_envs, seed=seed, progress=progress)
-    store.write_shard("round-000", result.episodes, round_index=0, source="expert")
-    return {"dataset": str(store.path), "env": task.name, "expert": expert_ref, "seed": seed,
-            "steps": sum(ep.length for ep in result.episodes), **summarize(result.episodes)}
+    """Expert demonstrations into a new dataset; returns a summary."""
+    ref = expert_ref_of(task, expert_ref)
+    store = create_store(task, output)
+    summary = write_expert_shard(store, task, ref, episodes, seed=seed, num_envs=num_envs, progress=progress)
+    return {"dataset": str(store.path), "env": task.name, "expert": ref, "seed": seed, **summary}

@@ -133,6 +133,7 @@ class ActSession:
         self.history: list[list[np.ndarray]] = [[] for _ in range(batch_size)]   # complete steps per row
         self.started = np.zeros(batch_size, dtype=bool)
         self.trims = 0                                                   # times the contexts were trimmed
+        self.stale = np.zeros(batch_size, dtype=bool)   # rows whose cache holds tokens that were not executed
         self._clear_cache()
 
     def _clear_cache(self) -> None:
@@ -158,7 +159,8 @@ class ActSession:
             self.history = [h[len(h) - self.keep_steps:] if self.keep_steps else [] for h in self.history]
         step_head = np.concatenate([obs_tokens, np.full((self.batch_size, 1), tok.act_id)], axis=1)
         if self.use_cache:
-            logits = self._feed_step(step_head, restart, rebuild)
+            logits = self._feed_step(step_head, restart | self.stale, rebuild)
+            self.stale[:] = False
         else:
             logits = self._recompute(step_head, [np.zeros(0, np.int64)] * self.batch_size)
         actions = np.zeros((self.batch_size, tok.action_len), dtype=np.int64)
@@ -174,14 +176,28 @@ class ActSession:
             self.pending[i] = actions[i, -1:]
         return tok.decode_action(actions)
 
+    def record_executed(self, actions: Any) -> None:
+        """Replace the actions chosen by the last `act` with those really executed (e.g. an expert's
+        under a β-mixture), so that the context holds the history that happened, as training data does."""
+        tok = self.policy.tokenizer
+        executed = tok.encode_action(actions)
+        for i in range(self.batch_size):
+            chosen = self.history[i][-1][-tok.action_len:]
+            if np.array_equal(chosen, executed[i]):
+                continue
+            self.history[i][-1] = np.concatenate([self.history[i][-1][:-tok.action_len], executed[i]])
+            self.pending[i] = executed[i, -1:]
+            # All but the last action token are already in the cache: re-feed the row next step.
+            self.stale[i] |= not np.array_equal(chosen[:-1], executed[i, :-1])
+
     def _context(self, i: int, head: np.ndarray) -> np.ndarray:
         return np.concatenate([self.prefix, *self.history[i], head])
 
-    def _feed_step(self, step_head: np.ndarray, restart: np.ndarray, rebuild: bool) -> torch.Tensor:
-        """Feed this step's observation; rows in `restart` begin a new episode in their own row."""
+    def _feed_step(self, step_head: np.ndarray, refeed: np.ndarray, rebuild: bool) -> torch.Tensor:
+        """Feed this step's observation; rows in `refeed` (new episodes, stale rows) re-enter in full."""
         blocks = []
         for i in range(self.batch_size):
-            if restart[i]:
+            if refeed[i]:
                 self.cache_mask[i] = 0
                 self.valid_len[i] = 0
                 blocks.append(self._context(i, step_head[i]))

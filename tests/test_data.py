@@ -102,3 +102,36 @@ def test_windows_put_prompt_first_and_loss_on_actions_only(tmp_path):
                                   tok.encode_action(steps.action[:3]))
     batch = PadCollator(tok.pad_id)([ds[0], ds[len(ds) - 1]])
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+
+
+def test_relabeled_steps_keep_executed_history_and_teach_only_consistent_tokens():
+    """Inputs hold the executed action; targets are the expert's tokens up to the first disagreement."""
+    from bclm.data.sequences import action_labels
+
+    tok = BCTokenizer(OBS, gym.spaces.MultiDiscrete([4, 4, 4]), TokenizerConfig())
+    executed = np.array([[1, 2, 3], [1, 0, 3], [0, 2, 3]])
+    expert = np.array([[1, 2, 3], [1, 2, 3], [1, 2, 3]])
+    labels = action_labels(tok, executed, expert)
+    np.testing.assert_array_equal(labels[0], [1, 2, 3])                         # agreed: all taught
+    np.testing.assert_array_equal(labels[1], [1, 2, IGNORE_INDEX])              # token 2 follows a wrong 1
+    np.testing.assert_array_equal(labels[2], [1, IGNORE_INDEX, IGNORE_INDEX])   # first token always taught
+
+
+def test_windows_train_on_expert_labels_over_executed_history(tmp_path):
+    act_space = gym.spaces.Discrete(3)
+    obs_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    store = TrajectoryStore.create(tmp_path / "d", obs_space, act_space, env_id="Toy-v0", task="toy")
+    n = 6
+    ep = EpisodeRecord(observation={"": np.zeros((n, 2), np.float32)}, action={"": np.array([0, 1, 2, 0, 1, 2])},
+                       expert_action={"": np.array([2, 2, 2, 2, 2, 2])}, reward=np.zeros(n, np.float32),
+                       terminated=True, truncated=False, task="toy", success=False)
+    store.write_shard("round-001", [ep], round_index=1, source="dagger")
+    steps = store.arrays()
+    tok = BCTokenizer(obs_space, act_space, TokenizerConfig(), tasks=["toy"]).fit(steps.observation, steps.action)
+    tokens = tokenize_episodes(tok, steps.observation, steps.action, steps.columns["episode"],
+                               steps.columns["step"], steps.columns["task"], expert_action=steps.expert_action)
+    item = WindowDataset(tokens, tok, context_length=2 + n * tok.step_len)[0]
+    body = item["input_ids"][2:].reshape(n, tok.step_len)
+    lab = item["labels"][2:].reshape(n, tok.step_len)
+    np.testing.assert_array_equal(tok.decode_action(body[:, -1:].numpy()), [0, 1, 2, 0, 1, 2])   # executed
+    np.testing.assert_array_equal(tok.decode_action(lab[:, -1:].numpy()), [2] * n)               # expert

@@ -84,3 +84,24 @@ def test_nan_observation_is_rejected(box_discrete_policy):
     obs[1, 2] = np.nan
     with pytest.raises(BCLMError, match=r"NaN|nan|finite"):
         box_discrete_policy.new_session(2).act(obs)
+
+
+@pytest.mark.parametrize("name", ["box-box", "dict-multidiscrete"])
+def test_executed_actions_replace_chosen_ones_in_the_context(name):
+    """Under a β-mixture the expert's action is executed: the cache must then match recomputing a context
+    that holds the executed actions (multi-token actions need their cached row re-fed)."""
+    obs_space, act_space = SPACES[name]
+    policy = tiny_policy(obs_space, act_space, context_length=64, seed=6)
+    cached, recompute = policy.new_session(4), policy.new_session(4, use_cache=False)
+    bspace = batch_space(act_space, 4)
+    bspace.seed(7)
+    for t, obs in enumerate(_obs_stream(obs_space, 4, 12, seed=8)):
+        a, b = cached.act(obs), recompute.act(obs)
+        assert _actions_equal(a, b), f"step {t}"
+        if t % 3 == 1:
+            other = bspace.sample()
+            cached.record_executed(other)
+            recompute.record_executed(other)
+            assert _actions_equal(policy.tokenizer.decode_action(
+                np.stack([h[-1][-policy.tokenizer.action_len:] for h in cached.history])),
+                policy.tokenizer.decode_action(policy.tokenizer.encode_action(other)))

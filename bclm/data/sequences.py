@@ -43,33 +43,49 @@ def steps_per_window(tokenizer: BCTokenizer, context_length: int) -> int:
     return n
 
 
-def action_label_mask(tokenizer: BCTokenizer) -> np.ndarray:
-    """(step_len,) True at the action token positions of one timestep."""
-    mask = np.zeros(tokenizer.step_len, dtype=bool)
-    mask[tokenizer.obs_len + 1:] = True
-    return mask
-
-
 @dataclass
 class EpisodeTokens:
     """All timesteps of a dataset as tokens: (N, step_len), grouped into contiguous episodes."""
 
-    steps: np.ndarray          # (N, step_len) int64, rows of one episode are contiguous and in order
+    steps: np.ndarray          # (N, step_len) int64 inputs: observations and the actions executed
+    labels: np.ndarray         # (N, step_len) int64 targets: expert action tokens, IGNORE_INDEX elsewhere
     starts: np.ndarray         # (E,) first row of each episode
     lengths: np.ndarray        # (E,) steps per episode
     task_tokens: np.ndarray    # (E,) task token id of each episode
     episode_ids: np.ndarray    # (E,) the store's episode id
 
 
+def action_labels(tokenizer: BCTokenizer, executed: np.ndarray, expert: np.ndarray) -> np.ndarray:
+    """(N, action_len) targets: the expert's token k where the executed tokens before k are the expert's.
+
+    Inputs always hold what was executed (the history that really happened). A relabeled step teaches
+    the expert's action; for a multi-token action, token k is predicted after tokens < k, so it is a
+    target only while those are the expert's own: the model is never taught to continue a prefix the
+    expert would not have produced (at inference it would only see such a prefix after its own error,
+    and the expert's continuation of it is unknown).
+    """
+    agree = executed[:, :-1] == expert[:, :-1]
+    prefix_ok = np.concatenate([np.ones((len(expert), 1), bool), np.cumprod(agree, axis=1).astype(bool)], axis=1)
+    return np.where(prefix_ok, expert, IGNORE_INDEX)
+
+
 def tokenize_episodes(tokenizer: BCTokenizer, observation, action, episode: np.ndarray, step: np.ndarray,
-                      task: np.ndarray) -> EpisodeTokens:
-    """Tokenize every step at once (vectorised), then sort rows into contiguous episodes."""
+                      task: np.ndarray, expert_action=None) -> EpisodeTokens:
+    """Tokenize every step at once (vectorised), then sort rows into contiguous episodes.
+
+    `action` is what was executed; `expert_action` (default: the same) is what the loss teaches.
+    """
     tokens = tokenizer.encode_steps(observation, action)
+    first_action = tokenizer.obs_len + 1
+    executed = tokens[:, first_action:]
+    expert = executed if expert_action is None else tokenizer.encode_action(expert_action)
+    labels = np.full_like(tokens, IGNORE_INDEX)
+    labels[:, first_action:] = action_labels(tokenizer, executed, expert)
     order = np.lexsort((step, episode))
-    tokens, episode, task = tokens[order], episode[order], task[order]
+    tokens, labels, episode, task = tokens[order], labels[order], episode[order], task[order]
     ids, starts, lengths = np.unique(episode, return_index=True, return_counts=True)
     task_tokens = np.array([tokenizer.task_token(str(t)) for t in task[starts]], dtype=np.int64)
-    return EpisodeTokens(tokens, starts, lengths, task_tokens, ids)
+    return EpisodeTokens(tokens, labels, starts, lengths, task_tokens, ids)
 
 
 def window_index(lengths: np.ndarray, per_window: int, stride: int) -> np.ndarray:
@@ -93,7 +109,6 @@ class WindowDataset(torch.utils.data.Dataset):
         stride = max(1, int(self.per_window * stride_fraction))
         self.index = window_index(tokens.lengths, self.per_window, stride)
         self.bos = tokenizer.bos_id
-        self.label_mask = action_label_mask(tokenizer)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -101,11 +116,9 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         e, s, n = self.index[i]
         row = self.tokens.starts[e] + s
-        body = self.tokens.steps[row:row + n]                                 # (n, step_len)
         prefix = np.array([self.bos, self.tokens.task_tokens[e]], dtype=np.int64)
-        input_ids = np.concatenate([prefix, body.reshape(-1)])
-        labels = np.where(np.tile(self.label_mask, n), body.reshape(-1), IGNORE_INDEX)
-        labels = np.concatenate([np.full(len(prefix), IGNORE_INDEX), labels])
+        input_ids = np.concatenate([prefix, self.tokens.steps[row:row + n].reshape(-1)])
+        labels = np.concatenate([np.full(len(prefix), IGNORE_INDEX), self.tokens.labels[row:row + n].reshape(-1)])
         return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
 
 

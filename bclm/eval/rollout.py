@@ -75,6 +75,7 @@ class _EpisodeBuffer:
         self.act: list[dict[str, np.ndarray]] = []
         self.expert: list[dict[str, np.ndarray]] = []
         self.rewards: list[float] = []
+        self.expert_used: list[bool] = []
         self.info_success = False
 
 
@@ -111,6 +112,10 @@ def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int =
                     mistakes_buf[i].append(bool(wrong[i]))
             if record:
                 _append_step(buffers, obs_space, act_space, obs, actions, expert_actions)
+                # A β-mixture says per env whether the expert's action was executed; an expert always is.
+                used = getattr(actor, "last_expert_used", None)
+                for i, buf in enumerate(buffers):
+                    buf.expert_used.append(bool(used[i]) if used is not None else isinstance(actor, ExpertActor))
             obs, reward, terminated, truncated, info = env.step(actions)
             steps += int((quota > 0).sum())
             for i in range(num_envs):
@@ -172,5 +177,6 @@ def _finish(task: TaskSpec, buf: _EpisodeBuffer, terminated: bool, truncated: bo
         action=_stack(buf.act) if record else {},
         expert_action=_stack(buf.expert) if record and buf.expert else None,
         reward=rewards, terminated=terminated, truncated=truncated, task=task.name, success=success,
+        expert_used=np.asarray(buf.expert_used, bool) if record else None,
     )
 

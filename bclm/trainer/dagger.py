@@ -1,0 +1,185 @@
+"""DAgger: train → roll out the β-mixture of policy and expert → the expert labels every visited state →
+aggregate → retrain. Rounds are explicit and on disk, so a crashed run resumes at its first unfinished
+round:
+
+    OUT/data/round-000    expert demonstrations        OUT/round-000/   BC policy on round 0 (+ eval report)
+    OUT/data/round-001    β₁-mixture rollouts, labeled  OUT/round-001/   policy on rounds ≤ 1
+    ...                                                 OUT/dagger_report.json, OUT/mistakes.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bclm.collect import create_store, expert_ref_of, write_expert_shard
+from bclm.config import option
+from bclm.data.store import META_FILE, TrajectoryStore
+from bclm.envs import TaskSpec, get_task, load_expert
+from bclm.errors import BCLMError
+from bclm.eval.evaluate import write_report
+from bclm.eval.rollout import ExpertActor, run_episodes
+from bclm.policy import ActSession, Policy
+from bclm.tokenizers import assemble, leaf_arrays
+from bclm.trainer.bc import train
+from bclm.trainer.config import TrainRecipe
+
+ROUND = "round-{:03d}"
+
+
+@dataclass
+class DaggerConfig:
+    env: str = option("", "Task name or gymnasium id (also module:EnvId-v0).")
+    expert: str = option("", "Expert: builtin name or module:callable ('' = the task's).")
+    rounds: int = option(3, "DAgger rounds after round 0 (the expert demonstrations).")
+    initial_episodes: int = option(10, "Expert episodes in round 0.")
+    episodes_per_round: int = option(10, "Mixture episodes rolled out and labeled in each later round.")
+    beta: str = option("linear", "β schedule over rounds i >= 1: constant | linear | geometric (β₀ = 1).")
+    beta_value: float = option(0.5, "β of the constant schedule, or p of the geometric one (β_i = p^i).")
+    beta_rounds: int = option(0, "Rounds over which the linear schedule decays to 0 (0 = `rounds`).")
+    warm_start: bool = option(True, "Start each round's training from the previous round's policy.")
+    num_envs: int = option(8, "Environments stepped together while collecting.")
+    seed: int = option(0, "Seed of round 0's first env; round r uses seed + 100000 * r.")
+
+    def __post_init__(self) -> None:
+        if self.beta not in ("constant", "linear", "geometric"):
+            raise BCLMError(f"dagger.beta {self.beta!r}: expected constant, linear or geometric")
+        if self.rounds < 0 or self.initial_episodes < 1 or self.episodes_per_round < 1:
+            raise BCLMError("dagger.rounds must be >= 0, initial_episodes and episodes_per_round >= 1")
+
+
+@dataclass
+class DaggerRecipe(TrainRecipe):
+    dagger: DaggerConfig = field(default_factory=DaggerConfig, metadata={"help": "dagger"})
+
+
+def beta_schedule(config: DaggerConfig) -> Callable[[int], float]:
+    """β_i for round i: β_0 = 1 (pure expert), then the configured decay."""
+    horizon = config.beta_rounds or max(config.rounds, 1)
+
+    def beta(i: int) -> float:
+        if i == 0:
+            return 1.0
+        if config.beta == "constant":
+            return float(config.beta_value)
+        if config.beta == "linear":
+            return max(0.0, 1.0 - i / horizon)
+        return float(config.beta_value) ** i
+    return beta
+
+
+class MixtureActor:
+    """Per step and env, a β-coin picks the expert's action, else the learner's; the expert labels every
+    state either way. The learner's session is told what was executed, so its context stays true."""
+
+    def __init__(self, session: ActSession, expert: ExpertActor, beta: float, seed: int):
+        self.session = session
+        self.expert = expert
+        self.beta = beta
+        self.rng = np.random.default_rng(seed)
+        self.last_expert: Any = None
+        self.last_expert_used: np.ndarray | None = None
+
+    def act(self, observations: Any, new_episode: np.ndarray) -> Any:
+        learner = self.session.act(observations, new_episode)
+        self.last_expert = self.expert.act(observations, new_episode)
+        use = self.rng.random(self.session.batch_size) < self.beta
+        self.last_expert_used = use
+        space = self.expert.action_space
+        chosen = {path: np.where(use.reshape((-1,) + (1,) * (x.ndim - 1)), e, x)
+                  for (path, x), e in zip(leaf_arrays(space, learner).items(),
+                                          leaf_arrays(space, self.last_expert).values())}
+        executed = assemble(space, chosen)
+        self.session.record_executed(executed)
+        return executed
+
+    def labels(self) -> _LastLabels:
+        return _LastLabels(self)
+
+
+class _LastLabels:
+    """The expert's labels of the mixture's last step, served as an expert (no second expert call)."""
+
+    def __init__(self, mixture: MixtureActor):
+        self.mixture = mixture
+
+    def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
+        return self.mixture.last_expert
+
+
+def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: TrajectoryStore, round_index: int,
+                  beta: float, config: DaggerConfig) -> dict[str, Any]:
+    """Roll out the β-mixture and append shard `round-k` (atomic: a crash loses at most this round)."""
+    num_envs = max(1, min(config.num_envs, config.episodes_per_round))
+    seed = config.seed + 100_000 * round_index
+    expert = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, expert_ref)
+    mixture = MixtureActor(policy.new_session(num_envs, seed=seed), expert, beta, seed)
+    result = run_episodes(task, mixture, config.episodes_per_round, num_envs=num_envs, seed=seed,
+                          expert=mixture.labels())
+    for ep in result.episodes:
+        ep.beta = beta
+    store.write_shard(ROUND.format(round_index), result.episodes, round_index=round_index, source="dagger",
+                      policy_revision=ROUND.format(round_index - 1))
+    steps = sum(ep.length for ep in result.episodes)
+    used = int(sum(ep.expert_used.sum() for ep in result.episodes if ep.expert_used is not None))
+    return {"episodes": len(result.episodes), "steps": steps, "expert_executed_steps": used}
+
+
+def round_recipe(recipe: DaggerRecipe, out: Path, round_index: int) -> TrainRecipe:
+    fields = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(TrainRecipe)}
+    fields.update(
+        dataset=str(out / "data"), output_dir=str(out / ROUND.format(round_index)), overwrite=False,
+        data=dataclasses.replace(recipe.data, shards=[ROUND.format(i) for i in range(round_index + 1)]),
+        init_from=str(out / ROUND.format(round_index - 1)) if recipe.dagger.warm_start and round_index else "",
+    )
+    return TrainRecipe(**fields)
+
+
+def _policy_done(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "eval_report.json").is_file()
+
+
+def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
+    """All rounds, resuming at the first unfinished one; returns (and writes) the per-round report."""
+    cfg = recipe.dagger
+    if not recipe.output_dir:
+        raise BCLMError("output_dir is required (--output-dir DIR)")
+    if recipe.dataset:
+        raise BCLMError("dagger collects its own data under --output-dir; leave --dataset unset")
+    task = get_task(cfg.env or recipe.eval.env)
+    expert_ref = expert_ref_of(task, cfg.expert or None)
+    out = Path(recipe.output_dir)
+    data_dir = out / "data"
+    beta = beta_schedule(cfg)
+    if not (data_dir / META_FILE).is_file():
+        create_store(task, data_dir)
+    store = TrajectoryStore(data_dir)
+    rows = []
+    for k in range(cfg.rounds + 1):
+        if ROUND.format(k) not in store.shard_names():
+            if k == 0:
+                write_expert_shard(store, task, expert_ref, cfg.initial_episodes, seed=cfg.seed,
+                                   num_envs=cfg.num_envs)
+            else:
+                policy = Policy.from_pretrained(out / ROUND.format(k - 1))
+                collect_round(task, expert_ref, policy, store, k, beta(k), cfg)
+        policy_dir = out / ROUND.format(k)
+        if not _policy_done(policy_dir):
+            round_cfg = round_recipe(recipe, out, k)
+            round_cfg.eval = dataclasses.replace(recipe.eval, env=task.name, expert=expert_ref)
+            train(round_cfg)
+        rows.append(_round_row(store, k, beta(k), policy_dir))
+        write_report({"env": task.name, "expert": expert_ref, "rounds": rows}, out / "dagger_report.json")
+    return {"env": task.name, "expert": expert_ref, "rounds": rows}
+
+
+def _round_row(store: TrajectoryStore, k: int, beta: float, policy_dir: Path) -> dict[str, Any]:
+    labels = len(store.load([ROUND.format(i) for i in range(k + 1)]))
+    report = json.loads((policy_dir / "eval_report.json").read_text())
+    return {"round": k, "beta": beta, "expert_labels": labels, **report}

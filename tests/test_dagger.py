@@ -1,0 +1,87 @@
+"""DAgger rounds: β schedules, provenance on disk, resume after a crash, history-consistent labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bclm import config as cfg
+from bclm.data.store import TrajectoryStore
+from bclm.errors import BCLMError
+from bclm.trainer import dagger
+from bclm.trainer.dagger import DaggerConfig, DaggerRecipe, beta_schedule, run_dagger
+
+ENV = "tests.custom_env:CustomTarget-v0"
+
+
+def _recipe(out, rounds: int, *extra: str) -> DaggerRecipe:
+    return cfg.build_config(DaggerRecipe, None, [
+        "--output-dir", str(out), "--dagger.env", ENV, "--dagger.expert", "tests.custom_env:expert",
+        "--dagger.rounds", str(rounds), "--dagger.initial_episodes", "4", "--dagger.episodes_per_round", "3",
+        "--dagger.num_envs", "3", "--model.size", "tiny", "--data.context_length", "14",
+        "--train.max_steps", "15", "--train.lr", "3e-3", "--train.warmup_steps", "3", "--train.batch_size", "16",
+        "--loop.progress", "false", "--loop.log_every", "5", "--eval.episodes", "2", "--eval.num_envs", "2",
+        *extra])
+
+
+def test_beta_schedules():
+    assert [beta_schedule(DaggerConfig(rounds=4, beta="linear"))(i) for i in range(5)] == [1, 0.75, 0.5, 0.25, 0]
+    assert [beta_schedule(DaggerConfig(beta="geometric", beta_value=0.5))(i) for i in range(3)] == [1, 0.5, 0.25]
+    assert beta_schedule(DaggerConfig(beta="constant", beta_value=0.3))(2) == 0.3
+    with pytest.raises(BCLMError, match=r"dagger\.beta"):
+        DaggerConfig(beta="cosine")
+
+
+def test_rounds_on_disk_with_provenance_and_resume_after_a_crash(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    report = run_dagger(_recipe(out, 1))
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    assert report["rounds"][1]["expert_labels"] > report["rounds"][0]["expert_labels"]
+    store = TrajectoryStore(out / "data")
+    steps = store.arrays()
+    r1 = steps.columns["round"] == 1
+    assert set(steps.columns["source"][r1]) == {"dagger"}
+    assert set(steps.columns["policy_revision"][r1]) == {"round-000"}
+    assert np.allclose(steps.columns["beta"][r1], 0.0)           # linear over 1 round: β₁ = 0
+    assert not steps.columns["expert_used"][r1].any()            # β = 0: the learner acted every step
+    before = {name: (out / "data" / name / "dataset_info.json").read_text() for name in store.shard_names()}
+    shard0 = sorted(p.name for p in (out / "data" / "round-000").iterdir())
+
+    # Round 2 crashes in training, after its data was written; the same command then resumes at round 2.
+    real_train = dagger.train
+
+    def crashing_train(recipe):
+        if recipe.output_dir.endswith("round-002"):
+            raise RuntimeError("killed")
+        return real_train(recipe)
+    monkeypatch.setattr(dagger, "train", crashing_train)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_dagger(_recipe(out, 2))
+    monkeypatch.setattr(dagger, "train", real_train)
+    report = run_dagger(_recipe(out, 2))
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
+    store = TrajectoryStore(out / "data")
+    assert store.shard_names() == ["round-000", "round-001", "round-002"]
+    for name, info in before.items():                               # earlier rounds untouched
+        assert (out / "data" / name / "dataset_info.json").read_text() == info
+    assert sorted(p.name for p in (out / "data" / "round-000").iterdir()) == shard0
+    steps = store.arrays()
+    pairs = set(zip(steps.columns["episode"].tolist(), steps.columns["step"].tolist()))
+    assert len(pairs) == len(steps)                                 # no duplicated steps
+    assert len(set(steps.columns["episode"])) == 4 + 3 + 3          # no duplicated episodes
+    rows = json.loads((out / "dagger_report.json").read_text())["rounds"]
+    assert all("mistake_rate" in r and "success_rate" in r for r in rows)
+
+
+def test_dagger_cli_with_custom_env(tmp_path):
+    from tests.test_cli import bclm
+
+    r = bclm("dagger", "--env", ENV, "--expert", "tests.custom_env:expert", "--rounds", "1",
+             "--episodes-per-round", "2", "--initial-episodes", "3", "--output-dir", "run", "--model.size", "tiny",
+             "--data.context_length", "14", "--train.max_steps", "5", "--loop.progress", "false",
+             "--eval.episodes", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "expert_labels" in r.stdout
+    assert (tmp_path / "run" / "round-001" / "model.safetensors").is_file()
