@@ -18,7 +18,7 @@ commands:
   train     behavior cloning from a dataset (YAML recipe + --section.field overrides)
   dagger    DAgger rounds: expert demos, then β-mixture rollouts labeled by the expert, retraining
   eval      scripted evaluation rollouts of a policy, written as a JSON report
-  demo      the default job: collect, train and evaluate on CartPole-v1, on CPU, in a few minutes
+  demo      the default job: BC vs DAgger at equal expert labels on CartPole-v1, on CPU, in a few minutes
 
 `bclm <command> --help` lists each command's options.
 """
@@ -121,9 +121,9 @@ def _eval(argv: list[str]) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bclm demo", description="Collect, train and evaluate on CartPole-v1.")
-    p.add_argument("--workdir", default="runs/demo", help="Where the dataset, policy and reports go.")
-    p.add_argument("--steps", type=int, default=800, help="Training steps.")
+    p = argparse.ArgumentParser(prog="bclm demo", description="BC vs DAgger at equal expert labels, CartPole-v1.")
+    p.add_argument("--workdir", default="runs/demo", help="Where the data, policies and reports go.")
+    p.add_argument("--steps", type=int, default=300, help="Training steps per round.")
     args = p.parse_args(argv)
     from bclm.demo import run_demo
 

@@ -61,9 +61,10 @@ def test_demo_uses_the_cartpole_recipe():
     from bclm.demo import demo_recipe
 
     root = Path(__file__).resolve().parents[1]
-    from_file = cfg.build_config(TrainRecipe, root / "recipes" / "cartpole.yaml",
-                                 ["--dataset", "d", "--output-dir", "o"])
-    assert demo_recipe(Path("d"), Path("o")) == from_file
+    from_file = cfg.build_config(TrainRecipe, root / "recipes" / "cartpole.yaml", [])
+    demo = demo_recipe(Path("o"))
+    assert (demo.model, demo.tokenizer, demo.data) == (from_file.model, from_file.tokenizer, from_file.data)
+    assert (demo.train.batch_size, demo.train.lr) == (from_file.train.batch_size, from_file.train.lr)
 
 
 @pytest.mark.parametrize("name", ["cartpole.yaml", "lunarlander.yaml"])

@@ -85,3 +85,13 @@ def test_dagger_cli_with_custom_env(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "expert_labels" in r.stdout
     assert (tmp_path / "run" / "round-001" / "model.safetensors").is_file()
+
+
+def test_bc_baseline_at_equal_labels_and_mistakes_plot(tmp_path):
+    report = run_dagger(_recipe(tmp_path / "run", 1, "--dagger.bc_baseline", "true"))
+    dagger_labels = report["rounds"][-1]["expert_labels"]
+    baseline = report["bc_baseline"]
+    assert dagger_labels <= baseline["expert_labels"] < dagger_labels + 3 * 50   # whole episodes of 50 steps
+    assert "mistakes_vs_t" in baseline and "success_rate" in baseline
+    png = tmp_path / "run" / "mistakes.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

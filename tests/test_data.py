@@ -135,3 +135,11 @@ def test_windows_train_on_expert_labels_over_executed_history(tmp_path):
     lab = item["labels"][2:].reshape(n, tok.step_len)
     np.testing.assert_array_equal(tok.decode_action(body[:, -1:].numpy()), [0, 1, 2, 0, 1, 2])   # executed
     np.testing.assert_array_equal(tok.decode_action(lab[:, -1:].numpy()), [2] * n)               # expert
+
+
+def test_mistake_curve_charges_every_step_after_a_failure():
+    from bclm.eval.metrics import cumulative_mistakes
+
+    crashed = np.array([0, 1, 1], bool)         # fell at t=3
+    survived = np.array([0, 1, 0, 0, 0], bool)
+    assert cumulative_mistakes([crashed, survived], failed=[True, False], horizon=5) == [0.0, 1.0, 1.5, 2.0, 2.5]

@@ -42,6 +42,15 @@ def check_env_matches(policy: Policy, task: TaskSpec) -> None:
         env.close()
 
 
+def episode_horizon(task: TaskSpec) -> int | None:
+    """The env's time limit (gymnasium's max_episode_steps), if it has one."""
+    env = make_env(task)
+    try:
+        return env.spec.max_episode_steps if env.spec is not None else None
+    finally:
+        env.close()
+
+
 def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool = False) -> dict[str, Any]:
     """Success, return, length, and (with an expert) mistakes over `config.episodes` seeded episodes."""
     check_env_matches(policy, task)
@@ -62,7 +71,7 @@ def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool 
     finally:
         policy.model.train(was_training)
     report = {"env": task.name, "seed": config.seed, "expert": expert_ref or None,
-              **summarize(result.episodes, result.mistakes)}
+              **summarize(result.episodes, result.mistakes, horizon=episode_horizon(task))}
     return report
 
 

@@ -29,20 +29,29 @@ def action_mismatch(space: gym.Space, a: Any, b: Any, tolerance: float = 0.1) ->
     return out
 
 
-def cumulative_mistakes(mistakes: list[np.ndarray]) -> list[float]:
-    """Mean over episodes of the number of mistakes made up to step t (an ended episode keeps its count)."""
+def cumulative_mistakes(mistakes: list[np.ndarray], failed: list[bool] | None = None,
+                        horizon: int | None = None) -> list[float]:
+    """Mean over episodes of the number of mistakes made up to step t, for t = 1..horizon.
+
+    An episode that ended in failure (terminated without success) keeps making one mistake per step until
+    the horizon: it has fallen off, the seed lecture's cost of 1 for every remaining step. Without this,
+    a policy that crashes early would look as if it made few mistakes. Other episodes keep their count.
+    """
     if not mistakes:
         return []
-    horizon = max(len(m) for m in mistakes)
+    horizon = max(horizon or 0, max(len(m) for m in mistakes))
+    failed = failed or [False] * len(mistakes)
     curves = np.zeros((len(mistakes), horizon))
-    for e, m in enumerate(mistakes):
+    for e, (m, fell) in enumerate(zip(mistakes, failed)):
         c = np.cumsum(m)
         curves[e, : len(c)] = c
-        curves[e, len(c):] = c[-1] if len(c) else 0
+        last = c[-1] if len(c) else 0
+        curves[e, len(c):] = last + np.arange(1, horizon - len(c) + 1) if fell else last
     return curves.mean(axis=0).round(4).tolist()
 
 
-def summarize(episodes: list[EpisodeRecord], mistakes: list[np.ndarray] | None = None) -> dict[str, Any]:
+def summarize(episodes: list[EpisodeRecord], mistakes: list[np.ndarray] | None = None,
+              horizon: int | None = None) -> dict[str, Any]:
     returns = np.array([ep.episode_return for ep in episodes])
     lengths = np.array([ep.length for ep in episodes])
     report: dict[str, Any] = {
@@ -56,5 +65,7 @@ def summarize(episodes: list[EpisodeRecord], mistakes: list[np.ndarray] | None =
         total = sum(int(m.sum()) for m in mistakes)
         report["mistake_rate"] = total / max(1, int(lengths.sum()))
         report["mistakes_per_episode"] = total / len(mistakes)
-        report["mistakes_vs_t"] = cumulative_mistakes(mistakes)
+        failed = [ep.terminated and not ep.success for ep in episodes]
+        report["mistakes_vs_t"] = cumulative_mistakes(mistakes, failed, horizon)
+        report["horizon"] = len(report["mistakes_vs_t"])
     return report

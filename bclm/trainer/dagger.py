@@ -24,6 +24,7 @@ from bclm.data.store import META_FILE, TrajectoryStore
 from bclm.envs import TaskSpec, get_task, load_expert
 from bclm.errors import BCLMError
 from bclm.eval.evaluate import write_report
+from bclm.eval.plots import plot_mistakes
 from bclm.eval.rollout import ExpertActor, run_episodes
 from bclm.policy import ActSession, Policy
 from bclm.tokenizers import assemble, leaf_arrays
@@ -44,6 +45,8 @@ class DaggerConfig:
     beta_value: float = option(0.5, "β of the constant schedule, or p of the geometric one (β_i = p^i).")
     beta_rounds: int = option(0, "Rounds over which the linear schedule decays to 0 (0 = `rounds`).")
     warm_start: bool = option(True, "Start each round's training from the previous round's policy.")
+    bc_baseline: bool = option(False, "Also train BC on expert demonstrations with as many labels as the last "
+                                      "round used, and plot it against DAgger.")
     num_envs: int = option(8, "Environments stepped together while collecting.")
     seed: int = option(0, "Seed of round 0's first env; round r uses seed + 100000 * r.")
 
@@ -131,14 +134,20 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
     return {"episodes": len(result.episodes), "steps": steps, "expert_executed_steps": used}
 
 
-def round_recipe(recipe: DaggerRecipe, out: Path, round_index: int) -> TrainRecipe:
+def train_recipe(recipe: DaggerRecipe, **changes: Any) -> TrainRecipe:
+    """The training part of a DAgger recipe, with `changes` (every round and baseline trains alike)."""
     fields = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(TrainRecipe)}
-    fields.update(
-        dataset=str(out / "data"), output_dir=str(out / ROUND.format(round_index)), overwrite=False,
-        data=dataclasses.replace(recipe.data, shards=[ROUND.format(i) for i in range(round_index + 1)]),
-        init_from=str(out / ROUND.format(round_index - 1)) if recipe.dagger.warm_start and round_index else "",
-    )
+    fields.update(overwrite=False, **changes)
     return TrainRecipe(**fields)
+
+
+def round_recipe(recipe: DaggerRecipe, out: Path, round_index: int, task: TaskSpec, expert_ref: str) -> TrainRecipe:
+    warm = recipe.dagger.warm_start and round_index > 0
+    return train_recipe(
+        recipe, dataset=str(out / "data"), output_dir=str(out / ROUND.format(round_index)),
+        data=dataclasses.replace(recipe.data, shards=[ROUND.format(i) for i in range(round_index + 1)]),
+        init_from=str(out / ROUND.format(round_index - 1)) if warm else "",
+        eval=dataclasses.replace(recipe.eval, env=task.name, expert=expert_ref))
 
 
 def _policy_done(path: Path) -> bool:
@@ -171,12 +180,41 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
                 collect_round(task, expert_ref, policy, store, k, beta(k), cfg)
         policy_dir = out / ROUND.format(k)
         if not _policy_done(policy_dir):
-            round_cfg = round_recipe(recipe, out, k)
-            round_cfg.eval = dataclasses.replace(recipe.eval, env=task.name, expert=expert_ref)
-            train(round_cfg)
+            train(round_recipe(recipe, out, k, task, expert_ref))
         rows.append(_round_row(store, k, beta(k), policy_dir))
         write_report({"env": task.name, "expert": expert_ref, "rounds": rows}, out / "dagger_report.json")
-    return {"env": task.name, "expert": expert_ref, "rounds": rows}
+    report: dict[str, Any] = {"env": task.name, "expert": expert_ref, "rounds": rows}
+    curves = [{"name": "BC (round 0)", **rows[0]}]
+    if cfg.rounds:
+        curves.append({"name": f"DAgger (round {cfg.rounds})", **rows[-1]})
+    if cfg.bc_baseline:
+        report["bc_baseline"] = bc_baseline(recipe, task, expert_ref, out, rows[-1]["expert_labels"])
+        curves.append({"name": "BC, equal labels", **report["bc_baseline"]})
+    write_report(report, out / "dagger_report.json")
+    if all(c.get("mistakes_vs_t") for c in curves):
+        plot_mistakes(curves, out / "mistakes.png", title=f"{task.name}: BC vs DAgger")
+    return report
+
+
+def bc_baseline(recipe: DaggerRecipe, task: TaskSpec, expert_ref: str, out: Path, labels: int) -> dict[str, Any]:
+    """BC on expert-only data with at least `labels` steps (whole episodes), trained like the rounds."""
+    cfg = recipe.dagger
+    data_dir, policy_dir = out / "bc-data", out / "bc-baseline"
+    if not (data_dir / META_FILE).is_file():
+        create_store(task, data_dir)
+    store = TrajectoryStore(data_dir)
+    k = 0
+    while len(store.shard_names()) == 0 or len(store.load()) < labels:
+        # Episode lengths are not known in advance: add expert episodes in batches until the budget is met.
+        write_expert_shard(store, task, expert_ref, cfg.episodes_per_round, seed=cfg.seed + 7_777_777 + 1000 * k,
+                           num_envs=cfg.num_envs, shard=f"part-{k:03d}")
+        k += 1
+    if not _policy_done(policy_dir):
+        train(train_recipe(recipe, dataset=str(data_dir), output_dir=str(policy_dir), init_from="",
+                           data=dataclasses.replace(recipe.data, shards=[]),
+                           eval=dataclasses.replace(recipe.eval, env=task.name, expert=expert_ref)))
+    report = json.loads((policy_dir / "eval_report.json").read_text())
+    return {"expert_labels": len(store.load()), **report}
 
 
 def _round_row(store: TrajectoryStore, k: int, beta: float, policy_dir: Path) -> dict[str, Any]:
