@@ -88,7 +88,7 @@ def _dagger(argv: list[str]) -> int:
 
     report = run_dagger(recipe)
     print(format_table(report["rounds"], ["round", "beta", "expert_labels", "success_rate", "mean_return",
-                                          "mistake_rate", "mistakes_per_episode"]))
+                                          "mistake_rate", "mistakes_at_horizon"]))
     print(f"report: {Path(recipe.output_dir) / 'dagger_report.json'}")
     return 0
 

@@ -46,7 +46,7 @@ def run_demo(workdir: Path, steps: int = 300) -> dict[str, Any]:
             {"agent": "BC (demos for as many labels)", **report["bc_baseline"]}]
     print()
     print(format_table(rows, ["agent", "expert_labels", "episodes", "success_rate", "mean_return",
-                              "mistakes_per_episode"]))
+                              "mistakes_at_horizon"]))
     print(f"\nwall time {time.perf_counter() - t0:.0f} s; report {run_dir / 'dagger_report.json'}; "
           f"mistakes vs horizon: {run_dir / 'mistakes.png'}")
     return report

@@ -68,4 +68,5 @@ def summarize(episodes: list[EpisodeRecord], mistakes: list[np.ndarray] | None =
         failed = [ep.terminated and not ep.success for ep in episodes]
         report["mistakes_vs_t"] = cumulative_mistakes(mistakes, failed, horizon)
         report["horizon"] = len(report["mistakes_vs_t"])
+        report["mistakes_at_horizon"] = report["mistakes_vs_t"][-1]
     return report

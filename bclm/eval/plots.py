@@ -20,7 +20,7 @@ def plot_mistakes(curves: list[dict[str, Any]], path: str | Path, title: str = "
         label = f"{curve['name']} ({curve['expert_labels']:,} expert labels)"
         ax.plot(range(1, len(ys) + 1), ys, label=label, linewidth=2)
     ax.set_xlabel("time step t")
-    ax.set_ylabel("mistakes up to t (mean over episodes)")
+    ax.set_ylabel("mistakes up to t (mean over episodes;\na failed episode errs every remaining step)")
     ax.set_title(title or "Mistakes vs horizon")
     ax.grid(alpha=0.3)
     ax.legend()
