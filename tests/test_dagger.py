@@ -95,3 +95,35 @@ def test_bc_baseline_at_equal_labels_and_mistakes_plot(tmp_path):
     assert "mistakes_vs_t" in baseline and "success_rate" in baseline
     png = tmp_path / "run" / "mistakes.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def flaky_expert(obs):
+    """The custom env's expert, but it raises on most states and answers garbage on the leftmost ones."""
+    from tests.custom_env import expert
+
+    if obs[0] > -0.5:
+        raise RuntimeError("cannot handle this state")
+    if obs[0] < -0.65:
+        return 9
+    return expert(obs)
+
+
+def test_expert_faults_are_counted_not_fatal_and_leave_states_unlabeled(tmp_path):
+    out = tmp_path / "run"
+    # Round 0 is demonstrations: there a faulty expert is an error that names it, and nothing is kept.
+    with pytest.raises(BCLMError, match="flaky_expert"):
+        run_dagger(_recipe(out, 1, "--dagger.expert", "tests.test_dagger:flaky_expert"))
+    report = run_dagger(_recipe(out, 1, "--dagger.initial_episodes", "4"))          # good round 0
+    # Round 1 with the flaky expert: faults are counted and the run completes.
+    import shutil
+
+    shutil.rmtree(out / "round-001")
+    shutil.rmtree(out / "data" / "round-001")
+    report = run_dagger(_recipe(out, 1, "--dagger.expert", "tests.test_dagger:flaky_expert"))
+    row = report["rounds"][1]
+    assert row["label_faults"] > 0
+    steps = TrajectoryStore(out / "data").arrays(["round-001"])
+    unlabeled = ~steps.columns["labeled"]
+    assert unlabeled.sum() == row["label_faults"]
+    assert not steps.columns["expert_used"][unlabeled].any()      # the learner acted where the expert failed
+    assert row["expert_labels"] == report["rounds"][0]["expert_labels"] + int((~unlabeled).sum())

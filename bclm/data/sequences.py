@@ -70,10 +70,11 @@ def action_labels(tokenizer: BCTokenizer, executed: np.ndarray, expert: np.ndarr
 
 
 def tokenize_episodes(tokenizer: BCTokenizer, observation, action, episode: np.ndarray, step: np.ndarray,
-                      task: np.ndarray, expert_action=None) -> EpisodeTokens:
+                      task: np.ndarray, expert_action=None, labeled: np.ndarray | None = None) -> EpisodeTokens:
     """Tokenize every step at once (vectorised), then sort rows into contiguous episodes.
 
-    `action` is what was executed; `expert_action` (default: the same) is what the loss teaches.
+    `action` is what was executed; `expert_action` (default: the same) is what the loss teaches, on the
+    steps that are `labeled` (default: all; a step the expert failed to label is context only).
     """
     tokens = tokenizer.encode_steps(observation, action)
     first_action = tokenizer.obs_len + 1
@@ -81,6 +82,8 @@ def tokenize_episodes(tokenizer: BCTokenizer, observation, action, episode: np.n
     expert = executed if expert_action is None else tokenizer.encode_action(expert_action)
     labels = np.full_like(tokens, IGNORE_INDEX)
     labels[:, first_action:] = action_labels(tokenizer, executed, expert)
+    if labeled is not None:
+        labels[~np.asarray(labeled, bool)] = IGNORE_INDEX
     order = np.lexsort((step, episode))
     tokens, labels, episode, task = tokens[order], labels[order], episode[order], task[order]
     ids, starts, lengths = np.unique(episode, return_index=True, return_counts=True)

@@ -64,6 +64,7 @@ PROVENANCE = {
     "round": datasets.Value("int32"),
     "source": datasets.Value("string"),
     "expert_used": datasets.Value("bool"),
+    "labeled": datasets.Value("bool"),
     "beta": datasets.Value("float32"),
     "policy_revision": datasets.Value("string"),
 }
@@ -92,6 +93,7 @@ class EpisodeRecord:
     task: str
     success: bool
     expert_used: np.ndarray | None = None
+    labeled: np.ndarray | None = None          # False where the expert gave no label (a counted fault)
     beta: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -205,6 +207,8 @@ class TrajectoryStore:
             "source": [source] * n,
             "expert_used": np.concatenate([
                 ep.expert_used if ep.expert_used is not None else np.ones(ep.length, bool) for ep in episodes]),
+            "labeled": np.concatenate([
+                ep.labeled if ep.labeled is not None else np.ones(ep.length, bool) for ep in episodes]),
             "beta": np.concatenate([np.full(ep.length, ep.beta, np.float32) for ep in episodes]),
             "policy_revision": [policy_revision] * n,
         }

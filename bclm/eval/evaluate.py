@@ -56,8 +56,8 @@ def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool 
     check_env_matches(policy, task)
     expert_ref = config.expert or (task.expert or "")
     space = policy.tokenizer.action_space
-    expert = (ExpertActor(load_expert(expert_ref), policy.tokenizer.observation_space, space, expert_ref)
-              if expert_ref else None)
+    expert = (ExpertActor(load_expert(expert_ref), policy.tokenizer.observation_space, space, expert_ref,
+                          on_fault="count") if expert_ref else None)
     num_envs = max(1, min(config.num_envs, config.episodes))
     session = policy.new_session(num_envs, greedy=config.greedy, temperature=config.temperature,
                                  seed=config.seed)
@@ -72,6 +72,8 @@ def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool 
         policy.model.train(was_training)
     report = {"env": task.name, "seed": config.seed, "expert": expert_ref or None,
               **summarize(result.episodes, result.mistakes, horizon=episode_horizon(task))}
+    if expert is not None:
+        report["expert_faults"] = expert.faults
     return report
 
 

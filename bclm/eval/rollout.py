@@ -22,28 +22,54 @@ class Actor(Protocol):
 
 
 class ExpertActor:
-    """Applies a per-observation expert to each env of the batch and checks every action it returns."""
+    """Applies a per-observation expert to each env of the batch and checks every action it returns.
+
+    With `on_fault="raise"` (collecting demonstrations) an expert that raises or returns an action outside
+    the space stops the run with an error naming it. With `"count"` (labeling a learner's states, where
+    experts meet states they were never written for) the fault is counted, the state is left unlabeled
+    (`last_labeled[i]` is False, the returned action is a placeholder) and the run goes on.
+    """
 
     def __init__(self, expert: Callable[[Any], Any], observation_space: gym.Space, action_space: gym.Space,
-                 name: str = "expert"):
+                 name: str = "expert", on_fault: str = "raise"):
         self.expert = expert
         self.observation_space = observation_space
         self.action_space = action_space
         self.name = name
+        self.on_fault = on_fault
+        self.faults = 0
+        self.last_fault = ""
+        self.last_labeled: np.ndarray | None = None
+        self._placeholder = None
 
     def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
         batch_space = gym.vector.utils.batch_space(self.observation_space, _batch_len(self.observation_space,
                                                                                        observations))
-        items = []
+        items, labeled = [], []
         for obs in iterate(batch_space, observations):
-            action = self.expert(obs)
-            action = _as_space_value(self.action_space, action)
+            action, ok = self._label(obs)
+            items.append(action)
+            labeled.append(ok)
+        self.last_labeled = np.array(labeled, dtype=bool)
+        out = create_empty_array(self.action_space, len(items))
+        return concatenate(self.action_space, items, out)
+
+    def _label(self, obs: Any) -> tuple[Any, bool]:
+        try:
+            action = _as_space_value(self.action_space, self.expert(obs))
             if not self.action_space.contains(action):
                 raise BCLMError(f"expert {self.name!r} returned {action!r}, outside the action space "
                                 f"{self.action_space}")
-            items.append(action)
-        out = create_empty_array(self.action_space, len(items))
-        return concatenate(self.action_space, items, out)
+            return action, True
+        except Exception as e:   # any expert bug on some state: an error or a counted fault, as configured
+            if self.on_fault == "raise":
+                raise e if isinstance(e, BCLMError) else BCLMError(
+                    f"expert {self.name!r} raised {type(e).__name__}: {e}") from e
+            self.faults += 1
+            self.last_fault = f"{type(e).__name__}: {e}"
+            if self._placeholder is None:
+                self._placeholder = self.action_space.sample()
+            return self._placeholder, False
 
 
 def _as_space_value(space: gym.Space, action: Any) -> Any:
@@ -76,6 +102,7 @@ class _EpisodeBuffer:
         self.expert: list[dict[str, np.ndarray]] = []
         self.rewards: list[float] = []
         self.expert_used: list[bool] = []
+        self.labeled: list[bool] = []
         self.info_success = False
 
 
@@ -106,8 +133,11 @@ def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int =
         while quota.sum() > 0:
             actions = actor.act(obs, new_episode)
             expert_actions = expert.act(obs, new_episode) if expert is not None else None
+            labeled = getattr(expert, "last_labeled", None)
             if expert_actions is not None and differ is not None:
                 wrong = differ(actions, expert_actions)
+                if labeled is not None:
+                    wrong = wrong & labeled          # no verdict where the expert gave no label
                 for i in range(num_envs):
                     mistakes_buf[i].append(bool(wrong[i]))
             if record:
@@ -116,6 +146,7 @@ def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int =
                 used = getattr(actor, "last_expert_used", None)
                 for i, buf in enumerate(buffers):
                     buf.expert_used.append(bool(used[i]) if used is not None else isinstance(actor, ExpertActor))
+                    buf.labeled.append(bool(labeled[i]) if labeled is not None else True)
             obs, reward, terminated, truncated, info = env.step(actions)
             steps += int((quota > 0).sum())
             for i in range(num_envs):
@@ -178,5 +209,6 @@ def _finish(task: TaskSpec, buf: _EpisodeBuffer, terminated: bool, truncated: bo
         expert_action=_stack(buf.expert) if record and buf.expert else None,
         reward=rewards, terminated=terminated, truncated=truncated, task=task.name, success=success,
         expert_used=np.asarray(buf.expert_used, bool) if record else None,
+        labeled=np.asarray(buf.labeled, bool) if record else None,
     )
 

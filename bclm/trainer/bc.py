@@ -110,7 +110,8 @@ def prepare_data(recipe: TrainRecipe, tokenizer: BCTokenizer | None = None) -> P
             raise BCLMError(f"{where}: task {task_name!r} is not one of the policy's tasks {tokenizer.tasks}")
     tokenizer.check_observation(steps.observation, where=where)
     tokenizer.check_action(steps.action, where=where)
-    tokenizer.check_action(steps.expert_action, where=f"{where} (expert_action)")
+    tokenizer.check_action(_take_tree(steps.expert_action, steps.columns["labeled"]),
+                           where=f"{where} (expert_action)")
     if not tokenizer.fitted:
         tokenizer.fit(steps.observation, steps.action)
     train_steps, val_steps = split_episodes(steps, recipe.data.val_episodes)
@@ -154,7 +155,8 @@ def _take_tree(batch: Any, mask: np.ndarray) -> Any:
 def _windows(tokenizer: BCTokenizer, steps: StepArrays, recipe: TrainRecipe, task_name: str) -> WindowDataset:
     task = np.full(len(steps), task_name, dtype=object)
     tokens = tokenize_episodes(tokenizer, steps.observation, steps.action, steps.columns["episode"],
-                               steps.columns["step"], task, expert_action=steps.expert_action)
+                               steps.columns["step"], task, expert_action=steps.expert_action,
+                               labeled=steps.columns["labeled"])
     return WindowDataset(tokens, tokenizer, recipe.data.context_length, recipe.data.stride_fraction)
 
 

@@ -88,11 +88,14 @@ class MixtureActor:
         self.rng = np.random.default_rng(seed)
         self.last_expert: Any = None
         self.last_expert_used: np.ndarray | None = None
+        self.last_labeled: np.ndarray | None = None
 
     def act(self, observations: Any, new_episode: np.ndarray) -> Any:
         learner = self.session.act(observations, new_episode)
         self.last_expert = self.expert.act(observations, new_episode)
-        use = self.rng.random(self.session.batch_size) < self.beta
+        self.last_labeled = self.expert.last_labeled
+        # Where the expert faulted there is nothing to execute from it: the learner acts.
+        use = (self.rng.random(self.session.batch_size) < self.beta) & self.last_labeled
         self.last_expert_used = use
         space = self.expert.action_space
         chosen = {path: np.where(use.reshape((-1,) + (1,) * (x.ndim - 1)), e, x)
@@ -112,6 +115,10 @@ class _LastLabels:
     def __init__(self, mixture: MixtureActor):
         self.mixture = mixture
 
+    @property
+    def last_labeled(self) -> np.ndarray | None:
+        return self.mixture.last_labeled
+
     def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
         return self.mixture.last_expert
 
@@ -121,7 +128,8 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
     """Roll out the β-mixture and append shard `round-k` (atomic: a crash loses at most this round)."""
     num_envs = max(1, min(config.num_envs, config.episodes_per_round))
     seed = config.seed + 100_000 * round_index
-    expert = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, expert_ref)
+    expert = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, expert_ref,
+                         on_fault="count")
     mixture = MixtureActor(policy.new_session(num_envs, seed=seed), expert, beta, seed)
     result = run_episodes(task, mixture, config.episodes_per_round, num_envs=num_envs, seed=seed,
                           expert=mixture.labels())
@@ -131,7 +139,8 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
                       policy_revision=ROUND.format(round_index - 1))
     steps = sum(ep.length for ep in result.episodes)
     used = int(sum(ep.expert_used.sum() for ep in result.episodes if ep.expert_used is not None))
-    return {"episodes": len(result.episodes), "steps": steps, "expert_executed_steps": used}
+    return {"episodes": len(result.episodes), "steps": steps, "expert_executed_steps": used,
+            "expert_faults": expert.faults}
 
 
 def train_recipe(recipe: DaggerRecipe, **changes: Any) -> TrainRecipe:
@@ -218,6 +227,10 @@ def bc_baseline(recipe: DaggerRecipe, task: TaskSpec, expert_ref: str, out: Path
 
 
 def _round_row(store: TrajectoryStore, k: int, beta: float, policy_dir: Path) -> dict[str, Any]:
-    labels = len(store.load([ROUND.format(i) for i in range(k + 1)]))
+    labeled = store.load([ROUND.format(i) for i in range(k + 1)])["labeled"][:]
+    round_labeled = store.load([ROUND.format(k)])["labeled"][:]
     report = json.loads((policy_dir / "eval_report.json").read_text())
-    return {"round": k, "beta": beta, "expert_labels": labels, **report}
+    # `label_faults`: states of this round the expert failed to label; the eval report's `expert_faults`
+    # are its faults while judging the learner's mistakes.
+    return {"round": k, "beta": beta, "expert_labels": int(labeled.sum()),
+            "label_faults": int((~round_labeled).sum()), **report}
