@@ -127,3 +127,54 @@ def test_expert_faults_are_counted_not_fatal_and_leave_states_unlabeled(tmp_path
     assert unlabeled.sum() == row["label_faults"]
     assert not steps.columns["expert_used"][unlabeled].any()      # the learner acted where the expert failed
     assert row["expert_labels"] == report["rounds"][0]["expert_labels"] + int((~unlabeled).sum())
+
+
+def test_hg_dagger_labels_only_interventions(tmp_path):
+    out = tmp_path / "run"
+    report = run_dagger(_recipe(out, 1, "--dagger.intervener", "expert-gated"))
+    row = report["rounds"][1]
+    steps = TrajectoryStore(out / "data").arrays(["round-001"])
+    labeled = steps.columns["labeled"]
+    assert set(steps.columns["source"]) == {"hg-dagger"}
+    assert row["interventions"] == int(labeled.sum()) > 0
+    assert row["expert_labels"] == report["rounds"][0]["expert_labels"] + row["interventions"]
+    # Where the intervener took over, the executed action is its (the expert's) action.
+    np.testing.assert_array_equal(steps.action[labeled], steps.expert_action[labeled])
+    assert (steps.columns["expert_used"] == labeled).all()
+
+
+def test_terminal_labeler_reads_actions_and_asks_again_on_bad_input():
+    import io
+
+    import gymnasium as gym
+
+    from bclm.envs.human import TerminalIntervener, TerminalLabeler
+    from bclm.eval.rollout import ExpertActor
+
+    out = io.StringIO()
+    labeler = TerminalLabeler(io.StringIO("x\n7\n2\n0\n"), out)
+    actor = ExpertActor(labeler, gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(3), "human")
+    actions = actor.act(np.array([[0.1, 0.2], [0.3, -0.4]], np.float32))
+    assert actions.tolist() == [2, 0]
+    assert "observation" in out.getvalue() and "'x' is not an action" in out.getvalue()
+    with pytest.raises(BCLMError, match="input ended"):
+        actor.act(np.zeros((1, 2), np.float32))
+    intervener = TerminalIntervener(io.StringIO("\n1\n"), io.StringIO())
+    intervener.bind(None, gym.spaces.Discrete(3))
+    assert intervener(np.zeros(2), 2) is None and intervener(np.zeros(2), 2) == 1
+
+
+def test_collect_with_a_human_through_the_cli(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_cli import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "bclm", "collect", "--env", ENV, "--expert", "human", "--episodes",
+                        "1", "--num-envs", "1", "--output", "data"], input="1\n" * 50, cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    steps = TrajectoryStore(tmp_path / "data").arrays()
+    assert len(steps) == 50 and (steps.action == 1).all()

@@ -190,6 +190,10 @@ def load_expert(ref: str) -> Expert:
         raise BCLMError(f"expert {ref!r} is not valid: expected a builtin expert name or 'module:callable'")
     if ref in BUILTIN_EXPERTS:
         return BUILTIN_EXPERTS[ref]
+    if ref == "human":
+        from bclm.envs.human import TerminalLabeler
+
+        return TerminalLabeler()
     if ":" not in ref:
         names = ", ".join(sorted(BUILTIN_EXPERTS))
         raise BCLMError(f"expert {ref!r} is unknown: expected one of {names} or the form 'module:callable'")

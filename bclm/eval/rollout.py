@@ -37,6 +37,8 @@ class ExpertActor:
         self.action_space = action_space
         self.name = name
         self.on_fault = on_fault
+        if hasattr(expert, "bind"):          # experts that need the spaces (the terminal labeler)
+            expert.bind(observation_space, action_space)
         self.faults = 0
         self.last_fault = ""
         self.last_labeled: np.ndarray | None = None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from bclm.collect import create_store, expert_ref_of, write_expert_shard
 from bclm.config import option
@@ -45,6 +46,10 @@ class DaggerConfig:
     beta_value: float = option(0.5, "β of the constant schedule, or p of the geometric one (β_i = p^i).")
     beta_rounds: int = option(0, "Rounds over which the linear schedule decays to 0 (0 = `rounds`).")
     warm_start: bool = option(True, "Start each round's training from the previous round's policy.")
+    intervener: str = option(
+        "", "HG-DAgger instead of the β-mixture: who may take over from the learner. 'expert-gated' (the "
+            "expert, where it disagrees), 'human' (terminal), or 'module:callable' (obs, learner_action) -> "
+            "action or None. Only intervention steps are labeled.")
     bc_baseline: bool = option(False, "Also train BC on expert demonstrations with as many labels as the last "
                                       "round used, and plot it against DAgger.")
     num_envs: int = option(8, "Environments stepped together while collecting.")
@@ -109,6 +114,55 @@ class MixtureActor:
         return _LastLabels(self)
 
 
+class InterventionActor:
+    """HG-DAgger: the learner acts; an intervener watching it takes over (returns an action) where it judges
+    the learner wrong. Only those steps are labeled; the others stay in the data as history."""
+
+    def __init__(self, session: ActSession, intervener: Callable[[Any, Any], Any], observation_space: Any,
+                 action_space: Any):
+        self.session = session
+        self.intervener = intervener
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.last_expert: Any = None
+        self.last_expert_used: np.ndarray | None = None
+        self.last_labeled: np.ndarray | None = None
+
+    def act(self, observations: Any, new_episode: np.ndarray) -> Any:
+        learner = self.session.act(observations, new_episode)
+        batch = self.session.batch_size
+        obs_items = iterate(batch_space(self.observation_space, batch), observations)
+        act_items = list(iterate(batch_space(self.action_space, batch), learner))
+        taken = [self.intervener(o, a) for o, a in zip(obs_items, act_items)]
+        self.last_labeled = np.array([t is not None for t in taken])
+        self.last_expert_used = self.last_labeled
+        executed = [a if t is None else t for a, t in zip(act_items, taken)]
+        self.last_expert = concatenate(self.action_space, executed, create_empty_array(self.action_space, batch))
+        self.session.record_executed(self.last_expert)
+        return self.last_expert
+
+    def labels(self) -> _LastLabels:
+        return _LastLabels(self)
+
+
+def load_intervener(ref: str, expert_ref: str, observation_space: Any, action_space: Any) -> Callable:
+    """'expert-gated' (scripted: the expert takes over where it disagrees), 'human', or 'module:callable'."""
+    if ref == "expert-gated":
+        expert = ExpertActor(load_expert(expert_ref), observation_space, action_space, expert_ref)
+
+        def gated(obs: Any, learner_action: Any) -> Any:
+            label, _ = expert._label(obs)
+            return None if np.array_equal(np.asarray(label), np.asarray(learner_action)) else label
+        return gated
+    if ref == "human":
+        from bclm.envs.human import TerminalIntervener
+
+        intervener = TerminalIntervener()
+        intervener.bind(observation_space, action_space)
+        return intervener
+    return load_expert(ref)            # same import-path rules and errors as experts
+
+
 class _LastLabels:
     """The expert's labels of the mixture's last step, served as an expert (no second expert call)."""
 
@@ -128,14 +182,21 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
     """Roll out the β-mixture and append shard `round-k` (atomic: a crash loses at most this round)."""
     num_envs = max(1, min(config.num_envs, config.episodes_per_round))
     seed = config.seed + 100_000 * round_index
+    session = policy.new_session(num_envs, seed=seed)
     expert = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, expert_ref,
                          on_fault="count")
-    mixture = MixtureActor(policy.new_session(num_envs, seed=seed), expert, beta, seed)
-    result = run_episodes(task, mixture, config.episodes_per_round, num_envs=num_envs, seed=seed,
-                          expert=mixture.labels())
+    if config.intervener:
+        actor: MixtureActor | InterventionActor = InterventionActor(
+            session, load_intervener(config.intervener, expert_ref, store.observation_space, store.action_space),
+            store.observation_space, store.action_space)
+    else:
+        actor = MixtureActor(session, expert, beta, seed)
+    result = run_episodes(task, actor, config.episodes_per_round, num_envs=num_envs, seed=seed,
+                          expert=actor.labels())
     for ep in result.episodes:
         ep.beta = beta
-    store.write_shard(ROUND.format(round_index), result.episodes, round_index=round_index, source="dagger",
+    source = "hg-dagger" if config.intervener else "dagger"
+    store.write_shard(ROUND.format(round_index), result.episodes, round_index=round_index, source=source,
                       policy_revision=ROUND.format(round_index - 1))
     steps = sum(ep.length for ep in result.episodes)
     used = int(sum(ep.expert_used.sum() for ep in result.episodes if ep.expert_used is not None))
@@ -228,9 +289,13 @@ def bc_baseline(recipe: DaggerRecipe, task: TaskSpec, expert_ref: str, out: Path
 
 def _round_row(store: TrajectoryStore, k: int, beta: float, policy_dir: Path) -> dict[str, Any]:
     labeled = store.load([ROUND.format(i) for i in range(k + 1)])["labeled"][:]
-    round_labeled = store.load([ROUND.format(k)])["labeled"][:]
-    report = json.loads((policy_dir / "eval_report.json").read_text())
-    # `label_faults`: states of this round the expert failed to label; the eval report's `expert_faults`
-    # are its faults while judging the learner's mistakes.
-    return {"round": k, "beta": beta, "expert_labels": int(labeled.sum()),
-            "label_faults": int((~round_labeled).sum()), **report}
+    shard = store.load([ROUND.format(k)])
+    row: dict[str, Any] = {"round": k, "beta": beta, **json.loads((policy_dir / "eval_report.json").read_text())}
+    row["expert_labels"] = int(labeled.sum())
+    # A β-mixture round labels every state, so unlabeled ones are expert faults; an HG-DAgger round labels
+    # only its interventions. (The eval report's own `expert_faults` are faults while judging mistakes.)
+    if k and shard["source"][0] == "hg-dagger":
+        row["interventions"] = int(shard["labeled"][:].sum())
+    else:
+        row["label_faults"] = int((~shard["labeled"][:]).sum())
+    return row
