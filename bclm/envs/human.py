@@ -35,22 +35,34 @@ class TerminalLabeler:
         self.n, self.start = int(action_space.n), int(action_space.start)
 
     def __call__(self, obs: Any) -> int:
+        choices = self._choices()
+        action = self._ask(f"\nobservation:\n{format_observation(obs)}\naction ({choices})? ", allow_none=False)
+        assert action is not None
+        return action
+
+    def _choices(self) -> str:
         if self.n is None:
             raise BCLMError("expert 'human' was not bound to an action space")
+        if self.action_names:
+            return ", ".join(f"{self.start + i}={name}" for i, name in enumerate(self.action_names))
+        return f"{self.start}..{self.start + self.n - 1}"
+
+    def _ask(self, prompt: str, allow_none: bool) -> int | None:
+        """Write `prompt`, read lines until one is an action (or empty, when `allow_none`)."""
         out, inp = self.output or sys.stdout, self.input or sys.stdin
-        choices = ", ".join(f"{self.start + i}={name}" for i, name in enumerate(self.action_names)) \
-            if self.action_names else f"{self.start}..{self.start + self.n - 1}"
-        out.write(f"\nobservation:\n{format_observation(obs)}\naction ({choices})? ")
+        out.write(prompt)
         out.flush()
         while True:
             line = inp.readline()
             if not line:
                 raise BCLMError("expert 'human': input ended before an action was given")
             answer = line.strip()
+            if allow_none and not answer:
+                return None
             if answer.lstrip("-").isdigit() and self.start <= int(answer) < self.start + self.n:
                 self.labels += 1
                 return int(answer)
-            out.write(f"'{answer}' is not an action ({choices}); again? ")
+            out.write(f"'{answer}' is not an action ({self._choices()}); again? ")
             out.flush()
 
 
@@ -68,21 +80,6 @@ class TerminalIntervener(TerminalLabeler):
     learner act, a number takes over with that action."""
 
     def __call__(self, obs: Any, learner_action: Any) -> int | None:
-        if self.n is None:
-            raise BCLMError("intervener 'human' was not bound to an action space")
-        out, inp = self.output or sys.stdout, self.input or sys.stdin
-        out.write(f"\nobservation:\n{format_observation(obs)}\nlearner does {int(learner_action)}; "
-                  "Enter to let it, or the action to take over: ")
-        out.flush()
-        while True:
-            line = inp.readline()
-            if not line:
-                raise BCLMError("intervener 'human': input ended")
-            answer = line.strip()
-            if not answer:
-                return None
-            if answer.lstrip("-").isdigit() and self.start <= int(answer) < self.start + self.n:
-                self.labels += 1
-                return int(answer)
-            out.write(f"'{answer}' is not an action; again? ")
-            out.flush()
+        self._choices()
+        return self._ask(f"\nobservation:\n{format_observation(obs)}\nlearner does {int(learner_action)}; "
+                         "Enter to let it, or the action to take over: ", allow_none=True)
