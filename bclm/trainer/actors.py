@@ -1,0 +1,111 @@
+"""Who acts and who labels in a DAgger round: the β-mixture of learner and expert, or the learner with an
+intervener who takes over (HG-DAgger). Both tell the learner's session what was executed and serve the
+round's labels to `run_episodes` without a second expert call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+
+from bclm.envs import load_expert
+from bclm.eval.rollout import ExpertActor
+from bclm.policy import ActSession
+from bclm.tokenizers import assemble, leaf_arrays
+
+
+class MixtureActor:
+    """Per step and env, a β-coin picks the expert's action, else the learner's; the expert labels every
+    state either way. The learner's session is told what was executed, so its context stays true."""
+
+    def __init__(self, session: ActSession, expert: ExpertActor, beta: float, seed: int):
+        self.session = session
+        self.expert = expert
+        self.beta = beta
+        self.rng = np.random.default_rng(seed)
+        self.last_expert: Any = None
+        self.last_expert_used: np.ndarray | None = None
+        self.last_labeled: np.ndarray | None = None
+
+    def act(self, observations: Any, new_episode: np.ndarray) -> Any:
+        learner = self.session.act(observations, new_episode)
+        self.last_expert = self.expert.act(observations, new_episode)
+        self.last_labeled = self.expert.last_labeled
+        # Where the expert faulted there is nothing to execute from it: the learner acts.
+        use = (self.rng.random(self.session.batch_size) < self.beta) & self.last_labeled
+        self.last_expert_used = use
+        space = self.expert.action_space
+        chosen = {path: np.where(use.reshape((-1,) + (1,) * (x.ndim - 1)), e, x)
+                  for (path, x), e in zip(leaf_arrays(space, learner).items(),
+                                          leaf_arrays(space, self.last_expert).values())}
+        executed = assemble(space, chosen)
+        self.session.record_executed(executed)
+        return executed
+
+    def labels(self) -> _LastLabels:
+        return _LastLabels(self)
+
+
+class InterventionActor:
+    """HG-DAgger: the learner acts; an intervener watching it takes over (returns an action) where it judges
+    the learner wrong. Only those steps are labeled; the others stay in the data as history."""
+
+    def __init__(self, session: ActSession, intervener: Callable[[Any, Any], Any], observation_space: Any,
+                 action_space: Any):
+        self.session = session
+        self.intervener = intervener
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.last_expert: Any = None
+        self.last_expert_used: np.ndarray | None = None
+        self.last_labeled: np.ndarray | None = None
+
+    def act(self, observations: Any, new_episode: np.ndarray) -> Any:
+        learner = self.session.act(observations, new_episode)
+        batch = self.session.batch_size
+        obs_items = iterate(batch_space(self.observation_space, batch), observations)
+        act_items = list(iterate(batch_space(self.action_space, batch), learner))
+        taken = [self.intervener(o, a) for o, a in zip(obs_items, act_items)]
+        self.last_labeled = np.array([t is not None for t in taken])
+        self.last_expert_used = self.last_labeled
+        executed = [a if t is None else t for a, t in zip(act_items, taken)]
+        self.last_expert = concatenate(self.action_space, executed, create_empty_array(self.action_space, batch))
+        self.session.record_executed(self.last_expert)
+        return self.last_expert
+
+    def labels(self) -> _LastLabels:
+        return _LastLabels(self)
+
+
+def load_intervener(ref: str, expert_ref: str, observation_space: Any, action_space: Any) -> Callable:
+    """'expert-gated' (scripted: the expert takes over where it disagrees), 'human', or 'module:callable'."""
+    if ref == "expert-gated":
+        expert = ExpertActor(load_expert(expert_ref), observation_space, action_space, expert_ref)
+
+        def gated(obs: Any, learner_action: Any) -> Any:
+            label, _ = expert._label(obs)
+            return None if np.array_equal(np.asarray(label), np.asarray(learner_action)) else label
+        return gated
+    if ref == "human":
+        from bclm.envs.human import TerminalIntervener
+
+        intervener = TerminalIntervener()
+        intervener.bind(observation_space, action_space)
+        return intervener
+    return load_expert(ref)            # same import-path rules and errors as experts
+
+
+class _LastLabels:
+    """The expert's labels of the mixture's last step, served as an expert (no second expert call)."""
+
+    def __init__(self, mixture: MixtureActor):
+        self.mixture = mixture
+
+    @property
+    def last_labeled(self) -> np.ndarray | None:
+        return self.mixture.last_labeled
+
+    def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
+        return self.mixture.last_expert
