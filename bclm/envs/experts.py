@@ -190,6 +190,10 @@ def load_expert(ref: str) -> Expert:
         raise BCLMError(f"expert {ref!r} is not valid: expected a builtin expert name or 'module:callable'")
     if ref in BUILTIN_EXPERTS:
         return BUILTIN_EXPERTS[ref]
+    if ref == "babyai_bot":
+        from bclm.envs.babyai import BabyAIBotExpert
+
+        return BabyAIBotExpert
     if ref == "human":
         from bclm.envs.human import TerminalLabeler
 

@@ -78,6 +78,9 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
             200.0,
             {"continuous": True},
         ),
+        # BabyAI (minigrid): a mission succeeds with a positive reward; the env module registers the ids.
+        *(TaskSpec(f"BabyAI-{level}-v0", f"bclm.envs.babyai:bclm/BabyAI-{level}-v0", "babyai_bot", "return",
+                   1e-9) for level in ("GoToRedBall", "GoToLocal", "PickupLoc", "PutNextLocal", "GoTo")),
     )
 }
 

@@ -39,6 +39,20 @@ class ExpertActor:
         self.on_fault = on_fault
         if hasattr(expert, "bind"):          # experts that need the spaces (the terminal labeler)
             expert.bind(observation_space, action_space)
+        # A stateful expert is a class: one instance per env, reset with that env at each episode start and
+        # told every executed action (lockstep), e.g. the BabyAI bot.
+        self.stateful = isinstance(expert, type) and getattr(expert, "stateful", False)
+        self.instances: list[Any] = []
+        self.envs: list[gym.Env] | None = None
+
+    def attach(self, vector_env: gym.vector.VectorEnv) -> None:
+        self.envs = getattr(vector_env, "envs", None)
+
+    def observe(self, executed: Any) -> None:
+        if self.stateful:
+            items = iterate(gym.vector.utils.batch_space(self.action_space, len(self.instances)), executed)
+            for inst, action in zip(self.instances, items):
+                inst.observe(action)
         self.faults = 0
         self.last_fault = ""
         self.last_labeled: np.ndarray | None = None
@@ -48,17 +62,28 @@ class ExpertActor:
         batch_space = gym.vector.utils.batch_space(self.observation_space, _batch_len(self.observation_space,
                                                                                        observations))
         items, labeled = [], []
-        for obs in iterate(batch_space, observations):
-            action, ok = self._label(obs)
+        if self.stateful:
+            self._reset_instances(_batch_len(self.observation_space, observations), new_episode)
+        for i, obs in enumerate(iterate(batch_space, observations)):
+            action, ok = self._label(obs, self.instances[i] if self.stateful else self.expert)
             items.append(action)
             labeled.append(ok)
         self.last_labeled = np.array(labeled, dtype=bool)
         out = create_empty_array(self.action_space, len(items))
         return concatenate(self.action_space, items, out)
 
-    def _label(self, obs: Any) -> tuple[Any, bool]:
+    def _reset_instances(self, batch: int, new_episode: np.ndarray | None) -> None:
+        if self.envs is None:
+            raise BCLMError(f"expert {self.name!r} is stateful: it needs a synchronous vector env")
+        if not self.instances:
+            self.instances = [self.expert() for _ in range(batch)]
+            new_episode = np.ones(batch, bool)
+        for i in np.flatnonzero(new_episode if new_episode is not None else np.zeros(batch, bool)):
+            self.instances[i].reset(self.envs[i])
+
+    def _label(self, obs: Any, expert: Callable[[Any], Any] | None = None) -> tuple[Any, bool]:
         try:
-            action = _as_space_value(self.action_space, self.expert(obs))
+            action = _as_space_value(self.action_space, (expert or self.expert)(obs))
             if not self.action_space.contains(action):
                 raise BCLMError(f"expert {self.name!r} returned {action!r}, outside the action space "
                                 f"{self.action_space}")
@@ -124,6 +149,9 @@ def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int =
     quota[: episodes % num_envs] += 1
     env = make_vector_env(task, num_envs)
     obs_space, act_space = env.single_observation_space, env.single_action_space
+    for party in (actor, expert):
+        if hasattr(party, "attach"):
+            party.attach(env)
     try:
         obs, _ = env.reset(seed=[seed + i for i in range(num_envs)])
         buffers = [_EpisodeBuffer() for _ in range(num_envs)]
@@ -150,6 +178,9 @@ def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int =
                     buf.expert_used.append(bool(used[i]) if used is not None else isinstance(actor, ExpertActor))
                     buf.labeled.append(bool(labeled[i]) if labeled is not None else True)
             obs, reward, terminated, truncated, info = env.step(actions)
+            for party in (actor, expert):
+                if hasattr(party, "observe"):
+                    party.observe(actions)
             steps += int((quota > 0).sum())
             for i in range(num_envs):
                 buffers[i].rewards.append(float(reward[i]))

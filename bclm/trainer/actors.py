@@ -47,6 +47,12 @@ class MixtureActor:
     def labels(self) -> _LastLabels:
         return _LastLabels(self)
 
+    def attach(self, vector_env: Any) -> None:      # a stateful expert needs the envs and the executed actions
+        self.expert.attach(vector_env)
+
+    def observe(self, executed: Any) -> None:
+        self.expert.observe(executed)
+
 
 class InterventionActor:
     """HG-DAgger: the learner acts; an intervener watching it takes over (returns an action) where it judges

@@ -1,0 +1,85 @@
+"""BabyAI levels (minigrid) with the BabyAI bot as a stateful expert.
+
+Importing this module registers `bclm/BabyAI-<Level>-v0` gymnasium ids whose observations bclm can
+tokenize: the 7×7×3 symbolic view (a Box), the direction (Discrete) and the mission as a gymnasium
+`Text` (minigrid's own MissionSpace is not serialisable). The bot runs in lockstep with the episode:
+it reads the env's true state, is told the action actually executed, and is re-created when it gives up.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from bclm.errors import BCLMError
+
+LEVELS = ("GoToRedBall", "GoToLocal", "PickupLoc", "PutNextLocal", "GoTo")
+MISSION_CHARSET = string.ascii_lowercase + " ,'"
+MISSION_MAX = 200
+
+
+def _minigrid() -> Any:
+    try:
+        import minigrid  # noqa: F401 -- registers the BabyAI envs
+        from minigrid.utils.baby_ai_bot import BabyAIBot
+    except ImportError:
+        raise BCLMError("BabyAI needs minigrid: pip install 'bclm[envs]' (or pip install minigrid)") from None
+    return BabyAIBot
+
+
+class BabyAIObservation(gym.ObservationWrapper):
+    """Keeps image, direction and mission; the mission becomes a `Text` space."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.observation_space = gym.spaces.Dict({
+            "direction": env.observation_space["direction"],
+            "image": env.observation_space["image"],
+            "mission": gym.spaces.Text(MISSION_MAX, min_length=0, charset=MISSION_CHARSET),
+        })
+
+    def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
+        return {"direction": obs["direction"], "image": obs["image"], "mission": obs["mission"]}
+
+
+def make_babyai(level: str, **kwargs: Any) -> gym.Env:
+    _minigrid()
+    return BabyAIObservation(gym.make(f"BabyAI-{level}-v0", **kwargs))
+
+
+for _level in LEVELS:
+    if f"bclm/BabyAI-{_level}-v0" not in gym.registry:
+        gym.register(f"bclm/BabyAI-{_level}-v0", entry_point="bclm.envs.babyai:make_babyai",
+                     kwargs={"level": _level})
+
+
+class BabyAIBotExpert:
+    """The BabyAI bot as a bclm stateful expert (one instance per env, see `ExpertActor`)."""
+
+    stateful = True
+
+    def __init__(self) -> None:
+        self.bot_class = _minigrid()
+        self.env: Any = None
+        self.bot: Any = None
+        self.executed: int | None = None
+        self.recreated = 0
+
+    def reset(self, env: gym.Env) -> None:
+        self.env = env.unwrapped
+        self.bot = self.bot_class(self.env)
+        self.executed = None
+
+    def __call__(self, obs: Any) -> int:
+        try:
+            return int(self.bot.replan(self.executed))
+        except Exception:   # the bot gives up on some states a learner reaches (e.g. an opened box)
+            self.recreated += 1
+            self.bot = self.bot_class(self.env)    # plan afresh from the env's current state
+            return int(self.bot.replan())
+
+    def observe(self, action: Any) -> None:
+        self.executed = int(np.asarray(action))
