@@ -37,6 +37,10 @@ class ExpertActor:
         self.action_space = action_space
         self.name = name
         self.on_fault = on_fault
+        self.faults = 0
+        self.last_fault = ""
+        self.last_labeled: np.ndarray | None = None
+        self._placeholder = None
         if hasattr(expert, "bind"):          # experts that need the spaces (the terminal labeler)
             expert.bind(observation_space, action_space)
         # A stateful expert is a class: one instance per env, reset with that env at each episode start and
@@ -53,10 +57,6 @@ class ExpertActor:
             items = iterate(gym.vector.utils.batch_space(self.action_space, len(self.instances)), executed)
             for inst, action in zip(self.instances, items):
                 inst.observe(action)
-        self.faults = 0
-        self.last_fault = ""
-        self.last_labeled: np.ndarray | None = None
-        self._placeholder = None
 
     def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
         batch_space = gym.vector.utils.batch_space(self.observation_space, _batch_len(self.observation_space,
