@@ -20,7 +20,7 @@ def test_bot_demonstrations_succeed_and_keep_the_mission_text(tmp_path):
     summary = collect(get_task(TASK), None, 6, tmp_path / "data", num_envs=3)
     assert summary["success_rate"] == 1.0
     steps = TrajectoryStore(tmp_path / "data").arrays()
-    assert steps.observation["image"].shape[1:] == (7, 7, 3)
+    assert steps.observation["image"].shape[1:] == (49, 3)
     assert set(steps.observation["mission"]) <= {"go to the red ball", "go to a red ball"}
 
 
@@ -45,7 +45,7 @@ def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
         "--output-dir", str(tmp_path / "run"), "--dagger.env", TASK, "--dagger.rounds", "1",
         "--dagger.initial_episodes", "4", "--dagger.episodes_per_round", "2", "--dagger.num_envs", "2",
         "--dagger.beta", "constant", "--dagger.beta_value", "0.5", "--model.size", "tiny",
-        "--data.context_length", "336", "--train.max_steps", "3", "--loop.progress", "false",
+        "--tokenizer.group", "3", "--data.context_length", "140", "--train.max_steps", "3", "--loop.progress", "false",
         "--eval.episodes", "2", "--eval.num_envs", "2"])
     report = run_dagger(recipe)
     row = report["rounds"][1]
@@ -55,3 +55,6 @@ def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
     np.testing.assert_array_equal(steps.action[used], steps.expert_action[used])
     assert row["expert_labels"] > report["rounds"][0]["expert_labels"]
     assert "mistake_rate" in row
+    from bclm.policy import Policy
+
+    assert Policy.from_pretrained(tmp_path / "run" / "round-001").tokenizer.obs_len == 49 + 1 + 16  # a token a cell

@@ -31,18 +31,24 @@ def _minigrid() -> Any:
 
 
 class BabyAIObservation(gym.ObservationWrapper):
-    """Keeps image, direction and mission; the mission becomes a `Text` space."""
+    """Keeps image, direction and mission. The 7×7×3 view becomes 49 cells of (object, colour, state) with
+    their true cardinalities (a MultiDiscrete, not minigrid's 0..255 Box), so that `tokenizer.group: 3`
+    packs each cell into one token: 49 tokens instead of 147. The mission becomes a `Text` space."""
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
+        from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+
+        cell = [len(OBJECT_TO_IDX), len(COLOR_TO_IDX), len(STATE_TO_IDX)]
         self.observation_space = gym.spaces.Dict({
             "direction": env.observation_space["direction"],
-            "image": env.observation_space["image"],
+            "image": gym.spaces.MultiDiscrete(np.tile(cell, (49, 1))),
             "mission": gym.spaces.Text(MISSION_MAX, min_length=0, charset=MISSION_CHARSET),
         })
 
     def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
-        return {"direction": obs["direction"], "image": obs["image"], "mission": obs["mission"]}
+        image = np.asarray(obs["image"], dtype=np.int64).reshape(49, 3)
+        return {"direction": obs["direction"], "image": image, "mission": obs["mission"]}
 
 
 def make_babyai(level: str, **kwargs: Any) -> gym.Env:
