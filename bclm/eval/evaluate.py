@@ -34,18 +34,11 @@ class EvalConfig:
             raise BCLMError(f"eval.episodes and eval.num_envs must be >= 1, got {self.episodes}, {self.num_envs}")
 
 
-def check_env_matches(policy: Policy, task: TaskSpec) -> None:
+def check_env(policy: Policy, task: TaskSpec) -> int | None:
+    """Refuse an env whose spaces are not the policy's; return its time limit (max_episode_steps)."""
     env = make_env(task)
     try:
         policy.tokenizer.assert_compatible(env.observation_space, env.action_space, where=f"env {task.env_id}")
-    finally:
-        env.close()
-
-
-def episode_horizon(task: TaskSpec) -> int | None:
-    """The env's time limit (gymnasium's max_episode_steps), if it has one."""
-    env = make_env(task)
-    try:
         return env.spec.max_episode_steps if env.spec is not None else None
     finally:
         env.close()
@@ -53,7 +46,7 @@ def episode_horizon(task: TaskSpec) -> int | None:
 
 def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool = False) -> dict[str, Any]:
     """Success, return, length, and (with an expert) mistakes over `config.episodes` seeded episodes."""
-    check_env_matches(policy, task)
+    horizon = check_env(policy, task)
     expert_ref = config.expert or (task.expert or "")
     space = policy.tokenizer.action_space
     expert = (ExpertActor(load_expert(expert_ref), policy.tokenizer.observation_space, space, expert_ref,
@@ -71,7 +64,7 @@ def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool 
     finally:
         policy.model.train(was_training)
     report = {"env": task.name, "seed": config.seed, "expert": expert_ref or None,
-              **summarize(result.episodes, result.mistakes, horizon=episode_horizon(task))}
+              **summarize(result.episodes, result.mistakes, horizon=horizon)}
     if expert is not None:
         report["expert_faults"] = expert.faults
     return report
