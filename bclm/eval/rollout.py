@@ -59,11 +59,11 @@ class ExpertActor:
                 inst.observe(action)
 
     def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
-        batch_space = gym.vector.utils.batch_space(self.observation_space, _batch_len(self.observation_space,
-                                                                                       observations))
+        batch = _batch_len(self.observation_space, observations)
+        batch_space = gym.vector.utils.batch_space(self.observation_space, batch)
         items, labeled = [], []
         if self.stateful:
-            self._reset_instances(_batch_len(self.observation_space, observations), new_episode)
+            self._reset_instances(batch, new_episode)
         for i, obs in enumerate(iterate(batch_space, observations)):
             action, ok = self._label(obs, self.instances[i] if self.stateful else self.expert)
             items.append(action)

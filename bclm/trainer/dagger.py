@@ -80,18 +80,19 @@ def beta_schedule(config: DaggerConfig) -> Callable[[int], float]:
 
 
 def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: TrajectoryStore, round_index: int,
-                  beta: float, config: DaggerConfig) -> dict[str, Any]:
-    """Roll out the β-mixture and append shard `round-k` (atomic: a crash loses at most this round)."""
+                  beta: float, config: DaggerConfig) -> None:
+    """Roll out the β-mixture (or the learner under an intervener) and append shard `round-k`, atomically:
+    a crash loses at most this round. The round's figures are read back from the shard (`_round_row`)."""
     num_envs = max(1, min(config.num_envs, config.episodes_per_round))
     seed = config.seed + 100_000 * round_index
     session = policy.new_session(num_envs, seed=seed)
-    expert = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, expert_ref,
-                         on_fault="count")
     if config.intervener:
         actor: MixtureActor | InterventionActor = InterventionActor(
             session, load_intervener(config.intervener, expert_ref, store.observation_space, store.action_space),
             store.observation_space, store.action_space)
     else:
+        expert = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, expert_ref,
+                             on_fault="count")
         actor = MixtureActor(session, expert, beta, seed)
     result = run_episodes(task, actor, config.episodes_per_round, num_envs=num_envs, seed=seed,
                           expert=actor.labels())
@@ -100,10 +101,6 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
     source = "hg-dagger" if config.intervener else "dagger"
     store.write_shard(ROUND.format(round_index), result.episodes, round_index=round_index, source=source,
                       policy_revision=ROUND.format(round_index - 1))
-    steps = sum(ep.length for ep in result.episodes)
-    used = int(sum(ep.expert_used.sum() for ep in result.episodes if ep.expert_used is not None))
-    return {"episodes": len(result.episodes), "steps": steps, "expert_executed_steps": used,
-            "expert_faults": expert.faults}
 
 
 def train_recipe(recipe: DaggerRecipe, **changes: Any) -> TrainRecipe:
