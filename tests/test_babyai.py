@@ -40,14 +40,16 @@ def test_bot_is_stateful_and_recreated_when_it_gives_up():
     assert 0 <= bot(obs) < 7 and bot.recreated == 1
 
 
-def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
-    recipe = cfg.build_config(DaggerRecipe, None, [
-        "--output-dir", str(tmp_path / "run"), "--dagger.env", TASK, "--dagger.rounds", "1",
+def _recipe(out, *extra: str) -> DaggerRecipe:
+    return cfg.build_config(DaggerRecipe, None, [
+        "--output-dir", str(out), "--dagger.env", TASK, "--dagger.rounds", "1",
         "--dagger.initial_episodes", "4", "--dagger.episodes_per_round", "2", "--dagger.num_envs", "2",
-        "--dagger.beta", "constant", "--dagger.beta_value", "0.5", "--model.size", "tiny",
-        "--tokenizer.group", "3", "--data.context_length", "140", "--train.max_steps", "3", "--loop.progress", "false",
-        "--eval.episodes", "2", "--eval.num_envs", "2"])
-    report = run_dagger(recipe)
+        "--model.size", "tiny", "--tokenizer.group", "3", "--data.context_length", "140", "--train.max_steps", "3",
+        "--loop.progress", "false", "--eval.episodes", "2", "--eval.num_envs", "2", *extra])
+
+
+def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
+    report = run_dagger(_recipe(tmp_path / "run", "--dagger.beta", "constant", "--dagger.beta_value", "0.5"))
     row = report["rounds"][1]
     steps = TrajectoryStore(tmp_path / "run" / "data").arrays(["round-001"])
     used = steps.columns["expert_used"]
@@ -58,3 +60,15 @@ def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
     from bclm.policy import Policy
 
     assert Policy.from_pretrained(tmp_path / "run" / "round-001").tokenizer.obs_len == 49 + 1 + 16  # a token a cell
+
+
+def test_hg_dagger_with_the_stateful_bot_as_gate(tmp_path):
+    # 3 training steps leave the learner wrong often: the bot (one per env, in lockstep) takes over there.
+    report = run_dagger(_recipe(tmp_path / "run", "--dagger.intervener", "expert-gated"))
+    row = report["rounds"][1]
+    steps = TrajectoryStore(tmp_path / "run" / "data").arrays(["round-001"])
+    labeled = steps.columns["labeled"]
+    assert row["interventions"] == int(labeled.sum()) > 0 and row["beta"] is None
+    assert np.isnan(steps.columns["beta"]).all()                 # no β coin in HG-DAgger
+    np.testing.assert_array_equal(steps.columns["expert_used"], labeled)
+    np.testing.assert_array_equal(steps.action[labeled], steps.expert_action[labeled])

@@ -67,8 +67,15 @@ def test_demo_uses_the_cartpole_recipe():
     assert (demo.train.batch_size, demo.train.lr) == (from_file.train.batch_size, from_file.train.lr)
 
 
-@pytest.mark.parametrize("name", ["cartpole.yaml", "lunarlander.yaml"])
+@pytest.mark.parametrize("name", ["cartpole.yaml", "lunarlander.yaml", "babyai_gotolocal.yaml"])
 def test_shipped_recipes_parse(name):
     from pathlib import Path
 
-    cfg.build_config(TrainRecipe, Path(__file__).resolve().parents[1] / "recipes" / name, [])
+    from bclm.trainer.dagger import DaggerRecipe
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / name
+    recipe = cfg.build_config(DaggerRecipe, path, [])
+    if "dagger" not in path.read_text():
+        cfg.build_config(TrainRecipe, path, [])       # train recipes are plain train recipes
+    else:
+        assert recipe.dagger.env

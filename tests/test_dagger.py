@@ -129,15 +129,20 @@ def test_expert_faults_are_counted_not_fatal_and_leave_states_unlabeled(tmp_path
     assert row["expert_labels"] == report["rounds"][0]["expert_labels"] + int((~unlabeled).sum())
 
 
-def test_hg_dagger_labels_only_interventions(tmp_path):
+def test_hg_dagger_labels_only_interventions_in_truncated_rollouts(tmp_path):
     out = tmp_path / "run"
-    report = run_dagger(_recipe(out, 1, "--dagger.intervener", "expert-gated"))
+    report = run_dagger(_recipe(out, 1, "--dagger.intervener", "expert-gated", "--dagger.rollout_max_steps", "7"))
     row = report["rounds"][1]
     steps = TrajectoryStore(out / "data").arrays(["round-001"])
     labeled = steps.columns["labeled"]
     assert set(steps.columns["source"]) == {"hg-dagger"}
     assert row["interventions"] == int(labeled.sum()) > 0
     assert row["expert_labels"] == report["rounds"][0]["expert_labels"] + row["interventions"]
+    assert row["beta"] is None and np.isnan(steps.columns["beta"]).all()     # HG-DAgger tosses no β coin
+    # Episodes of this env last 50 steps; the round's rollouts stop at 7, marked truncated.
+    lengths = np.bincount(steps.columns["episode"] - steps.columns["episode"].min())
+    assert set(lengths[lengths > 0]) == {7}
+    assert steps.columns["truncated"].sum() == 3
     # Where the intervener took over, the executed action is its (the expert's) action.
     np.testing.assert_array_equal(steps.action[labeled], steps.expert_action[labeled])
     assert (steps.columns["expert_used"] == labeled).all()

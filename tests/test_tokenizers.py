@@ -280,13 +280,19 @@ def test_text_bpe_round_trip():
     tok.fit(obs, np.arange(4))
     ids = tok.encode_observation(obs)
     assert ids.shape == (4, 13)
-    text_ids = ids[:, 1:] if tok.obs_codecs[0].path == "dir" else ids[:, :12]
-    assert (text_ids >= tok.text_offset).all() and (text_ids < tok.task_offset).all()
+    # The mission comes first although "dir" sorts before it: later tokens can attend to the instruction.
+    assert [c.path for c in tok.obs_codecs] == ["mission", "dir"]
+    assert (ids[:, :12] >= tok.text_offset).all() and (ids[:, :12] < tok.task_offset).all()
     assert list(tok.decode_observation(ids)["mission"]) == MISSIONS
     with tempfile.TemporaryDirectory() as d:
         tok.save_pretrained(d)
         again = BCTokenizer.from_pretrained(d)
     np.testing.assert_array_equal(again.encode_observation(obs), ids)
+    # A tokenizer saved with another leaf order (before text came first) keeps the order it was saved with.
+    d = tok.to_dict()
+    d["codecs"]["observation"].reverse()
+    old_order = BCTokenizer.from_dict(d)
+    np.testing.assert_array_equal(old_order.encode_observation(obs), np.concatenate([ids[:, 12:], ids[:, :12]], 1))
 
 
 def test_text_truncates_to_max_tokens():

@@ -8,6 +8,8 @@ it reads the env's true state, is told the action actually executed, and is re-c
 
 from __future__ import annotations
 
+import contextlib
+import io
 import string
 from typing import Any
 
@@ -45,6 +47,12 @@ class BabyAIObservation(gym.ObservationWrapper):
             "image": gym.spaces.MultiDiscrete(np.tile(cell, (49, 1))),
             "mission": gym.spaces.Text(MISSION_MAX, min_length=0, charset=MISSION_CHARSET),
         })
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        # minigrid prints "Sampling rejected: unreachable object" for every rejected level layout, which
+        # floods logs when many envs reset; the rejection itself is normal and needs no report.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return super().reset(**kwargs)
 
     def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
         image = np.asarray(obs["image"], dtype=np.int64).reshape(49, 3)

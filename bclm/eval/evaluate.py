@@ -79,7 +79,7 @@ def write_report(report: dict[str, Any], path: str | Path) -> None:
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A plain-text table (for the terminal and the README)."""
     def cell(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
     table = [columns] + [[cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in table]

@@ -108,7 +108,11 @@ class BCTokenizer:
         self.obs_leaves = flatten_leaves(observation_space)
         self.action_leaves = flatten_leaves(action_space)
         cfg = self.config
-        self.obs_codecs = [self._codec(s, p, cfg.obs_bins, cfg.obs_bounds) for p, s in self.obs_leaves]
+        # Text leaves (instructions, missions) come first in each step: attention is causal, so only tokens
+        # after the instruction can be read in its light ("is this cell the red ball?"). Placed last, the
+        # instruction reaches the view only through its own few positions. (Saved files keep their order.)
+        self.obs_codecs = sorted((self._codec(s, p, cfg.obs_bins, cfg.obs_bounds) for p, s in self.obs_leaves),
+                                 key=lambda codec: codec.kind != "text")
         self.action_codecs = [self._codec(s, p, cfg.action_bins, cfg.action_bounds)
                               for p, s in self.action_leaves]
         for t in tasks:

@@ -36,11 +36,7 @@ class MixtureActor:
         # Where the expert faulted there is nothing to execute from it: the learner acts.
         use = (self.rng.random(self.session.batch_size) < self.beta) & self.last_labeled
         self.last_expert_used = use
-        space = self.expert.action_space
-        chosen = {path: np.where(use.reshape((-1,) + (1,) * (x.ndim - 1)), e, x)
-                  for (path, x), e in zip(leaf_arrays(space, learner).items(),
-                                          leaf_arrays(space, self.last_expert).values())}
-        executed = assemble(space, chosen)
+        executed = _choose(self.expert.action_space, use, self.last_expert, learner)
         self.session.record_executed(executed)
         return executed
 
@@ -56,10 +52,15 @@ class MixtureActor:
 
 class InterventionActor:
     """HG-DAgger: the learner acts; an intervener watching it takes over (returns an action) where it judges
-    the learner wrong. Only those steps are labeled; the others stay in the data as history."""
+    the learner wrong. Only those steps are labeled; the others stay in the data as history.
 
-    def __init__(self, session: ActSession, intervener: Callable[[Any, Any], Any], observation_space: Any,
-                 action_space: Any):
+    The intervener is a per-observation callable `(obs, learner_action) -> action | None` (a human, a user's
+    rule), or an `ExpertActor` that takes over wherever its label differs from the learner's action
+    ('expert-gated'); the latter is batched and may be stateful (the BabyAI bot), so it is attached to the
+    envs and told every executed action like any expert."""
+
+    def __init__(self, session: ActSession, intervener: Callable[[Any, Any], Any] | ExpertActor,
+                 observation_space: Any, action_space: Any):
         self.session = session
         self.intervener = intervener
         self.observation_space = observation_space
@@ -70,30 +71,54 @@ class InterventionActor:
 
     def act(self, observations: Any, new_episode: np.ndarray) -> Any:
         learner = self.session.act(observations, new_episode)
+        if isinstance(self.intervener, ExpertActor):
+            label = self.intervener.act(observations, new_episode)
+            differ = np.zeros(self.session.batch_size, bool)
+            for x, e in zip(leaf_arrays(self.action_space, learner).values(),
+                            leaf_arrays(self.action_space, label).values()):
+                differ |= (x != e).reshape(len(differ), -1).any(axis=1)
+            self.last_labeled = differ & self.intervener.last_labeled
+            self.last_expert = _choose(self.action_space, self.last_labeled, label, learner)
+        else:
+            self.last_expert = self._ask(observations, learner)
+        self.last_expert_used = self.last_labeled
+        self.session.record_executed(self.last_expert)
+        return self.last_expert
+
+    def _ask(self, observations: Any, learner: Any) -> Any:
         batch = self.session.batch_size
         obs_items = iterate(batch_space(self.observation_space, batch), observations)
         act_items = list(iterate(batch_space(self.action_space, batch), learner))
         taken = [self.intervener(o, a) for o, a in zip(obs_items, act_items)]
         self.last_labeled = np.array([t is not None for t in taken])
-        self.last_expert_used = self.last_labeled
         executed = [a if t is None else t for a, t in zip(act_items, taken)]
-        self.last_expert = concatenate(self.action_space, executed, create_empty_array(self.action_space, batch))
-        self.session.record_executed(self.last_expert)
-        return self.last_expert
+        return concatenate(self.action_space, executed, create_empty_array(self.action_space, batch))
 
     def labels(self) -> _LastLabels:
         return _LastLabels(self)
 
+    def attach(self, vector_env: Any) -> None:
+        if isinstance(self.intervener, ExpertActor):
+            self.intervener.attach(vector_env)
 
-def load_intervener(ref: str, expert_ref: str, observation_space: Any, action_space: Any) -> Callable:
+    def observe(self, executed: Any) -> None:
+        if isinstance(self.intervener, ExpertActor):
+            self.intervener.observe(executed)
+
+
+def _choose(space: Any, use: np.ndarray, expert: Any, learner: Any) -> Any:
+    """Per env row, the expert's action where `use`, else the learner's."""
+    chosen = {path: np.where(use.reshape((-1,) + (1,) * (x.ndim - 1)), e, x)
+              for (path, x), e in zip(leaf_arrays(space, learner).items(), leaf_arrays(space, expert).values())}
+    return assemble(space, chosen)
+
+
+def load_intervener(ref: str, expert_ref: str, observation_space: Any,
+                    action_space: Any) -> Callable[[Any, Any], Any] | ExpertActor:
     """'expert-gated' (scripted: the expert takes over where it disagrees), 'human', or 'module:callable'."""
     if ref == "expert-gated":
-        expert = ExpertActor(load_expert(expert_ref), observation_space, action_space, expert_ref)
-
-        def gated(obs: Any, learner_action: Any) -> Any:
-            label, _ = expert._label(obs)
-            return None if np.array_equal(np.asarray(label), np.asarray(learner_action)) else label
-        return gated
+        # A fault leaves the learner in control of that step (counted, never fatal), as in β-mixture rounds.
+        return ExpertActor(load_expert(expert_ref), observation_space, action_space, expert_ref, on_fault="count")
     if ref == "human":
         from bclm.envs.human import TerminalIntervener
 

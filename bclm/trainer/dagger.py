@@ -42,6 +42,9 @@ class DaggerConfig:
     beta: str = option("linear", "β schedule over rounds i >= 1: constant | linear | geometric (β₀ = 1).")
     beta_value: float = option(0.5, "β of the constant schedule, or p of the geometric one (β_i = p^i).")
     beta_rounds: int = option(0, "Rounds over which the linear schedule decays to 0 (0 = `rounds`).")
+    rollout_max_steps: int = option(
+        0, "Truncate the rollouts of rounds >= 1 after this many steps (0 = the env's own limit): once a learner is "
+           "stuck in a loop, more steps of it cost labels and add little the expert has not already labeled.")
     warm_start: bool = option(True, "Start each round's training from the previous round's policy.")
     intervener: str = option(
         "", "HG-DAgger instead of the β-mixture: who may take over from the learner. 'expert-gated' (the "
@@ -57,6 +60,8 @@ class DaggerConfig:
             raise BCLMError(f"dagger.beta {self.beta!r}: expected constant, linear or geometric")
         if self.rounds < 0 or self.initial_episodes < 1 or self.episodes_per_round < 1:
             raise BCLMError("dagger.rounds must be >= 0, initial_episodes and episodes_per_round >= 1")
+        if self.rollout_max_steps < 0:
+            raise BCLMError(f"dagger.rollout_max_steps {self.rollout_max_steps}: expected >= 0 (0 = the env's limit)")
 
 
 @dataclass
@@ -85,6 +90,8 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
     a crash loses at most this round. The round's figures are read back from the shard (`_round_row`)."""
     num_envs = max(1, min(config.num_envs, config.episodes_per_round))
     seed = config.seed + 100_000 * round_index
+    if config.rollout_max_steps:        # gymnasium.make's own TimeLimit; such episodes end `truncated`
+        task = dataclasses.replace(task, env_kwargs={**task.env_kwargs, "max_episode_steps": config.rollout_max_steps})
     session = policy.new_session(num_envs, seed=seed)
     if config.intervener:
         actor: MixtureActor | InterventionActor = InterventionActor(
@@ -97,7 +104,7 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
     result = run_episodes(task, actor, config.episodes_per_round, num_envs=num_envs, seed=seed,
                           expert=actor.labels())
     for ep in result.episodes:
-        ep.beta = beta
+        ep.beta = float("nan") if config.intervener else beta     # HG-DAgger tosses no β coin
     source = "hg-dagger" if config.intervener else "dagger"
     store.write_shard(ROUND.format(round_index), result.episodes, round_index=round_index, source=source,
                       policy_revision=ROUND.format(round_index - 1))
@@ -150,7 +157,7 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
         policy_dir = out / ROUND.format(k)
         if not _policy_done(policy_dir):
             train(round_recipe(recipe, out, k, task, expert_ref))
-        rows.append(_round_row(store, k, beta(k), policy_dir))
+        rows.append(_round_row(store, k, None if k and cfg.intervener else beta(k), policy_dir))
         write_report({"env": task.name, "expert": expert_ref, "rounds": rows}, out / "dagger_report.json")
     report: dict[str, Any] = {"env": task.name, "expert": expert_ref, "rounds": rows}
     curves = [{"name": "BC (round 0)", **rows[0]}]
@@ -186,7 +193,7 @@ def bc_baseline(recipe: DaggerRecipe, task: TaskSpec, expert_ref: str, out: Path
     return {"expert_labels": len(store.load()), **report}
 
 
-def _round_row(store: TrajectoryStore, k: int, beta: float, policy_dir: Path) -> dict[str, Any]:
+def _round_row(store: TrajectoryStore, k: int, beta: float | None, policy_dir: Path) -> dict[str, Any]:
     labeled = store.load([ROUND.format(i) for i in range(k + 1)])["labeled"][:]
     shard = store.load([ROUND.format(k)])
     row: dict[str, Any] = {"round": k, "beta": beta, **json.loads((policy_dir / "eval_report.json").read_text())}
