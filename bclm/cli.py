@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bclm.errors import BCLMError
 
@@ -51,8 +52,7 @@ def _train(argv: list[str]) -> int:
         print("\n".join(cfg.help_text(TrainRecipe)))
         return 0
     recipe_path = argv[0] if argv and not argv[0].startswith("--") else None
-    overrides = argv[1:] if recipe_path else argv
-    recipe = cfg.build_config(TrainRecipe, recipe_path, overrides)
+    recipe = load_train_recipe(recipe_path, argv[1:] if recipe_path else argv)
     from bclm.eval.evaluate import format_table
     from bclm.trainer.bc import train
 
@@ -63,6 +63,19 @@ def _train(argv: list[str]) -> int:
                        + (["mistake_rate"] if "mistake_rate" in report else [])))
     print(f"policy saved to {recipe.output_dir} ({time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def load_train_recipe(path: str | None, overrides: list[str]) -> Any:
+    """A TrainRecipe from a train or a DAgger recipe: one file serves `bclm train` (BC on a dataset) and
+    `bclm dagger`; its `dagger:` section is still checked, then set aside."""
+    import dataclasses
+
+    from bclm import config as cfg
+    from bclm.trainer.config import TrainRecipe
+    from bclm.trainer.dagger import DaggerRecipe
+
+    recipe = cfg.build_config(DaggerRecipe, path, overrides)
+    return TrainRecipe(**{f.name: getattr(recipe, f.name) for f in dataclasses.fields(TrainRecipe)})
 
 
 DAGGER_FLAGS = {"--env": "--dagger.env", "--expert": "--dagger.expert", "--rounds": "--dagger.rounds",
