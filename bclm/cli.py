@@ -68,14 +68,11 @@ def _train(argv: list[str]) -> int:
 def load_train_recipe(path: str | None, overrides: list[str]) -> Any:
     """A TrainRecipe from a train or a DAgger recipe: one file serves `bclm train` (BC on a dataset) and
     `bclm dagger`; its `dagger:` section is still checked, then set aside."""
-    import dataclasses
-
     from bclm import config as cfg
-    from bclm.trainer.config import TrainRecipe
-    from bclm.trainer.dagger import DaggerRecipe
+    from bclm.trainer.dagger import DaggerRecipe, train_recipe
 
     recipe = cfg.build_config(DaggerRecipe, path, overrides)
-    return TrainRecipe(**{f.name: getattr(recipe, f.name) for f in dataclasses.fields(TrainRecipe)})
+    return train_recipe(recipe, overwrite=recipe.overwrite)
 
 
 DAGGER_FLAGS = {"--env": "--dagger.env", "--expert": "--dagger.expert", "--rounds": "--dagger.rounds",

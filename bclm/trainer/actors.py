@@ -11,6 +11,7 @@ import numpy as np
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from bclm.envs import load_expert
+from bclm.eval.metrics import action_mismatch
 from bclm.eval.rollout import ExpertActor
 from bclm.policy import ActSession
 from bclm.tokenizers import assemble, leaf_arrays
@@ -73,10 +74,7 @@ class InterventionActor:
         learner = self.session.act(observations, new_episode)
         if isinstance(self.intervener, ExpertActor):
             label = self.intervener.act(observations, new_episode)
-            differ = np.zeros(self.session.batch_size, bool)
-            for x, e in zip(leaf_arrays(self.action_space, learner).values(),
-                            leaf_arrays(self.action_space, label).values()):
-                differ |= (x != e).reshape(len(differ), -1).any(axis=1)
+            differ = action_mismatch(self.action_space, learner, label, tolerance=0.0)    # exact disagreement
             self.last_labeled = differ & self.intervener.last_labeled
             self.last_expert = _choose(self.action_space, self.last_labeled, label, learner)
         else:

@@ -113,7 +113,7 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
 def train_recipe(recipe: DaggerRecipe, **changes: Any) -> TrainRecipe:
     """The training part of a DAgger recipe, with `changes` (every round and baseline trains alike)."""
     fields = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(TrainRecipe)}
-    fields.update(overwrite=False, **changes)
+    fields.update({"overwrite": False, **changes})
     return TrainRecipe(**fields)
 
 
