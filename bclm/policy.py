@@ -20,29 +20,49 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
 from bclm.errors import BCLMError
-from bclm.tokenizers import TOKENIZER_FILE, BCTokenizer, leaf_arrays
+from bclm.tokenizers import TOKENIZER_FILE, BCTokenizer, leaf_arrays, load_tokenizers, save_tokenizers
 
 POLICY_FILE = "bclm_policy.json"
 POLICY_FORMAT_VERSION = 1
 
 
 class Policy:
-    def __init__(self, model: PreTrainedModel, tokenizer: BCTokenizer, context_length: int,
+    """One model and a tokenizer per task (one shared vocabulary); `task` picks the one `act` serves.
+
+    `tokenizer` may be a single `BCTokenizer` (every task it knows shares it) or a mapping task -> tokenizer
+    (a multi-task policy whose tasks have different spaces). `for_task(name)` serves another task with the
+    same model.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: BCTokenizer | dict[str, BCTokenizer], context_length: int,
                  task: str = "default", metadata: dict[str, Any] | None = None):
         self.model = model
-        self.tokenizer = tokenizer
+        self.tokenizers = dict.fromkeys(tokenizer.tasks, tokenizer) if isinstance(tokenizer, BCTokenizer) \
+            else dict(tokenizer)
+        if task not in self.tokenizers:
+            raise BCLMError(f"task {task!r} is not one of the policy's tasks {list(self.tokenizers)}")
+        self.tokenizer = self.tokenizers[task]
         self.context_length = context_length
         self.task = task
         self.metadata = dict(metadata or {})
-        self.steps_per_context = (context_length - tokenizer.prefix_len) // tokenizer.step_len
+        self.steps_per_context = (context_length - self.tokenizer.prefix_len) // self.tokenizer.step_len
         if self.steps_per_context < 1:
-            raise BCLMError(f"context_length {context_length} cannot hold one timestep of {tokenizer.step_len} tokens")
+            raise BCLMError(f"context_length {context_length} cannot hold one timestep of task {task!r} "
+                            f"({self.tokenizer.step_len} tokens)")
         embeddings = model.get_input_embeddings().num_embeddings
-        if embeddings < tokenizer.vocab_size:
+        if embeddings < self.tokenizer.vocab_size:
             raise BCLMError(
-                f"the model's vocabulary ({embeddings}) is smaller than the tokenizer's ({tokenizer.vocab_size}): "
+                f"the model's vocabulary ({embeddings}) is smaller than the tokenizer's ({self.tokenizer.vocab_size}): "
                 "the tokenizer belongs to another model")
         self._session: ActSession | None = None
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.tokenizers)
+
+    def for_task(self, task: str) -> Policy:
+        """The same model serving `task` (its own tokenizer, prompt and action space)."""
+        return Policy(self.model, self.tokenizers, self.context_length, task=task, metadata=self.metadata)
 
     @property
     def device(self) -> torch.device:
@@ -50,8 +70,11 @@ class Policy:
 
     def new_session(self, batch_size: int, *, use_cache: bool = True, greedy: bool = True,
                     temperature: float = 1.0, seed: int | None = None, task: str | None = None) -> ActSession:
+        if task is not None and task != self.task:
+            return self.for_task(task).new_session(batch_size, use_cache=use_cache, greedy=greedy,
+                                                   temperature=temperature, seed=seed)
         return ActSession(self, batch_size, use_cache=use_cache, greedy=greedy, temperature=temperature,
-                          seed=seed, task=task or self.task)
+                          seed=seed, task=self.task)
 
     def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
         """Actions for a batch of observations; `new_episode[i]` marks an env whose episode just began."""
@@ -69,7 +92,7 @@ class Policy:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(directory))
-        self.tokenizer.save_pretrained(directory)
+        save_tokenizers(self.tokenizers, directory)
         if self.tokenizer.text_tokenizer is not None:      # a pretrained LM's own text tokenizer
             self.tokenizer.text_tokenizer.save_pretrained(str(directory))
         meta = {"format": "bclm-policy", "format_version": POLICY_FORMAT_VERSION,
@@ -89,7 +112,7 @@ class Policy:
             raise BCLMError(f"{directory / POLICY_FILE}: format_version {meta['format_version']} is newer "
                             f"than this bclm reads ({POLICY_FORMAT_VERSION})")
         has_text_tokenizer = (directory / "tokenizer_config.json").is_file()
-        tokenizer = BCTokenizer.from_pretrained(
+        tokenizers = load_tokenizers(
             directory, text_tokenizer=AutoTokenizer.from_pretrained(str(directory)) if has_text_tokenizer else None)
         model = AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True)
         model.to(device).eval()
@@ -97,7 +120,7 @@ class Policy:
         task = meta.pop("task", "default")
         for key in ("format", "format_version"):
             meta.pop(key, None)
-        return cls(model, tokenizer, context_length, task=task, metadata=meta)
+        return cls(model, tokenizers, context_length, task=task, metadata=meta)
 
 
 def _batch_size(tokenizer: BCTokenizer, observations: Any) -> int:

@@ -103,15 +103,20 @@ def window_index(lengths: np.ndarray, per_window: int, stride: int) -> np.ndarra
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """Windows over tokenized episodes; items are built on access (cheap slices of one array)."""
+    """Windows over tokenized episodes; items are built on access (cheap slices of one array).
+
+    Every item carries its task's index in a mixture and its loss weight, so that a batch mixing tasks can
+    weight and report the loss per task."""
 
     def __init__(self, tokens: EpisodeTokens, tokenizer: BCTokenizer, context_length: int,
-                 stride_fraction: float = 0.5):
+                 stride_fraction: float = 0.5, task_index: int = 0, loss_weight: float = 1.0):
         self.tokens = tokens
         self.per_window = steps_per_window(tokenizer, context_length)
         stride = max(1, int(self.per_window * stride_fraction))
         self.index = window_index(tokens.lengths, self.per_window, stride)
         self.bos = tokenizer.bos_id
+        self.task_index = torch.tensor(task_index)
+        self.loss_weight = torch.tensor(loss_weight, dtype=torch.float32)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -122,7 +127,8 @@ class WindowDataset(torch.utils.data.Dataset):
         prefix = np.array([self.bos, self.tokens.task_tokens[e]], dtype=np.int64)
         input_ids = np.concatenate([prefix, self.tokens.steps[row:row + n].reshape(-1)])
         labels = np.concatenate([np.full(len(prefix), IGNORE_INDEX), self.tokens.labels[row:row + n].reshape(-1)])
-        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
+        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
+                "task_index": self.task_index, "loss_weight": self.loss_weight}
 
 
 class PadCollator:
@@ -144,5 +150,9 @@ class PadCollator:
             attention_mask[b, :n] = 1
         # Positions whose next token carries a label: only these need logits (computed here, on the host).
         predict_positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
-                "predict_positions": predict_positions}
+        batch_out = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+                     "predict_positions": predict_positions}
+        for key in ("task_index", "loss_weight"):
+            if key in items[0]:
+                batch_out[key] = torch.stack([it[key] for it in items])
+        return batch_out

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bclm.config import option
-from bclm.envs import TaskSpec, load_expert, make_env
+from bclm.envs import TaskSpec, get_task, load_expert, make_env
 from bclm.errors import BCLMError
 from bclm.eval.metrics import action_mismatch, summarize
 from bclm.eval.rollout import ExpertActor, run_episodes
@@ -68,6 +68,15 @@ def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool 
     if expert is not None:
         report["expert_faults"] = expert.faults
     return report
+
+
+def evaluate_tasks(policy: Policy, envs: dict[str, str], config: EvalConfig,
+                   progress: bool = False) -> dict[str, Any]:
+    """Every task of a multi-task policy (`envs[task] = the TaskSpec name it is evaluated on`), each with its
+    own prompt, tokenizer and action space: a report per task and the average success."""
+    reports = {name: evaluate(policy.for_task(name), get_task(env), config, progress) for name, env in envs.items()}
+    rates = [r["success_rate"] for r in reports.values()]
+    return {"success_rate": sum(rates) / len(rates), "seed": config.seed, "tasks": reports}
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:

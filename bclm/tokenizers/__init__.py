@@ -1,5 +1,6 @@
 """Tokenization of gymnasium observations and actions for behavior cloning with causal LMs."""
 
+from bclm.tokenizers.multitask import build_tokenizers, fit_tokenizers, load_tokenizers, save_tokenizers
 from bclm.tokenizers.spaces import assemble, flatten_leaves, leaf_arrays, space_from_dict, space_to_dict
 from bclm.tokenizers.tokenizer import TOKENIZER_FILE, BCTokenizer, TokenizerConfig
 
@@ -8,8 +9,12 @@ __all__ = [
     "BCTokenizer",
     "TokenizerConfig",
     "assemble",
+    "build_tokenizers",
+    "fit_tokenizers",
     "flatten_leaves",
     "leaf_arrays",
+    "load_tokenizers",
+    "save_tokenizers",
     "space_from_dict",
     "space_to_dict",
 ]

@@ -97,7 +97,7 @@ def _leaf(path: str) -> str:
 class BCTokenizer:
     def __init__(self, observation_space: gym.Space, action_space: gym.Space,
                  config: TokenizerConfig | None = None, tasks: Sequence[str] = ("default",),
-                 base_vocab_size: int = 0, text_tokenizer: Any = None):
+                 base_vocab_size: int = 0, text_tokenizer: Any = None, reserve_text: bool = False):
         self.observation_space = observation_space
         self.action_space = action_space
         self.config = config if config is not None else TokenizerConfig()
@@ -105,6 +105,9 @@ class BCTokenizer:
         self.text_tokenizer = text_tokenizer
         self.base_vocab_size = self._base_vocab(int(base_vocab_size), text_tokenizer)
         self.fitted = False
+        # A task without text in a multi-task vocabulary still reserves the shared text range, so that
+        # every task's tokenizer places its task tokens at the same ids (see bclm.tokenizers.multitask).
+        self.reserve_text = bool(reserve_text)
         self.obs_leaves = flatten_leaves(observation_space)
         self.action_leaves = flatten_leaves(action_space)
         cfg = self.config
@@ -169,7 +172,7 @@ class BCTokenizer:
     @property
     def text_range_size(self) -> int:
         """Ids reserved after the value range: only for a BPE trained here (a base LM's text is in-base)."""
-        if not self.has_text or self.text_tokenizer_name is not None:
+        if not (self.has_text or self.reserve_text) or self.text_tokenizer_name is not None:
             return 0
         return self.config.text_vocab_size + 1
 
@@ -275,6 +278,14 @@ class BCTokenizer:
     # --- fitting ------------------------------------------------------------------------------
 
     def fit(self, observations: Any, actions: Any) -> BCTokenizer:
+        texts = self.fit_values(observations, actions)
+        if self.needs_bpe:
+            self.set_bpe(train_bpe(texts, self.config.text_vocab_size))
+        self.fitted = True
+        return self
+
+    def fit_values(self, observations: Any, actions: Any) -> list[str]:
+        """Fit the bounds/bins of every non-text leaf; return the text values a BPE would be trained on."""
         obs = self.check_observation(observations, "fit observations")
         act = self.check_action(actions, "fit actions")
         texts: list[str] = []
@@ -284,19 +295,17 @@ class BCTokenizer:
                     texts.extend(str(t) for t in arrays[codec.path])
                 else:
                     codec.fit(arrays[codec.path])
-        self._fit_text(texts)
-        self.fitted = True
-        return self
+        return texts
 
-    def _fit_text(self, texts: list[str]) -> None:
-        # One BPE for all text leaves: they share one text id range.
-        bpe_codecs = [c for c in self.obs_codecs + self.action_codecs
-                      if isinstance(c, TextCodec) and c.backend == "bpe"]
-        if not bpe_codecs:
-            return
-        bpe = train_bpe(texts, self.config.text_vocab_size)
-        for codec in bpe_codecs:
-            codec.bpe = bpe
+    @property
+    def needs_bpe(self) -> bool:
+        return any(isinstance(c, TextCodec) and c.backend == "bpe" for c in self.obs_codecs + self.action_codecs)
+
+    def set_bpe(self, bpe: Any) -> None:
+        # One BPE for all text leaves (of all tasks of a multi-task vocabulary): they share one id range.
+        for codec in self.obs_codecs + self.action_codecs:
+            if isinstance(codec, TextCodec) and codec.backend == "bpe":
+                codec.bpe = bpe
 
     # --- encode / decode ----------------------------------------------------------------------
 
@@ -372,6 +381,8 @@ class BCTokenizer:
             "base_vocab_size": self.base_vocab_size,
             "text_tokenizer": self.text_tokenizer_name,
             "fitted": self.fitted,
+            # Only in multi-task files (older readers never see it where it matters).
+            **({"reserve_text": True} if self.reserve_text else {}),
             "codecs": {"observation": [c.to_dict() for c in self.obs_codecs],
                        "action": [c.to_dict() for c in self.action_codecs]},
             # Derived, but written out so that the file alone documents the id layout.
@@ -388,7 +399,8 @@ class BCTokenizer:
         tok = cls(space_from_dict(d["observation_space"]), space_from_dict(d["action_space"]),
                   TokenizerConfig.from_dict(d["config"]), tasks=d["tasks"],
                   base_vocab_size=d["base_vocab_size"],
-                  text_tokenizer=text_tokenizer if hf_name is not None else None)
+                  text_tokenizer=text_tokenizer if hf_name is not None else None,
+                  reserve_text=bool(d.get("reserve_text", False)))
         tok.obs_codecs = [codec_from_dict(c, tok.text_tokenizer) for c in d["codecs"]["observation"]]
         tok.action_codecs = [codec_from_dict(c, tok.text_tokenizer) for c in d["codecs"]["action"]]
         tok.fitted = bool(d["fitted"])

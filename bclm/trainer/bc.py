@@ -6,11 +6,9 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
@@ -19,22 +17,24 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
 from bclm import config as cfg
-from bclm.data.sequences import IGNORE_INDEX, PadCollator, WindowDataset, tokenize_episodes
-from bclm.data.store import StepArrays, TrajectoryStore
+from bclm.data.sequences import IGNORE_INDEX, PadCollator
 from bclm.envs import get_task
 from bclm.errors import BCLMError
-from bclm.eval.evaluate import evaluate, write_report
-from bclm.models import build_model, count_parameters, pretrained_vocabulary
+from bclm.eval.evaluate import evaluate, evaluate_tasks, write_report
+from bclm.models import build_model, count_parameters
 from bclm.policy import Policy
 from bclm.tokenizers import BCTokenizer
 from bclm.trainer.config import OptimConfig, TrainRecipe
+from bclm.trainer.data import Prepared, prepare_data, task_entries
 
 CHECKPOINTS = "checkpoints"
 
 
 # --- small steps -------------------------------------------------------------------------------------
-def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean cross-entropy over action tokens, with the counts behind action-token accuracy.
+def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                num_tasks: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy over action tokens (each window's tokens times its task's loss weight, over the number
+    of action tokens), with the counts behind action-token accuracy, per task when `num_tasks` > 1.
 
     Windows share one layout, so the positions that carry labels are (nearly) the same in every row:
     only those positions go through the LM head (`logits_to_keep`), which saves most of its compute.
@@ -48,12 +48,21 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
     logits = out.logits.float()                                     # (B, K, V)
     chosen = targets[:, keep]                                       # (B, K)
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), chosen.reshape(-1),
-                                             ignore_index=IGNORE_INDEX)
+    token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), chosen, ignore_index=IGNORE_INDEX,
+                                                   reduction="none")   # (B, K), 0 where ignored
+    valid = chosen != IGNORE_INDEX
+    weight = batch.get("loss_weight")
+    weighted = token_loss if weight is None else token_loss * weight.to(token_loss.dtype)[:, None]
+    loss = weighted.sum() / valid.sum().clamp(min=1)
     with torch.no_grad():
-        valid = chosen != IGNORE_INDEX
-        stats = {"loss": loss.detach(), "correct": ((logits.argmax(-1) == chosen) & valid).sum(),
-                 "action_tokens": valid.sum()}
+        hits = (logits.argmax(-1) == chosen) & valid
+        stats = {"loss": loss.detach(), "correct": hits.sum(), "action_tokens": valid.sum()}
+        if num_tasks > 1:
+            # Sums per task (the window's task index), so that averages over a logging window stay exact.
+            task = batch["task_index"]
+            for key, per_row in (("task_loss_sum", token_loss.sum(1)), ("task_correct", hits.sum(1)),
+                                 ("task_tokens", valid.sum(1))):
+                stats[key] = torch.zeros(num_tasks, device=task.device).index_add_(0, task, per_row.float())
     return loss, stats
 
 
@@ -83,88 +92,18 @@ def batches(loader: torch.utils.data.DataLoader, accelerator: Accelerator, skip:
 
 
 # --- setup -------------------------------------------------------------------------------------------
-@dataclass
-class Prepared:
-    """Everything the loop needs, built from the recipe and the dataset."""
-
-    tokenizer: BCTokenizer
-    train_set: WindowDataset
-    val_set: WindowDataset | None
-    task_name: str
-    env: str          # the TaskSpec name evaluations resolve with get_task
-
-
-def prepare_data(recipe: TrainRecipe, tokenizer: BCTokenizer | None = None) -> Prepared:
-    """Load the dataset, fit a new tokenizer on it (or check it against a given one), build windows."""
-    store = TrajectoryStore(recipe.dataset)
-    steps = store.arrays(recipe.data.shards or None)
-    task_name = recipe.task or store.meta.get("task") or "default"
-    where = f"dataset {recipe.dataset}"
-    if tokenizer is None:
-        base_vocab, text_tokenizer = pretrained_vocabulary(recipe.model)
-        tokenizer = BCTokenizer(store.observation_space, store.action_space, recipe.tokenizer, tasks=[task_name],
-                                base_vocab_size=base_vocab, text_tokenizer=text_tokenizer)
-    else:
-        tokenizer.assert_compatible(store.observation_space, store.action_space, where=where)
-        if task_name not in tokenizer.tasks:
-            raise BCLMError(f"{where}: task {task_name!r} is not one of the policy's tasks {tokenizer.tasks}")
-    tokenizer.check_observation(steps.observation, where=where)
-    tokenizer.check_action(steps.action, where=where)
-    tokenizer.check_action(_take_tree(steps.expert_action, steps.columns["labeled"]),
-                           where=f"{where} (expert_action)")
-    if not tokenizer.fitted:
-        tokenizer.fit(steps.observation, steps.action)
-    train_steps, val_steps = split_episodes(steps, recipe.data.val_episodes)
-    train_set = _windows(tokenizer, train_steps, recipe, task_name)
-    val_set = _windows(tokenizer, val_steps, recipe, task_name) if val_steps is not None else None
-    return Prepared(tokenizer, train_set, val_set, task_name, store.meta.get("task") or store.meta["env_id"])
-
-
-def initial_model(recipe: TrainRecipe) -> tuple[PreTrainedModel | None, BCTokenizer | None]:
-    """The warm-start policy's model and tokenizer (`init_from`), or nothing for a fresh model."""
+def initial_model(recipe: TrainRecipe) -> tuple[PreTrainedModel | None, dict[str, BCTokenizer] | None]:
+    """The warm-start policy's model and tokenizers (`init_from`), or nothing for a fresh model."""
     if not recipe.init_from:
         return None, None
     policy = Policy.from_pretrained(recipe.init_from)
-    return policy.model.train(), policy.tokenizer
-
-
-def split_episodes(steps: StepArrays, val_episodes: int) -> tuple[StepArrays, StepArrays | None]:
-    if val_episodes <= 0:
-        return steps, None
-    episodes = np.unique(steps.columns["episode"])
-    if val_episodes >= len(episodes):
-        raise BCLMError(f"data.val_episodes={val_episodes} leaves no training episode ({len(episodes)} in all)")
-    is_val = np.isin(steps.columns["episode"], episodes[-val_episodes:])
-    return _select(steps, ~is_val), _select(steps, is_val)
-
-
-def _select(steps: StepArrays, mask: np.ndarray) -> StepArrays:
-    return StepArrays(observation=_take_tree(steps.observation, mask), action=_take_tree(steps.action, mask),
-                      expert_action=_take_tree(steps.expert_action, mask),
-                      columns={k: v[mask] for k, v in steps.columns.items()})
-
-
-def _take_tree(batch: Any, mask: np.ndarray) -> Any:
-    if isinstance(batch, dict):
-        return {k: _take_tree(v, mask) for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(_take_tree(v, mask) for v in batch)
-    return batch[mask]
-
-
-def _windows(tokenizer: BCTokenizer, steps: StepArrays, recipe: TrainRecipe, task_name: str) -> WindowDataset:
-    task = np.full(len(steps), task_name, dtype=object)
-    tokens = tokenize_episodes(tokenizer, steps.observation, steps.action, steps.columns["episode"],
-                               steps.columns["step"], task, expert_action=steps.expert_action,
-                               labeled=steps.columns["labeled"])
-    return WindowDataset(tokens, tokenizer, recipe.data.context_length, recipe.data.stride_fraction)
+    return policy.model.train(), policy.tokenizers
 
 
 def check_output_dir(recipe: TrainRecipe) -> Path:
     if not recipe.output_dir:
         raise BCLMError("output_dir is required (--output-dir DIR)")
-    if not recipe.dataset:
-        raise BCLMError("dataset is required (--dataset DIR)")
+    task_entries(recipe)                  # a dataset or a mixture, checked before anything is written
     out = Path(recipe.output_dir)
     if (out / "config.json").exists() and not recipe.overwrite:
         raise BCLMError(f"{out} already holds a trained policy; choose another --output-dir "
@@ -185,20 +124,23 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     out = check_output_dir(recipe)
     optim, loop = recipe.train, recipe.loop
     set_seed(loop.seed)
-    warm_model, warm_tokenizer = initial_model(recipe)
-    data = prepare_data(recipe, warm_tokenizer)
+    warm_model, warm_tokenizers = initial_model(recipe)
+    data = prepare_data(recipe, warm_tokenizers)
     accelerator = accelerator or Accelerator(
         mixed_precision="bf16" if optim.bf16 else "no", gradient_accumulation_steps=optim.grad_accum,
         log_with="tensorboard", project_dir=str(out))
-    tok = data.tokenizer
+    names = data.task_names
+    tok = data.tokenizers[names[0]]      # the layout (vocabulary, special ids) every task shares
     model = warm_model or build_model(recipe.model, tok.vocab_size, recipe.data.context_length, tok.bos_id,
                                       tok.eos_id, tok.pad_id)
     optimizer = make_optimizer(model, optim)
     scheduler = make_scheduler(optimizer, optim)
     generator = torch.Generator().manual_seed(loop.seed)
+    sampler = data.sampler(generator)
     loader = torch.utils.data.DataLoader(
-        data.train_set, batch_size=optim.batch_size, shuffle=True, drop_last=len(data.train_set) > optim.batch_size,
-        collate_fn=PadCollator(tok.pad_id), num_workers=loop.num_workers, generator=generator)
+        data.train_set, batch_size=optim.batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=len(data.train_set) > optim.batch_size, collate_fn=PadCollator(tok.pad_id),
+        num_workers=loop.num_workers, generator=generator)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if optim.compile:
         model = torch.compile(model)
@@ -208,9 +150,10 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         (out / "recipe.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
         accelerator.init_trackers("tensorboard", config=_flat_scalars(cfg_dict))
         accelerator.print(f"model: {count_parameters(accelerator.unwrap_model(model)) / 1e6:.2f}M parameters, "
-                          f"vocab {tok.vocab_size}, {len(data.train_set)} windows, step_len {tok.step_len}")
-    policy = Policy(accelerator.unwrap_model(model), tok, recipe.data.context_length, task=data.task_name,
-                    metadata={"env": data.env})
+                          f"vocab {tok.vocab_size}, {len(data.train_set)} windows, " + ", ".join(
+                              f"{t.name}: step_len {data.tokenizers[t.name].step_len}" for t in data.tasks))
+    policy = Policy(accelerator.unwrap_model(model), data.tokenizers, recipe.data.context_length, task=names[0],
+                    metadata=_policy_metadata(data))
     stream = batches(loader, accelerator, skip=start * optim.grad_accum)
     bar = tqdm(total=optim.max_steps, initial=start, desc="train", disable=not (loop.progress and
                                                                                  accelerator.is_main_process))
@@ -218,21 +161,21 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     model.train()
     t0, tokens_seen, window, window_steps = time.perf_counter(), 0.0, {}, 0
     for step in range(start + 1, optim.max_steps + 1):
-        for k, v in train_step(model, optimizer, scheduler, stream, accelerator, optim).items():
+        for k, v in train_step(model, optimizer, scheduler, stream, accelerator, optim, len(names)).items():
             window[k] = window[k] + v if k in window else v
         window_steps += 1
         if step % loop.log_every == 0 or step == optim.max_steps:
             tokens_seen += float(window.pop("tokens"))
-            stats = summarize_stats(window, window_steps)
+            stats = summarize_stats(window, window_steps, names)
             window, window_steps = {}, 0
             stats.update(step=step, lr=scheduler.get_last_lr()[0],
                          tokens_per_s=tokens_seen / max(time.perf_counter() - t0, 1e-9))
             if data.val_set is not None:
-                stats.update(validate(model, data.val_set, tok.pad_id, accelerator))
+                stats.update(validate(model, data.val_set, tok.pad_id, accelerator, names))
             _log(accelerator, stats, metrics_file)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['action_accuracy']:.3f}")
         if loop.eval_every and step % loop.eval_every == 0 and step < optim.max_steps:
-            _evaluate_and_log(policy, recipe, step, accelerator, out, metrics_file)
+            _evaluate_and_log(policy, data, recipe, step, accelerator, out, metrics_file)
         if loop.save_every and step % loop.save_every == 0 and step < optim.max_steps:
             save_checkpoint(accelerator, out, step)
         bar.update(1)
@@ -240,21 +183,21 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         policy.save_pretrained(out)
-        _evaluate_and_log(policy, recipe, optim.max_steps, accelerator, out, metrics_file, final=True)
+        _evaluate_and_log(policy, data, recipe, optim.max_steps, accelerator, out, metrics_file, final=True)
     accelerator.end_training()
     policy.model.eval()
     return policy
 
 
 def train_step(model, optimizer, scheduler, stream: Iterator[dict], accelerator: Accelerator,
-               optim: OptimConfig) -> dict[str, torch.Tensor]:
+               optim: OptimConfig, num_tasks: int = 1) -> dict[str, torch.Tensor]:
     """One optimizer step over `grad_accum` micro-batches; returns tensors (no device sync)."""
     totals: dict[str, torch.Tensor] = {}
     for _ in range(optim.grad_accum):
         batch = next(stream)
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss, stats = action_loss(model, batch)
+                loss, stats = action_loss(model, batch, num_tasks)
             accelerator.backward(loss)
             if accelerator.sync_gradients and optim.grad_clip > 0:
                 stats["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
@@ -268,45 +211,70 @@ def train_step(model, optimizer, scheduler, stream: Iterator[dict], accelerator:
     return totals
 
 
-def summarize_stats(totals: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
-    """Per-step averages of accumulated `train_step` results, as floats for logging."""
-    out = {"loss": float(totals["loss"]) / steps,
-           "action_accuracy": float(totals["correct"]) / max(float(totals["action_tokens"]), 1.0)}
+def summarize_stats(totals: dict[str, torch.Tensor], steps: int, task_names: list[str] | None = None,
+                    prefix: str = "") -> dict[str, float]:
+    """Per-step averages of accumulated `train_step` results, as floats for logging; with several tasks
+    also `loss/TASK` (unweighted, per action token) and `action_accuracy/TASK`."""
+    out = {f"{prefix}loss": float(totals["loss"]) / steps,
+           f"{prefix}action_accuracy": float(totals["correct"]) / max(float(totals["action_tokens"]), 1.0)}
     if "grad_norm" in totals:
         out["grad_norm"] = float(totals["grad_norm"]) / steps
+    if "task_tokens" in totals:
+        tokens = totals["task_tokens"].clamp(min=1)
+        for i, name in enumerate(task_names or []):
+            out[f"{prefix}loss/{name}"] = float(totals["task_loss_sum"][i] / tokens[i])
+            out[f"{prefix}action_accuracy/{name}"] = float(totals["task_correct"][i] / tokens[i])
     return out
 
 
 @torch.no_grad()
-def validate(model, dataset: WindowDataset, pad_id: int, accelerator: Accelerator,
-             batch_size: int = 64) -> dict[str, float]:
+def validate(model, dataset: torch.utils.data.Dataset, pad_id: int, accelerator: Accelerator,
+             task_names: list[str] | None = None, batch_size: int = 64) -> dict[str, float]:
+    """Loss and action accuracy over held-out windows (per task too, with several tasks)."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=PadCollator(pad_id))
-    loss_sum, correct, n = 0.0, 0.0, 0.0
+    totals: dict[str, torch.Tensor] = {}
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            _, stats = action_loss(model, batch)
-        tokens = float(stats["action_tokens"])
-        loss_sum += float(stats["loss"]) * tokens
-        correct += float(stats["correct"])
-        n += tokens
+            _, stats = action_loss(model, batch, len(task_names or []))
+        stats["loss"] = stats["loss"] * stats["action_tokens"]       # token-weighted over batches
+        for k, v in stats.items():
+            totals[k] = totals[k] + v if k in totals else v
     model.train()
-    return {"val_loss": loss_sum / max(n, 1), "val_action_accuracy": correct / max(n, 1)}
+    tokens = max(float(totals["action_tokens"]), 1.0)
+    out = summarize_stats(totals, 1, task_names, prefix="val_")
+    out["val_loss"] = float(totals["loss"]) / tokens
+    return out
 
 
-def _evaluate_and_log(policy: Policy, recipe: TrainRecipe, step: int, accelerator: Accelerator, out: Path,
-                      metrics_file: Path, final: bool = False) -> dict[str, Any] | None:
+def _policy_metadata(data: Prepared) -> dict[str, Any]:
+    if len(data.tasks) == 1:
+        return {"env": data.tasks[0].env}
+    return {"env": data.tasks[0].env, "envs": {t.name: t.env for t in data.tasks}}
+
+
+def _evaluate_and_log(policy: Policy, data: Prepared, recipe: TrainRecipe, step: int, accelerator: Accelerator,
+                      out: Path, metrics_file: Path, final: bool = False) -> dict[str, Any] | None:
     if not accelerator.is_main_process:
         return None
-    task = get_task(recipe.eval.env or policy.metadata.get("env") or policy.task)
-    report = evaluate(policy, task, recipe.eval)
+    if len(data.tasks) == 1:
+        report = evaluate(policy, get_task(recipe.eval.env or data.tasks[0].env), recipe.eval)
+        scalars = _scalars(report, "eval/")
+    else:
+        report = evaluate_tasks(policy, {t.name: t.env for t in data.tasks}, recipe.eval)
+        scalars = {"eval/success_rate": report["success_rate"]}
+        for name, task_report in report["tasks"].items():
+            scalars.update(_scalars(task_report, f"eval/{name}/"))
     report["step"] = step
-    scalars = {f"eval/{k}": v for k, v in report.items() if isinstance(v, int | float) and k != "seed"}
     _log(accelerator, {"step": step, **scalars}, metrics_file)
     if final:
         write_report(report, out / "eval_report.json")
     return report
+
+
+def _scalars(report: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in report.items() if isinstance(v, int | float) and k != "seed"}
 
 
 def save_checkpoint(accelerator: Accelerator, out: Path, step: int) -> Path:

@@ -45,6 +45,28 @@ class LoopConfig:
 
 
 @dataclass
+class TaskEntry:
+    """One task of a multi-task mixture: its data, how often it is sampled and how much its loss counts."""
+
+    name: str = option("", "Task name: its prompt token and the key of its metrics (default: the env's name).")
+    dataset: str = option("", "Its trajectory dataset directory (default: OUTPUT_DIR/data/NAME when `episodes` "
+                              "are collected).")
+    env: str = option("", "Task (env) it is evaluated on and collected from (default: the dataset's).")
+    episodes: int = option(0, "Expert episodes collected into `dataset` first when it does not exist yet.")
+    weight: float = option(1.0, "Sampling weight: windows are drawn from the tasks in proportion to it.")
+    loss_weight: float = option(1.0, "Multiplies this task's action-token loss.")
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0 or not self.loss_weight > 0:
+            raise BCLMError(f"task {self.name or self.env!r}: weight and loss_weight must be > 0, got "
+                            f"{self.weight} and {self.loss_weight}")
+        if self.episodes < 0:
+            raise BCLMError(f"task {self.name or self.env!r}: episodes must be >= 0, got {self.episodes}")
+        if not (self.dataset or self.env):
+            raise BCLMError("a task of `tasks` needs a dataset, or an env to collect its demonstrations from")
+
+
+@dataclass
 class TrainRecipe:
     dataset: str = option("", "Trajectory dataset directory (from `bclm collect`).")
     output_dir: str = option("", "Where the policy, checkpoints, logs and reports go.")
@@ -52,6 +74,8 @@ class TrainRecipe:
     overwrite: bool = option(False, "Allow writing into an output_dir that already holds a finished policy.")
     init_from: str = option("", "Warm start from this bclm policy directory (its model and tokenizer; the "
                                 "dataset's spaces must match the tokenizer's).")
+    tasks: list[TaskEntry] = option([], "Multi-task mixture (instead of `dataset`): a list of tasks, each with "
+                                        "name, dataset or env + episodes, weight and loss_weight.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model"})
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig, metadata={"help": "tokenizer"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data"})

@@ -1,0 +1,114 @@
+"""One vocabulary for many tasks whose observation and action spaces differ (Gato-style).
+
+Each task keeps its own `BCTokenizer` (its spaces, bins and bounds), and all of them share one id layout:
+the special tokens, the value range (a value token means "bin k" whatever the task), one text range with
+one BPE trained on every task's text, and the task tokens in one order. So one model embeds them all, the
+task token at the start of every window tells it which task it is in, and each task decodes with its own
+action codecs: its actions stay inside its own action space.
+
+Saved as `bclm_tokenizer.json` with format `bclm-tokenizer-set` (a tokenizer per task). A single-task
+policy keeps the plain `bclm-tokenizer` file; `load_tokenizers` reads either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+from bclm.errors import BCLMError
+from bclm.tokenizers.codecs import train_bpe
+from bclm.tokenizers.tokenizer import FORMAT, TOKENIZER_FILE, BCTokenizer, TokenizerConfig
+
+SET_FORMAT = "bclm-tokenizer-set"
+SET_FORMAT_VERSION = 1
+# What every tokenizer of a set must agree on for one model to serve them all.
+SHARED_LAYOUT = ("pad_id", "bos_id", "eos_id", "act_id", "value_offset", "text_offset", "task_offset", "vocab_size")
+
+
+def build_tokenizers(spaces: Mapping[str, tuple[gym.Space, gym.Space]], config: TokenizerConfig,
+                     base_vocab_size: int = 0, text_tokenizer: Any = None) -> dict[str, BCTokenizer]:
+    """A tokenizer per task (`spaces[task] = (observation_space, action_space)`) on one shared layout."""
+    names = list(spaces)
+    if not names:
+        raise BCLMError("a multi-task vocabulary needs at least one task")
+    tokenizers = {name: BCTokenizer(obs, act, config, tasks=names, base_vocab_size=base_vocab_size,
+                                    text_tokenizer=text_tokenizer) for name, (obs, act) in spaces.items()}
+    if len(tokenizers) > 1 and any(t.needs_bpe for t in tokenizers.values()):
+        for tok in tokenizers.values():
+            tok.reserve_text = True
+    check_shared_layout(tokenizers)
+    return tokenizers
+
+
+def fit_tokenizers(tokenizers: Mapping[str, BCTokenizer], data: Mapping[str, tuple[Any, Any]]) -> None:
+    """Fit each task's bins on its own (observations, actions); one BPE on the text of every task."""
+    texts: list[str] = []
+    for name, tok in tokenizers.items():
+        if not tok.fitted:
+            texts.extend(tok.fit_values(*data[name]))
+    unfitted = [t for t in tokenizers.values() if not t.fitted]
+    if any(t.needs_bpe for t in unfitted):
+        bpe = train_bpe(texts, unfitted[0].config.text_vocab_size)
+        for tok in unfitted:
+            tok.set_bpe(bpe)
+    for tok in unfitted:
+        tok.fitted = True
+
+
+def check_shared_layout(tokenizers: Mapping[str, BCTokenizer], where: str = "tokenizers") -> None:
+    """Every task's tokenizer must know every task, in one order, with the same id layout."""
+    names = list(tokenizers)
+    first_name, first = names[0], tokenizers[names[0]]
+    for name, tok in tokenizers.items():
+        missing = [n for n in names if n not in tok.tasks]
+        if missing:
+            raise BCLMError(f"{where}: the tokenizer of task {name!r} does not know task(s) {missing}")
+        if tok.tasks != first.tasks:
+            raise BCLMError(f"{where}: task {name!r} orders its task tokens {tok.tasks}, task {first_name!r} "
+                            f"{first.tasks}: one model cannot serve both")
+        for attr in SHARED_LAYOUT:
+            if getattr(tok, attr) != getattr(first, attr):
+                raise BCLMError(f"{where}: task {name!r} has {attr}={getattr(tok, attr)} but task {first_name!r} "
+                                f"has {getattr(first, attr)}: their tokenizers do not share one vocabulary")
+
+
+def save_tokenizers(tokenizers: Mapping[str, BCTokenizer], directory: str | Path) -> Path:
+    """One tokenizer (shared by all its tasks) as a plain tokenizer file, else a tokenizer set."""
+    distinct = {id(t): t for t in tokenizers.values()}
+    if len(distinct) == 1:
+        return next(iter(distinct.values())).save_pretrained(directory)
+    check_shared_layout(tokenizers)
+    path = Path(directory) / TOKENIZER_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"format": SET_FORMAT, "format_version": SET_FORMAT_VERSION,
+            "tokenizers": {name: tok.to_dict() for name, tok in tokenizers.items()}}
+    path.write_text(json.dumps(body, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def load_tokenizers(directory: str | Path, text_tokenizer: Any = None) -> dict[str, BCTokenizer]:
+    """Task name -> tokenizer, from a plain tokenizer file (all its tasks share it) or a tokenizer set."""
+    path = Path(directory) / TOKENIZER_FILE
+    if not path.is_file():
+        raise BCLMError(f"{path} not found: {directory} is not a bclm policy/tokenizer directory")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BCLMError(f"{path} is not valid JSON: {exc}") from exc
+    if isinstance(d, dict) and d.get("format") == FORMAT:
+        tok = BCTokenizer.from_dict(d, text_tokenizer=text_tokenizer, source=str(path))
+        return dict.fromkeys(tok.tasks, tok)
+    if not isinstance(d, dict) or d.get("format") != SET_FORMAT:
+        raise BCLMError(f"{path} is not a bclm tokenizer (expected \"format\": \"{FORMAT}\" or \"{SET_FORMAT}\")")
+    version = d.get("format_version")
+    if not isinstance(version, int) or version > SET_FORMAT_VERSION:
+        raise BCLMError(f"{path} has tokenizer-set format_version {version!r}; this bclm reads versions up to "
+                        f"{SET_FORMAT_VERSION}: upgrade bclm")
+    tokenizers = {name: BCTokenizer.from_dict(t, text_tokenizer=text_tokenizer, source=f"{path} (task {name!r})")
+                  for name, t in d["tokenizers"].items()}
+    check_shared_layout(tokenizers, where=str(path))
+    return tokenizers

@@ -1,0 +1,162 @@
+"""Training data from a recipe: one task (`dataset`) or a mixture (`tasks`), tokenized on one vocabulary.
+
+Each task has its own store, spaces and tokenizer; the windows of all tasks are concatenated and drawn
+in proportion to the tasks' sampling weights, and each window carries its task index and loss weight so
+that the loss and the metrics can be split by task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bclm.data.sequences import WindowDataset, tokenize_episodes
+from bclm.data.store import StepArrays, TrajectoryStore
+from bclm.envs import get_task
+from bclm.errors import BCLMError
+from bclm.models import pretrained_vocabulary
+from bclm.tokenizers import BCTokenizer, build_tokenizers, fit_tokenizers
+from bclm.trainer.config import TaskEntry, TrainRecipe
+
+
+@dataclass
+class TaskData:
+    name: str
+    env: str                       # the TaskSpec name evaluations resolve with get_task
+    train: WindowDataset
+    val: WindowDataset | None
+    weight: float
+
+
+@dataclass
+class Prepared:
+    """Everything the loop needs, built from the recipe and the datasets."""
+
+    tokenizers: dict[str, BCTokenizer]
+    tasks: list[TaskData]
+    train_set: torch.utils.data.Dataset
+    val_set: torch.utils.data.Dataset | None
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def sampler(self, generator: torch.Generator) -> torch.utils.data.Sampler | None:
+        """Windows drawn in proportion to their task's weight; None (plain shuffling) for one task."""
+        if len(self.tasks) == 1:
+            return None
+        per_window = np.concatenate([np.full(len(t.train), t.weight / len(t.train)) for t in self.tasks])
+        return torch.utils.data.WeightedRandomSampler(torch.as_tensor(per_window), num_samples=len(per_window),
+                                                      replacement=True, generator=generator)
+
+
+def task_entries(recipe: TrainRecipe) -> list[TaskEntry]:
+    """The recipe's tasks: `tasks`, or the single `dataset` as a mixture of one."""
+    if recipe.tasks and recipe.dataset:
+        raise BCLMError("give either dataset (one task) or tasks (a mixture), not both")
+    if not recipe.tasks:
+        if not recipe.dataset:
+            raise BCLMError("dataset is required (--dataset DIR), or a `tasks` mixture in the recipe")
+        return [TaskEntry(name=recipe.task, dataset=recipe.dataset)]
+    entries, seen = [], set()
+    for i, e in enumerate(recipe.tasks):
+        name = e.name or e.env
+        if not name:
+            raise BCLMError(f"tasks[{i}] needs a name (or an env to name it after)")
+        if name in seen:
+            raise BCLMError(f"tasks[{i}]: task name {name!r} appears twice in the mixture; names must be unique")
+        seen.add(name)
+        dataset = e.dataset or str(Path(recipe.output_dir) / "data" / name)
+        entries.append(TaskEntry(name=name, dataset=dataset, env=e.env, episodes=e.episodes, weight=e.weight,
+                                 loss_weight=e.loss_weight))
+    return entries
+
+
+def ensure_dataset(entry: TaskEntry, num_envs: int = 8) -> TrajectoryStore:
+    """The entry's store, first collected from its env's expert when it does not exist and `episodes` > 0."""
+    path = Path(entry.dataset)
+    if not path.exists() and entry.episodes > 0:
+        from bclm.collect import collect
+
+        if not entry.env:
+            raise BCLMError(f"task {entry.name!r}: dataset {path} does not exist and no env is given to collect it")
+        collect(get_task(entry.env), None, entry.episodes, path, num_envs=num_envs)
+    return TrajectoryStore(path)
+
+
+def prepare_data(recipe: TrainRecipe, tokenizers: dict[str, BCTokenizer] | None = None) -> Prepared:
+    """Load every task's dataset, build and fit one vocabulary over them (or check them against a warm-start
+    policy's), and build windows."""
+    entries = task_entries(recipe)
+    stores = [ensure_dataset(e) for e in entries]
+    names = [e.name or s.meta.get("task") or "default" for e, s in zip(entries, stores)]
+    steps = [s.arrays(recipe.data.shards or None) for s in stores]
+    if tokenizers is None:
+        base_vocab, text_tokenizer = pretrained_vocabulary(recipe.model)
+        spaces = {n: (s.observation_space, s.action_space) for n, s in zip(names, stores)}
+        tokenizers = build_tokenizers(spaces, recipe.tokenizer, base_vocab, text_tokenizer)
+    for name, store, s in zip(names, stores, steps):
+        where = f"dataset {store.path}"
+        if name not in tokenizers:
+            shared = {id(t): t for t in tokenizers.values()}
+            if len(shared) == 1:          # a single-space policy: a space mismatch is the clearer error
+                next(iter(shared.values())).assert_compatible(store.observation_space, store.action_space, where)
+            raise BCLMError(f"{where}: task {name!r} is not one of the policy's tasks {list(tokenizers)}")
+        tok = tokenizers[name]
+        tok.assert_compatible(store.observation_space, store.action_space, where=where)
+        tok.check_observation(s.observation, where=where)
+        tok.check_action(s.action, where=where)
+        tok.check_action(take_tree(s.expert_action, s.columns["labeled"]), where=f"{where} (expert_action)")
+    fit_tokenizers(tokenizers, {n: (s.observation, s.action) for n, s in zip(names, steps)})
+    tasks = []
+    for index, (entry, name, store, s) in enumerate(zip(entries, names, stores, steps)):
+        train_steps, val_steps = split_episodes(s, recipe.data.val_episodes)
+        train, val = (None if part is None else _windows(tokenizers[name], part, recipe, name, index,
+                                                          entry.loss_weight) for part in (train_steps, val_steps))
+        env = entry.env or store.meta.get("task") or store.meta["env_id"]
+        tasks.append(TaskData(name, env, train, val, entry.weight))
+    train_set = _concat([t.train for t in tasks])
+    val_set = _concat([t.val for t in tasks]) if recipe.data.val_episodes > 0 else None
+    return Prepared(tokenizers, tasks, train_set, val_set)
+
+
+def _concat(sets: list[Any]) -> torch.utils.data.Dataset:
+    return sets[0] if len(sets) == 1 else torch.utils.data.ConcatDataset(sets)
+
+
+def split_episodes(steps: StepArrays, val_episodes: int) -> tuple[StepArrays, StepArrays | None]:
+    if val_episodes <= 0:
+        return steps, None
+    episodes = np.unique(steps.columns["episode"])
+    if val_episodes >= len(episodes):
+        raise BCLMError(f"data.val_episodes={val_episodes} leaves no training episode ({len(episodes)} in all)")
+    is_val = np.isin(steps.columns["episode"], episodes[-val_episodes:])
+    return _select(steps, ~is_val), _select(steps, is_val)
+
+
+def _select(steps: StepArrays, mask: np.ndarray) -> StepArrays:
+    return StepArrays(observation=take_tree(steps.observation, mask), action=take_tree(steps.action, mask),
+                      expert_action=take_tree(steps.expert_action, mask),
+                      columns={k: v[mask] for k, v in steps.columns.items()})
+
+
+def take_tree(batch: Any, mask: np.ndarray) -> Any:
+    if isinstance(batch, dict):
+        return {k: take_tree(v, mask) for k, v in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(take_tree(v, mask) for v in batch)
+    return batch[mask]
+
+
+def _windows(tokenizer: BCTokenizer, steps: StepArrays, recipe: TrainRecipe, task_name: str, task_index: int,
+             loss_weight: float) -> WindowDataset:
+    task = np.full(len(steps), task_name, dtype=object)
+    tokens = tokenize_episodes(tokenizer, steps.observation, steps.action, steps.columns["episode"],
+                               steps.columns["step"], task, expert_action=steps.expert_action,
+                               labeled=steps.columns["labeled"])
+    return WindowDataset(tokens, tokenizer, recipe.data.context_length, recipe.data.stride_fraction,
+                         task_index=task_index, loss_weight=loss_weight)
