@@ -107,6 +107,8 @@ def _eval(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bclm eval", description="Evaluate a policy with seeded rollouts.")
     p.add_argument("--policy", required=True, help="Policy directory (from `bclm train`).")
     p.add_argument("--env", default="", help="Task name or gymnasium id (default: the policy's).")
+    p.add_argument("--task", default="", help="Which task of a multi-task policy (default: every task, each on "
+                                              "its own env, with the average success).")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--num-envs", type=int, default=8)
     p.add_argument("--seed", type=int, default=10_000)
@@ -115,18 +117,27 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--output", default="", help="Write the JSON report here.")
     args = p.parse_args(argv)
     from bclm.envs import get_task
-    from bclm.eval.evaluate import EvalConfig, evaluate, format_table, write_report
+    from bclm.eval.evaluate import EvalConfig, evaluate, evaluate_tasks, format_table, write_report
     from bclm.policy import Policy
 
     policy = Policy.from_pretrained(args.policy)
-    task = get_task(args.env or policy.metadata.get("env") or policy.task)
     config = EvalConfig(episodes=args.episodes, num_envs=args.num_envs, seed=args.seed, expert=args.expert,
                         greedy=not args.sample)
-    report = evaluate(policy, task, config, progress=True)
+    envs = policy.metadata.get("envs") or {}
+    if args.task:
+        policy = policy.for_task(args.task)
+    if envs and not (args.task or args.env):
+        report = evaluate_tasks(policy, envs, config, progress=True)
+        rows = [{"task": name, **r} for name, r in report["tasks"].items()]
+        rows.append({"task": "average", "success_rate": report["success_rate"]})
+    else:
+        task = get_task(args.env or envs.get(policy.task) or policy.metadata.get("env") or policy.task)
+        report = evaluate(policy, task, config, progress=True)
+        rows = [{"task": policy.task, **report}]
     if args.output:
         write_report(report, args.output)
-    print(format_table([report], ["env", "episodes", "success_rate", "mean_return", "mean_length"]
-                       + (["mistake_rate"] if "mistake_rate" in report else [])))
+    print(format_table(rows, ["task", "env", "episodes", "success_rate", "mean_return", "mean_length"]
+                       + (["mistake_rate"] if any("mistake_rate" in r for r in rows) else [])))
     return 0
 
 

@@ -74,11 +74,15 @@ def test_builtin_expert_meets_success_criterion(name: str, required: int) -> Non
 
 
 def test_every_builtin_task_names_a_builtin_expert() -> None:
-    # BabyAI's bot is a stateful expert (a class, one instance per env), tested in tests/test_babyai.py.
-    plain = {name: t for name, t in BUILTIN_TASKS.items() if not name.startswith("BabyAI-")}
+    # BabyAI's bot is a stateful expert (a class, one instance per env), tested in tests/test_babyai.py;
+    # Meta-World's scripted policies are tested in tests/test_metaworld.py.
+    plain = {name: t for name, t in BUILTIN_TASKS.items() if not name.startswith(("BabyAI-", "MetaWorld-"))}
     assert set(plain) == {name for name, _ in EXPERT_CASES}
     assert {t.expert for t in plain.values()} == set(BUILTIN_EXPERTS)
-    assert {t.expert for name, t in BUILTIN_TASKS.items() if name not in plain} == {"babyai_bot"}
+    assert {t.expert for name, t in BUILTIN_TASKS.items() if name.startswith("BabyAI-")} == {"babyai_bot"}
+    metaworld = {name: t for name, t in BUILTIN_TASKS.items() if name.startswith("MetaWorld-")}
+    assert len(metaworld) == 50 and all(t.expert == "metaworld/" + name[len("MetaWorld-"):]
+                                        for name, t in metaworld.items())
 
 
 def test_continuous_experts_return_float32_in_bounds() -> None:

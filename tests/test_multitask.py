@@ -105,3 +105,23 @@ def test_tokenizer_sets_round_trip_and_refuse_a_mixed_up_layout(tmp_path):
     (tmp_path / "bclm_tokenizer.json").write_text(json.dumps(body))
     with pytest.raises(BCLMError, match="do not share one vocabulary"):
         load_tokenizers(tmp_path)
+
+
+def test_a_mixture_recipe_trains_and_evaluates_every_task_from_the_command_line(tmp_path, capsys):
+    import yaml
+
+    from bclm.cli import main
+
+    recipe = tmp_path / "mix.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"size": "tiny"}, "data": {"context_length": 64},
+                                      "train": {"max_steps": 4, "batch_size": 8}, "tasks": MIXTURE}))
+    out = tmp_path / "run"
+    assert main(["train", str(recipe), "--output-dir", str(out), "--loop.progress", "false",
+                 "--eval.episodes", "1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--policy", str(out), "--episodes", "1", "--num-envs", "1"]) == 0
+    table = capsys.readouterr().out
+    assert all(word in table for word in ("cartpole", "CartPole-v1", "pendulum", "Pendulum-v1", "average"))
+    assert main(["eval", "--policy", str(out), "--task", "pendulum", "--episodes", "1"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert len(rows) == 1 and "Pendulum-v1" in rows[0]

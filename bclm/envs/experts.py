@@ -194,6 +194,11 @@ def load_expert(ref: str) -> Expert:
         from bclm.envs.babyai import BabyAIBotExpert
 
         return BabyAIBotExpert
+    if ref.startswith("metaworld/"):
+        # "metaworld/<env_name>": metaworld's scripted policy for that MT50 env (checked before 'module:callable').
+        from bclm.envs.metaworld import ScriptedExpert
+
+        return ScriptedExpert(ref.removeprefix("metaworld/"))
     if ref == "human":
         from bclm.envs.human import TerminalLabeler
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import gymnasium
 
+from bclm.envs.metaworld import MT50 as METAWORLD_MT50
 from bclm.errors import BCLMError
 
 SUCCESS_KINDS = ("return", "terminated", "info")
@@ -81,6 +82,10 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
         # BabyAI (minigrid): a mission succeeds with a positive reward; the env module registers the ids.
         *(TaskSpec(f"BabyAI-{level}-v0", f"bclm.envs.babyai:bclm/BabyAI-{level}-v0", "babyai_bot", "return",
                    1e-9) for level in ("GoToRedBall", "GoToLocal", "PickupLoc", "PutNextLocal", "GoTo")),
+        # Meta-World (MT50, which includes MT10): success is metaworld's info["success"]; the env module registers
+        # the ids and terminates episodes at the first success. The expert is metaworld's scripted policy.
+        *(TaskSpec(f"MetaWorld-{env_name}", f"bclm.envs.metaworld:bclm/MetaWorld-{env_name}",
+                   f"metaworld/{env_name}", "info") for env_name in METAWORLD_MT50),
     )
 }
 
