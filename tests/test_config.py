@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bclm import config as cfg
@@ -67,12 +69,17 @@ def test_demo_uses_the_cartpole_recipe():
     assert (demo.train.batch_size, demo.train.lr) == (from_file.train.batch_size, from_file.train.lr)
 
 
-@pytest.mark.parametrize("name", ["cartpole.yaml", "lunarlander.yaml", "babyai_gotolocal.yaml"])
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")))
 def test_shipped_recipes_parse(name):
-    from pathlib import Path
-
     from bclm.cli import load_train_recipe
+    from bclm.envs import get_task
+    from bclm.trainer.data import task_entries
 
-    path = Path(__file__).resolve().parents[1] / "recipes" / name
-    recipe = load_train_recipe(str(path), ["--train.max_steps", "7"])     # `bclm train` takes every recipe
-    assert isinstance(recipe, TrainRecipe) and recipe.train.max_steps == 7
+    recipe = load_train_recipe(str(RECIPES / name), ["--train.max_steps", "7", "--output-dir", "o"])
+    assert isinstance(recipe, TrainRecipe) and recipe.train.max_steps == 7    # `bclm train` takes every recipe
+    if recipe.tasks:                          # a mixture: unique names, and every env is a known task
+        assert len(task_entries(recipe)) == len(recipe.tasks) > 1
+        assert all(get_task(t.env).expert for t in recipe.tasks)

@@ -150,8 +150,8 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         (out / "recipe.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
         accelerator.init_trackers("tensorboard", config=_flat_scalars(cfg_dict))
         accelerator.print(f"model: {count_parameters(accelerator.unwrap_model(model)) / 1e6:.2f}M parameters, "
-                          f"vocab {tok.vocab_size}, {len(data.train_set)} windows, " + ", ".join(
-                              f"{t.name}: step_len {data.tokenizers[t.name].step_len}" for t in data.tasks))
+                          f"vocab {tok.vocab_size}, {len(data.train_set)} windows, {len(names)} task(s), "
+                          f"step_len {sorted({data.tokenizers[n].step_len for n in names})}")
     policy = Policy(accelerator.unwrap_model(model), data.tokenizers, recipe.data.context_length, task=names[0],
                     metadata=_policy_metadata(data))
     stream = batches(loader, accelerator, skip=start * optim.grad_accum)
