@@ -53,14 +53,12 @@ def _train(argv: list[str]) -> int:
         return 0
     recipe_path = argv[0] if argv and not argv[0].startswith("--") else None
     recipe = load_train_recipe(recipe_path, argv[1:] if recipe_path else argv)
-    from bclm.eval.evaluate import format_table
     from bclm.trainer.bc import train
 
     start = time.perf_counter()
     train(recipe)
     report = json.loads((Path(recipe.output_dir) / "eval_report.json").read_text())
-    print(format_table([report], ["env", "episodes", "success_rate", "mean_return", "mean_length"]
-                       + (["mistake_rate"] if "mistake_rate" in report else [])))
+    print(report_table(report))
     print(f"policy saved to {recipe.output_dir} ({time.perf_counter() - start:.0f} s)")
     return 0
 
@@ -117,7 +115,7 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--output", default="", help="Write the JSON report here.")
     args = p.parse_args(argv)
     from bclm.envs import get_task
-    from bclm.eval.evaluate import EvalConfig, evaluate, evaluate_tasks, format_table, write_report
+    from bclm.eval.evaluate import EvalConfig, evaluate, evaluate_tasks, write_report
     from bclm.policy import Policy
 
     policy = Policy.from_pretrained(args.policy)
@@ -126,19 +124,31 @@ def _eval(argv: list[str]) -> int:
     envs = policy.metadata.get("envs") or {}
     if args.task:
         policy = policy.for_task(args.task)
-    if envs and not (args.task or args.env):
+    elif args.env and len(policy.tasks) > 1:
+        raise BCLMError(f"--env {args.env} on a multi-task policy needs --task (one of {policy.tasks}): the task "
+                        "picks the prompt and the action space")
+    if envs and not args.task:
         report = evaluate_tasks(policy, envs, config, progress=True)
-        rows = [{"task": name, **r} for name, r in report["tasks"].items()]
-        rows.append({"task": "average", "success_rate": report["success_rate"]})
     else:
         task = get_task(args.env or envs.get(policy.task) or policy.metadata.get("env") or policy.task)
         report = evaluate(policy, task, config, progress=True)
-        rows = [{"task": policy.task, **report}]
     if args.output:
         write_report(report, args.output)
-    print(format_table(rows, ["task", "env", "episodes", "success_rate", "mean_return", "mean_length"]
-                       + (["mistake_rate"] if any("mistake_rate" in r for r in rows) else [])))
+    print(report_table(report, policy.task))
     return 0
+
+
+def report_table(report: dict[str, Any], task: str = "") -> str:
+    """An evaluation report as a table: a row per task of a multi-task report, with the average."""
+    from bclm.eval.evaluate import format_table
+
+    if "tasks" in report:
+        rows = [{"task": name, **r} for name, r in report["tasks"].items()]
+        rows.append({"task": "average", "success_rate": report["success_rate"]})
+    else:
+        rows = [{"task": task or report.get("env", ""), **report}]
+    return format_table(rows, ["task", "env", "episodes", "success_rate", "mean_return", "mean_length"]
+                        + (["mistake_rate"] if any("mistake_rate" in r for r in rows) else []))
 
 
 def _demo(argv: list[str]) -> int:

@@ -125,3 +125,16 @@ def test_a_mixture_recipe_trains_and_evaluates_every_task_from_the_command_line(
     assert main(["eval", "--policy", str(out), "--task", "pendulum", "--episodes", "1"]) == 0
     rows = capsys.readouterr().out.splitlines()[2:]
     assert len(rows) == 1 and "Pendulum-v1" in rows[0]
+    assert main(["eval", "--policy", str(out), "--env", "Pendulum-v1"]) == 2     # which prompt? refused
+    assert "needs --task" in capsys.readouterr().err
+
+
+def test_a_collection_interrupted_before_its_shard_is_collected_again(tmp_path):
+    from bclm.collect import create_store
+    from bclm.data.store import TrajectoryStore
+    from bclm.envs import get_task
+
+    out = tmp_path / "run"
+    create_store(get_task("CartPole-v1"), out / "data" / "cartpole")     # metadata written, then a crash
+    train(_recipe(out, MIXTURE[:1], "--train.max_steps", "2"))
+    assert TrajectoryStore(out / "data" / "cartpole").shard_names() == ["round-000"]

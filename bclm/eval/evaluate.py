@@ -74,6 +74,9 @@ def evaluate_tasks(policy: Policy, envs: dict[str, str], config: EvalConfig,
                    progress: bool = False) -> dict[str, Any]:
     """Every task of a multi-task policy (`envs[task] = the TaskSpec name it is evaluated on`), each with its
     own prompt, tokenizer and action space: a report per task and the average success."""
+    if config.expert or config.env:
+        raise BCLMError(f"eval.expert={config.expert!r} / eval.env={config.env!r} name one expert or env, but a "
+                        "multi-task evaluation uses each task's own: leave them empty (or evaluate one task)")
     reports = {name: evaluate(policy.for_task(name), get_task(env), config, progress) for name, env in envs.items()}
     rates = [r["success_rate"] for r in reports.values()]
     return {"success_rate": sum(rates) / len(rates), "seed": config.seed, "tasks": reports}

@@ -108,7 +108,10 @@ def load_tokenizers(directory: str | Path, text_tokenizer: Any = None) -> dict[s
     if not isinstance(version, int) or version > SET_FORMAT_VERSION:
         raise BCLMError(f"{path} has tokenizer-set format_version {version!r}; this bclm reads versions up to "
                         f"{SET_FORMAT_VERSION}: upgrade bclm")
+    body = d.get("tokenizers")
+    if not isinstance(body, dict) or not body:
+        raise BCLMError(f"{path}: \"tokenizers\" must map each task name to its tokenizer, got {type(body).__name__}")
     tokenizers = {name: BCTokenizer.from_dict(t, text_tokenizer=text_tokenizer, source=f"{path} (task {name!r})")
-                  for name, t in d["tokenizers"].items()}
+                  for name, t in body.items()}
     check_shared_layout(tokenizers, where=str(path))
     return tokenizers

@@ -220,10 +220,11 @@ def summarize_stats(totals: dict[str, torch.Tensor], steps: int, task_names: lis
     if "grad_norm" in totals:
         out["grad_norm"] = float(totals["grad_norm"]) / steps
     if "task_tokens" in totals:
-        tokens = totals["task_tokens"].clamp(min=1)
         for i, name in enumerate(task_names or []):
-            out[f"{prefix}loss/{name}"] = float(totals["task_loss_sum"][i] / tokens[i])
-            out[f"{prefix}action_accuracy/{name}"] = float(totals["task_correct"][i] / tokens[i])
+            tokens = float(totals["task_tokens"][i])
+            if tokens:                    # a task with no window in this logging window has no figure
+                out[f"{prefix}loss/{name}"] = float(totals["task_loss_sum"][i]) / tokens
+                out[f"{prefix}action_accuracy/{name}"] = float(totals["task_correct"][i]) / tokens
     return out
 
 

@@ -135,8 +135,9 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
     cfg = recipe.dagger
     if not recipe.output_dir:
         raise BCLMError("output_dir is required (--output-dir DIR)")
-    if recipe.dataset:
-        raise BCLMError("dagger collects its own data under --output-dir; leave --dataset unset")
+    if recipe.dataset or recipe.tasks:
+        raise BCLMError("dagger collects its own data for one task (dagger.env) under --output-dir; leave "
+                        "--dataset and `tasks` unset")
     task = get_task(cfg.env or recipe.eval.env)
     expert_ref = expert_ref_of(task, cfg.expert or None)
     out = Path(recipe.output_dir)

@@ -7,6 +7,7 @@ that the loss and the metrics can be split by task.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from bclm.data.sequences import WindowDataset, tokenize_episodes
-from bclm.data.store import StepArrays, TrajectoryStore
+from bclm.data.store import META_FILE, StepArrays, TrajectoryStore
 from bclm.envs import get_task
 from bclm.errors import BCLMError
 from bclm.models import pretrained_vocabulary
@@ -70,21 +71,29 @@ def task_entries(recipe: TrainRecipe) -> list[TaskEntry]:
         if name in seen:
             raise BCLMError(f"tasks[{i}]: task name {name!r} appears twice in the mixture; names must be unique")
         seen.add(name)
-        dataset = e.dataset or str(Path(recipe.output_dir) / "data" / name)
+        if not e.dataset and not e.episodes:
+            raise BCLMError(f"tasks[{i}] ({name!r}) needs a dataset, or episodes > 0 to collect one from {e.env!r}")
+        dataset = e.dataset or str(Path(recipe.output_dir) / "data" / name.replace(":", "_").replace("/", "_"))
         entries.append(TaskEntry(name=name, dataset=dataset, env=e.env, episodes=e.episodes, weight=e.weight,
                                  loss_weight=e.loss_weight))
     return entries
 
 
 def ensure_dataset(entry: TaskEntry, num_envs: int = 8) -> TrajectoryStore:
-    """The entry's store, first collected from its env's expert when it does not exist and `episodes` > 0."""
+    """The entry's store; with `episodes` > 0, first its expert demonstrations when it holds none yet (also
+    after a crash mid-collection: the shard is written atomically, so it is simply collected again)."""
     path = Path(entry.dataset)
-    if not path.exists() and entry.episodes > 0:
-        from bclm.collect import collect
+    has_store = (path / META_FILE).is_file()
+    if entry.episodes > 0 and not (has_store and TrajectoryStore(path).shard_names()):
+        from bclm.collect import create_store, expert_ref_of, write_expert_shard
 
-        if not entry.env:
-            raise BCLMError(f"task {entry.name!r}: dataset {path} does not exist and no env is given to collect it")
-        collect(get_task(entry.env), None, entry.episodes, path, num_envs=num_envs)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Every rank would collect into the same directory; one process collects, then all train.
+            raise BCLMError(f"task {entry.name!r}: dataset {path} is not collected yet; run this recipe once in "
+                            "one process (or `bclm collect`) before a multi-process launch")
+        task = get_task(entry.env)
+        store = TrajectoryStore(path) if has_store else create_store(task, path)
+        write_expert_shard(store, task, expert_ref_of(task, None), entry.episodes, seed=0, num_envs=num_envs)
     return TrajectoryStore(path)
 
 
