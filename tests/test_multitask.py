@@ -138,3 +138,27 @@ def test_a_collection_interrupted_before_its_shard_is_collected_again(tmp_path):
     create_store(get_task("CartPole-v1"), out / "data" / "cartpole")     # metadata written, then a crash
     train(_recipe(out, MIXTURE[:1], "--train.max_steps", "2"))
     assert TrajectoryStore(out / "data" / "cartpole").shard_names() == ["round-000"]
+
+
+def test_dagger_over_a_mixture_labels_each_task_and_reports_per_task(tmp_path):
+    from bclm.data.store import TrajectoryStore
+    from bclm.trainer.dagger import DaggerRecipe, run_dagger
+
+    recipe = cfg.build_config(DaggerRecipe, None, [
+        "--output-dir", str(tmp_path / "run"), "--model.size", "tiny", "--data.context_length", "64",
+        "--train.max_steps", "3", "--loop.progress", "false", "--eval.episodes", "1", "--eval.num_envs", "1",
+        "--dagger.rounds", "1", "--dagger.episodes_per_round", "2", "--dagger.beta", "constant",
+        "--dagger.beta_value", "0.5", "--dagger.rollout_max_steps", "30"])
+    recipe.tasks = cfg.from_dict(TrainRecipe, {"tasks": MIXTURE}).tasks
+    report = run_dagger(recipe)
+    last = report["rounds"][1]
+    assert set(last["tasks"]) == {"cartpole", "pendulum"} == set(report["tasks"])
+    for name in ("cartpole", "pendulum"):
+        store = TrajectoryStore(tmp_path / "run" / "data" / name)
+        assert store.shard_names() == ["round-000", "round-001"]
+        steps = store.load(["round-001"])
+        assert set(steps["task"][:]) == {report["tasks"][name]["env"]} and len(steps) <= 2 * 30
+        assert last["tasks"][name]["expert_labels"] == len(store.load())      # every state labeled
+        assert last["tasks"][name]["expert_labels"] > report["rounds"][0]["tasks"][name]["expert_labels"]
+    assert last["expert_labels"] == sum(r["expert_labels"] for r in last["tasks"].values())
+    assert run_dagger(recipe)["rounds"] == report["rounds"]                  # a finished run resumes as done

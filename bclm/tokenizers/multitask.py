@@ -12,7 +12,6 @@ policy keeps the plain `bclm-tokenizer` file; `load_tokenizers` reads either.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,13 @@ import gymnasium as gym
 
 from bclm.errors import BCLMError
 from bclm.tokenizers.codecs import train_bpe
-from bclm.tokenizers.tokenizer import FORMAT, TOKENIZER_FILE, BCTokenizer, TokenizerConfig
+from bclm.tokenizers.tokenizer import (
+    FORMAT,
+    BCTokenizer,
+    TokenizerConfig,
+    read_tokenizer_file,
+    write_tokenizer_file,
+)
 
 SET_FORMAT = "bclm-tokenizer-set"
 SET_FORMAT_VERSION = 1
@@ -82,23 +87,13 @@ def save_tokenizers(tokenizers: Mapping[str, BCTokenizer], directory: str | Path
     if len(distinct) == 1:
         return next(iter(distinct.values())).save_pretrained(directory)
     check_shared_layout(tokenizers)
-    path = Path(directory) / TOKENIZER_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"format": SET_FORMAT, "format_version": SET_FORMAT_VERSION,
-            "tokenizers": {name: tok.to_dict() for name, tok in tokenizers.items()}}
-    path.write_text(json.dumps(body, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    return write_tokenizer_file(directory, {"format": SET_FORMAT, "format_version": SET_FORMAT_VERSION,
+                                            "tokenizers": {name: tok.to_dict() for name, tok in tokenizers.items()}})
 
 
 def load_tokenizers(directory: str | Path, text_tokenizer: Any = None) -> dict[str, BCTokenizer]:
     """Task name -> tokenizer, from a plain tokenizer file (all its tasks share it) or a tokenizer set."""
-    path = Path(directory) / TOKENIZER_FILE
-    if not path.is_file():
-        raise BCLMError(f"{path} not found: {directory} is not a bclm policy/tokenizer directory")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BCLMError(f"{path} is not valid JSON: {exc}") from exc
+    path, d = read_tokenizer_file(directory)
     if isinstance(d, dict) and d.get("format") == FORMAT:
         tok = BCTokenizer.from_dict(d, text_tokenizer=text_tokenizer, source=str(path))
         return dict.fromkeys(tok.tasks, tok)

@@ -407,21 +407,11 @@ class BCTokenizer:
         return tok
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        path = Path(directory) / TOKENIZER_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
-        path.write_text(text + "\n", encoding="utf-8")
-        return path
+        return write_tokenizer_file(directory, self.to_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, text_tokenizer: Any = None) -> BCTokenizer:
-        path = Path(directory) / TOKENIZER_FILE
-        if not path.is_file():
-            raise BCLMError(f"{path} not found: {directory} is not a bclm policy/tokenizer directory")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise BCLMError(f"{path} is not valid JSON: {exc}") from exc
+        path, d = read_tokenizer_file(directory)
         return cls.from_dict(d, text_tokenizer=text_tokenizer, source=str(path))
 
     def assert_compatible(self, observation_space: gym.Space, action_space: gym.Space, where: str) -> None:
@@ -439,6 +429,23 @@ class BCTokenizer:
     def __repr__(self) -> str:
         return (f"BCTokenizer(obs_len={self.obs_len}, action_len={self.action_len}, "
                 f"vocab_size={self.vocab_size}, tasks={self.tasks}, fitted={self.fitted})")
+
+
+def write_tokenizer_file(directory: str | Path, body: dict) -> Path:
+    path = Path(directory) / TOKENIZER_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(body, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def read_tokenizer_file(directory: str | Path) -> tuple[Path, Any]:
+    path = Path(directory) / TOKENIZER_FILE
+    if not path.is_file():
+        raise BCLMError(f"{path} not found: {directory} is not a bclm policy/tokenizer directory")
+    try:
+        return path, json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BCLMError(f"{path} is not valid JSON: {exc}") from exc
 
 
 def _check_format(d: Any, source: str) -> None:

@@ -27,7 +27,8 @@ from bclm.eval.rollout import ExpertActor, run_episodes
 from bclm.policy import Policy
 from bclm.trainer.actors import InterventionActor, MixtureActor, load_intervener
 from bclm.trainer.bc import train
-from bclm.trainer.config import TrainRecipe
+from bclm.trainer.config import TaskEntry, TrainRecipe
+from bclm.trainer.data import task_entries
 
 ROUND = "round-{:03d}"
 
@@ -117,13 +118,57 @@ def train_recipe(recipe: DaggerRecipe, **changes: Any) -> TrainRecipe:
     return TrainRecipe(**fields)
 
 
-def round_recipe(recipe: DaggerRecipe, out: Path, round_index: int, task: TaskSpec, expert_ref: str) -> TrainRecipe:
+@dataclass
+class DaggerTask:
+    """One task of a DAgger run: its env, expert and store (a mixture has one of each per task)."""
+
+    name: str | None           # None: a single-task run (the policy's task is the dataset's)
+    spec: TaskSpec
+    expert_ref: str
+    store: TrajectoryStore
+    initial_episodes: int
+    entry: TaskEntry | None = None
+
+
+def dagger_tasks(recipe: DaggerRecipe, out: Path) -> list[DaggerTask]:
+    """The run's tasks: `dagger.env` (stores in OUT/data), or each task of a `tasks` mixture (OUT/data/NAME)."""
+    cfg = recipe.dagger
+    if not recipe.tasks:
+        spec = get_task(cfg.env or recipe.eval.env)
+        ref = expert_ref_of(spec, cfg.expert or None)
+        return [DaggerTask(None, spec, ref, _open_store(spec, out / "data"), cfg.initial_episodes)]
+    if cfg.env or cfg.expert or cfg.bc_baseline:
+        raise BCLMError("a DAgger mixture takes each task's env and expert from `tasks`: leave dagger.env, "
+                        "dagger.expert and dagger.bc_baseline unset")
+    tasks = []
+    mixture = [dataclasses.replace(e, episodes=e.episodes or cfg.initial_episodes) for e in recipe.tasks]
+    for entry in task_entries(dataclasses.replace(recipe, output_dir=str(out), tasks=mixture)):
+        if not entry.env:
+            raise BCLMError(f"task {entry.name!r}: a DAgger mixture needs each task's env (its expert labels it)")
+        spec = get_task(entry.env)
+        store = _open_store(spec, Path(entry.dataset))
+        tasks.append(DaggerTask(entry.name, spec, expert_ref_of(spec, None), store, entry.episodes, entry))
+    return tasks
+
+
+def _open_store(spec: TaskSpec, path: Path) -> TrajectoryStore:
+    return TrajectoryStore(path) if (path / META_FILE).is_file() else create_store(spec, path)
+
+
+def round_recipe(recipe: DaggerRecipe, out: Path, round_index: int, tasks: list[DaggerTask]) -> TrainRecipe:
     warm = recipe.dagger.warm_start and round_index > 0
-    return train_recipe(
-        recipe, dataset=str(out / "data"), output_dir=str(out / ROUND.format(round_index)),
-        data=dataclasses.replace(recipe.data, shards=[ROUND.format(i) for i in range(round_index + 1)]),
-        init_from=str(out / ROUND.format(round_index - 1)) if warm else "",
-        eval=dataclasses.replace(recipe.eval, env=task.name, expert=expert_ref))
+    changes: dict[str, Any] = {
+        "output_dir": str(out / ROUND.format(round_index)),
+        "data": dataclasses.replace(recipe.data, shards=[ROUND.format(i) for i in range(round_index + 1)]),
+        "init_from": str(out / ROUND.format(round_index - 1)) if warm else ""}
+    if tasks[0].name is None:
+        task = tasks[0]
+        changes.update(dataset=str(task.store.path),
+                       eval=dataclasses.replace(recipe.eval, env=task.spec.name, expert=task.expert_ref))
+    else:          # every task's data so far; each is evaluated on its own env with its own expert
+        changes["tasks"] = [dataclasses.replace(t.entry, dataset=str(t.store.path), env=t.spec.name, episodes=0)
+                            for t in tasks]
+    return train_recipe(recipe, **changes)
 
 
 def _policy_done(path: Path) -> bool:
@@ -131,36 +176,40 @@ def _policy_done(path: Path) -> bool:
 
 
 def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
-    """All rounds, resuming at the first unfinished one; returns (and writes) the per-round report."""
+    """All rounds, resuming at the first unfinished one; returns (and writes) the per-round report.
+
+    With a `tasks` mixture, every round rolls out and labels `episodes_per_round` episodes of each task
+    (the shared policy prompted for that task, that task's expert) and the report splits labels, success
+    and mistakes by task."""
     cfg = recipe.dagger
     if not recipe.output_dir:
         raise BCLMError("output_dir is required (--output-dir DIR)")
-    if recipe.dataset or recipe.tasks:
-        raise BCLMError("dagger collects its own data for one task (dagger.env) under --output-dir; leave "
-                        "--dataset and `tasks` unset")
-    task = get_task(cfg.env or recipe.eval.env)
-    expert_ref = expert_ref_of(task, cfg.expert or None)
+    if recipe.dataset:
+        raise BCLMError("dagger collects its own data under --output-dir; leave --dataset unset")
     out = Path(recipe.output_dir)
-    data_dir = out / "data"
+    tasks = dagger_tasks(recipe, out)
     beta = beta_schedule(cfg)
-    if not (data_dir / META_FILE).is_file():
-        create_store(task, data_dir)
-    store = TrajectoryStore(data_dir)
     rows = []
     for k in range(cfg.rounds + 1):
-        if ROUND.format(k) not in store.shard_names():
+        for t in tasks:
+            if ROUND.format(k) in t.store.shard_names():
+                continue
             if k == 0:
-                write_expert_shard(store, task, expert_ref, cfg.initial_episodes, seed=cfg.seed,
+                write_expert_shard(t.store, t.spec, t.expert_ref, t.initial_episodes, seed=cfg.seed,
                                    num_envs=cfg.num_envs)
             else:
                 policy = Policy.from_pretrained(out / ROUND.format(k - 1))
-                collect_round(task, expert_ref, policy, store, k, beta(k), cfg)
+                collect_round(t.spec, t.expert_ref, policy.for_task(t.name) if t.name else policy, t.store, k,
+                              beta(k), cfg)
         policy_dir = out / ROUND.format(k)
         if not _policy_done(policy_dir):
-            train(round_recipe(recipe, out, k, task, expert_ref))
-        rows.append(_round_row(store, k, None if k and cfg.intervener else beta(k), policy_dir))
-        write_report({"env": task.name, "expert": expert_ref, "rounds": rows}, out / "dagger_report.json")
-    report: dict[str, Any] = {"env": task.name, "expert": expert_ref, "rounds": rows}
+            train(round_recipe(recipe, out, k, tasks))
+        rows.append(_round_row(tasks, k, None if k and cfg.intervener else beta(k), policy_dir))
+        write_report(_report(tasks, rows), out / "dagger_report.json")
+    report = _report(tasks, rows)
+    if tasks[0].name is not None:
+        return report
+    task, expert_ref = tasks[0].spec, tasks[0].expert_ref
     curves = [{"name": "BC (round 0)", **rows[0]}]
     if cfg.rounds:
         curves.append({"name": f"DAgger (round {cfg.rounds})", **rows[-1]})
@@ -171,6 +220,12 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
     if all(c.get("mistakes_vs_t") for c in curves):
         plot_mistakes(curves, out / "mistakes.png", title=f"{task.name}: BC vs DAgger")
     return report
+
+
+def _report(tasks: list[DaggerTask], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    if tasks[0].name is None:
+        return {"env": tasks[0].spec.name, "expert": tasks[0].expert_ref, "rounds": rows}
+    return {"tasks": {t.name: {"env": t.spec.name, "expert": t.expert_ref} for t in tasks}, "rounds": rows}
 
 
 def bc_baseline(recipe: DaggerRecipe, task: TaskSpec, expert_ref: str, out: Path, labels: int) -> dict[str, Any]:
@@ -194,11 +249,20 @@ def bc_baseline(recipe: DaggerRecipe, task: TaskSpec, expert_ref: str, out: Path
     return {"expert_labels": len(store.load()), **report}
 
 
-def _round_row(store: TrajectoryStore, k: int, beta: float | None, policy_dir: Path) -> dict[str, Any]:
+def _round_row(tasks: list[DaggerTask], k: int, beta: float | None, policy_dir: Path) -> dict[str, Any]:
+    report = json.loads((policy_dir / "eval_report.json").read_text())
+    if tasks[0].name is None:
+        return {"round": k, "beta": beta, **report, **_labels(tasks[0].store, k)}
+    per_task = {t.name: {**report["tasks"][t.name], **_labels(t.store, k)} for t in tasks}
+    return {"round": k, "beta": beta, "success_rate": report["success_rate"],
+            "expert_labels": sum(r["expert_labels"] for r in per_task.values()), "tasks": per_task}
+
+
+def _labels(store: TrajectoryStore, k: int) -> dict[str, int]:
+    """Expert labels used up to round k, and round k's interventions (HG-DAgger) or label faults."""
     labeled = store.load([ROUND.format(i) for i in range(k + 1)])["labeled"][:]
     shard = store.load([ROUND.format(k)])
-    row: dict[str, Any] = {"round": k, "beta": beta, **json.loads((policy_dir / "eval_report.json").read_text())}
-    row["expert_labels"] = int(labeled.sum())
+    row = {"expert_labels": int(labeled.sum())}
     # A β-mixture round labels every state, so unlabeled ones are expert faults; an HG-DAgger round labels
     # only its interventions. (The eval report's own `expert_faults` are faults while judging mistakes.)
     if k and shard["source"][0] == "hg-dagger":
