@@ -95,8 +95,14 @@ def _dagger(argv: list[str]) -> int:
     from bclm.trainer.dagger import run_dagger
 
     report = run_dagger(recipe)
-    print(format_table(report["rounds"], ["round", "beta", "expert_labels", "success_rate", "mean_return",
-                                          "mistake_rate", "mistakes_at_horizon"]))
+    columns = ["round", "beta", "expert_labels", "success_rate", "mean_return", "mistake_rate", "mistakes_at_horizon"]
+    if "tasks" in report:          # a mixture: a row per round and task, after the totals
+        rows = [{"task": name, "round": r["round"], "beta": r["beta"], **per_task}
+                for r in report["rounds"] for name, per_task in r["tasks"].items()]
+        print(format_table(report["rounds"], columns[:4]) + "\n")
+        print(format_table(rows, ["task", *columns]))
+    else:
+        print(format_table(report["rounds"], columns))
     print(f"report: {Path(recipe.output_dir) / 'dagger_report.json'}")
     return 0
 

@@ -162,3 +162,20 @@ def test_dagger_over_a_mixture_labels_each_task_and_reports_per_task(tmp_path):
         assert last["tasks"][name]["expert_labels"] > report["rounds"][0]["tasks"][name]["expert_labels"]
     assert last["expert_labels"] == sum(r["expert_labels"] for r in last["tasks"].values())
     assert run_dagger(recipe)["rounds"] == report["rounds"]                  # a finished run resumes as done
+
+
+def test_dagger_mixture_from_the_command_line_prints_a_row_per_task(tmp_path, capsys):
+    import yaml
+
+    from bclm.cli import main
+
+    recipe = tmp_path / "mix.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"size": "tiny"}, "data": {"context_length": 64},
+                                      "train": {"max_steps": 2}, "tasks": MIXTURE}))
+    assert main(["dagger", str(recipe), "--output-dir", str(tmp_path / "run"), "--rounds", "1",
+                 "--episodes-per-round", "1", "--dagger.rollout_max_steps", "10", "--loop.progress", "false",
+                 "--eval.episodes", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith(("cartpole", "pendulum")) for line in lines) == 4        # 2 rounds x 2 tasks
+    assert main(["dagger", str(recipe), "--output-dir", str(tmp_path / "run2"), "--env", "CartPole-v1"]) == 2
+    assert "leave dagger.env" in capsys.readouterr().err
