@@ -24,6 +24,7 @@ from bclm.tokenizers.tokenizer import (
     FORMAT,
     BCTokenizer,
     TokenizerConfig,
+    check_format,
     read_tokenizer_file,
     write_tokenizer_file,
 )
@@ -97,12 +98,7 @@ def load_tokenizers(directory: str | Path, text_tokenizer: Any = None) -> dict[s
     if isinstance(d, dict) and d.get("format") == FORMAT:
         tok = BCTokenizer.from_dict(d, text_tokenizer=text_tokenizer, source=str(path))
         return dict.fromkeys(tok.tasks, tok)
-    if not isinstance(d, dict) or d.get("format") != SET_FORMAT:
-        raise BCLMError(f"{path} is not a bclm tokenizer (expected \"format\": \"{FORMAT}\" or \"{SET_FORMAT}\")")
-    version = d.get("format_version")
-    if not isinstance(version, int) or version > SET_FORMAT_VERSION:
-        raise BCLMError(f"{path} has tokenizer-set format_version {version!r}; this bclm reads versions up to "
-                        f"{SET_FORMAT_VERSION}: upgrade bclm")
+    check_format(d, str(path), SET_FORMAT, SET_FORMAT_VERSION)
     body = d.get("tokenizers")
     if not isinstance(body, dict) or not body:
         raise BCLMError(f"{path}: \"tokenizers\" must map each task name to its tokenizer, got {type(body).__name__}")

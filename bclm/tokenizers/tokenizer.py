@@ -394,7 +394,7 @@ class BCTokenizer:
 
     @classmethod
     def from_dict(cls, d: dict, text_tokenizer: Any = None, source: str = "tokenizer dict") -> BCTokenizer:
-        _check_format(d, source)
+        check_format(d, source)
         hf_name = d.get("text_tokenizer")
         tok = cls(space_from_dict(d["observation_space"]), space_from_dict(d["action_space"]),
                   TokenizerConfig.from_dict(d["config"]), tasks=d["tasks"],
@@ -448,13 +448,13 @@ def read_tokenizer_file(directory: str | Path) -> tuple[Path, Any]:
         raise BCLMError(f"{path} is not valid JSON: {exc}") from exc
 
 
-def _check_format(d: Any, source: str) -> None:
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise BCLMError(f"{source} is not a bclm tokenizer (expected \"format\": \"{FORMAT}\")")
+def check_format(d: Any, source: str, fmt: str = FORMAT, max_version: int = FORMAT_VERSION) -> None:
+    if not isinstance(d, dict) or d.get("format") != fmt:
+        raise BCLMError(f"{source} is not a bclm tokenizer (expected \"format\": \"{fmt}\")")
     version = d.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise BCLMError(f"{source} has tokenizer format_version {version!r}; this bclm reads versions up "
-                        f"to {FORMAT_VERSION}: upgrade bclm")
+    if not isinstance(version, int) or version > max_version:
+        raise BCLMError(f"{source} has {fmt} format_version {version!r}; this bclm reads versions up "
+                        f"to {max_version}: upgrade bclm")
 
 
 def _outside_mask(space: gym.Space, arr: np.ndarray) -> np.ndarray:
