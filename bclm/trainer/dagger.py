@@ -191,14 +191,13 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
     beta = beta_schedule(cfg)
     rows = []
     for k in range(cfg.rounds + 1):
-        for t in tasks:
-            if ROUND.format(k) in t.store.shard_names():
-                continue
-            if k == 0:
+        pending = [t for t in tasks if ROUND.format(k) not in t.store.shard_names()]
+        policy = Policy.from_pretrained(out / ROUND.format(k - 1)) if k and pending else None
+        for t in pending:
+            if policy is None:
                 write_expert_shard(t.store, t.spec, t.expert_ref, t.initial_episodes, seed=cfg.seed,
                                    num_envs=cfg.num_envs)
             else:
-                policy = Policy.from_pretrained(out / ROUND.format(k - 1))
                 collect_round(t.spec, t.expert_ref, policy.for_task(t.name) if t.name else policy, t.store, k,
                               beta(k), cfg)
         policy_dir = out / ROUND.format(k)
