@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bclm.data.store import TrajectoryStore
+from bclm.data.store import META_FILE, TrajectoryStore
 from bclm.envs import TaskSpec, load_expert, make_env
 from bclm.errors import BCLMError
 from bclm.eval.metrics import summarize
@@ -28,6 +28,11 @@ def create_store(task: TaskSpec, output: str | Path) -> TrajectoryStore:
                                       task=task.name)
     finally:
         env.close()
+
+
+def open_store(task: TaskSpec, output: str | Path) -> TrajectoryStore:
+    """The store at `output`, created empty for the task's spaces when it does not exist yet."""
+    return TrajectoryStore(output) if (Path(output) / META_FILE).is_file() else create_store(task, output)
 
 
 def write_expert_shard(store: TrajectoryStore, task: TaskSpec, expert_ref: str, episodes: int, *, seed: int,

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bclm.collect import create_store, expert_ref_of, write_expert_shard
+from bclm.collect import expert_ref_of, open_store, write_expert_shard
 from bclm.config import option
-from bclm.data.store import META_FILE, TrajectoryStore
+from bclm.data.store import TrajectoryStore
 from bclm.envs import TaskSpec, get_task, load_expert
 from bclm.errors import BCLMError
 from bclm.eval.evaluate import write_report
@@ -136,7 +136,7 @@ def dagger_tasks(recipe: DaggerRecipe, out: Path) -> list[DaggerTask]:
     if not recipe.tasks:
         spec = get_task(cfg.env or recipe.eval.env)
         ref = expert_ref_of(spec, cfg.expert or None)
-        return [DaggerTask(None, spec, ref, _open_store(spec, out / "data"), cfg.initial_episodes)]
+        return [DaggerTask(None, spec, ref, open_store(spec, out / "data"), cfg.initial_episodes)]
     if cfg.env or cfg.expert or cfg.bc_baseline:
         raise BCLMError("a DAgger mixture takes each task's env and expert from `tasks`: leave dagger.env, "
                         "dagger.expert and dagger.bc_baseline unset")
@@ -146,13 +146,9 @@ def dagger_tasks(recipe: DaggerRecipe, out: Path) -> list[DaggerTask]:
         if not entry.env:
             raise BCLMError(f"task {entry.name!r}: a DAgger mixture needs each task's env (its expert labels it)")
         spec = get_task(entry.env)
-        store = _open_store(spec, Path(entry.dataset))
+        store = open_store(spec, Path(entry.dataset))
         tasks.append(DaggerTask(entry.name, spec, expert_ref_of(spec, None), store, entry.episodes, entry))
     return tasks
-
-
-def _open_store(spec: TaskSpec, path: Path) -> TrajectoryStore:
-    return TrajectoryStore(path) if (path / META_FILE).is_file() else create_store(spec, path)
 
 
 def round_recipe(recipe: DaggerRecipe, out: Path, round_index: int, tasks: list[DaggerTask]) -> TrainRecipe:
@@ -231,9 +227,7 @@ def bc_baseline(recipe: DaggerRecipe, task: TaskSpec, expert_ref: str, out: Path
     """BC on expert-only data with at least `labels` steps (whole episodes), trained like the rounds."""
     cfg = recipe.dagger
     data_dir, policy_dir = out / "bc-data", out / "bc-baseline"
-    if not (data_dir / META_FILE).is_file():
-        create_store(task, data_dir)
-    store = TrajectoryStore(data_dir)
+    store = open_store(task, data_dir)
     k = 0
     while len(store.shard_names()) == 0 or len(store.load()) < labels:
         # Episode lengths are not known in advance: add expert episodes in batches until the budget is met.

@@ -85,14 +85,14 @@ def ensure_dataset(entry: TaskEntry, num_envs: int = 8) -> TrajectoryStore:
     path = Path(entry.dataset)
     has_store = (path / META_FILE).is_file()
     if entry.episodes > 0 and not (has_store and TrajectoryStore(path).shard_names()):
-        from bclm.collect import create_store, expert_ref_of, write_expert_shard
+        from bclm.collect import expert_ref_of, open_store, write_expert_shard
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # Every rank would collect into the same directory; one process collects, then all train.
             raise BCLMError(f"task {entry.name!r}: dataset {path} is not collected yet; run this recipe once in "
                             "one process (or `bclm collect`) before a multi-process launch")
         task = get_task(entry.env)
-        store = TrajectoryStore(path) if has_store else create_store(task, path)
+        store = open_store(task, path)
         write_expert_shard(store, task, expert_ref_of(task, None), entry.episodes, seed=0, num_envs=num_envs)
     return TrajectoryStore(path)
 
