@@ -118,6 +118,7 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=10_000)
     p.add_argument("--expert", default="", help="Expert for the mistake rate (default: the task's, if any).")
     p.add_argument("--sample", action="store_true", help="Sample actions instead of greedy decoding.")
+    p.add_argument("--async-envs", action="store_true", help="Step the envs in worker processes (Meta-World).")
     p.add_argument("--output", default="", help="Write the JSON report here.")
     args = p.parse_args(argv)
     from bclm.envs import get_task
@@ -126,7 +127,7 @@ def _eval(argv: list[str]) -> int:
 
     policy = Policy.from_pretrained(args.policy)
     config = EvalConfig(episodes=args.episodes, num_envs=args.num_envs, seed=args.seed, expert=args.expert,
-                        greedy=not args.sample)
+                        greedy=not args.sample, async_envs=args.async_envs)
     envs = policy.metadata.get("envs") or {}
     if args.task:
         policy = policy.for_task(args.task)

@@ -100,8 +100,11 @@ class Policy:
         (directory / POLICY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Policy:
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "auto") -> Policy:
+        """Load a saved policy; `device` "auto" is the first CUDA device when there is one, else the CPU."""
         directory = Path(directory)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         if not directory.is_dir():
             raise BCLMError(f"policy directory {directory} not found")
         for name in (POLICY_FILE, TOKENIZER_FILE, "config.json"):

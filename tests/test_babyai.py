@@ -11,6 +11,7 @@ from bclm import config as cfg
 from bclm.collect import collect
 from bclm.data.store import TrajectoryStore
 from bclm.envs import get_task, load_expert
+from bclm.errors import BCLMError
 from bclm.trainer.dagger import DaggerRecipe, run_dagger
 
 TASK = "BabyAI-GoToRedBall-v0"
@@ -72,3 +73,8 @@ def test_hg_dagger_with_the_stateful_bot_as_gate(tmp_path):
     assert np.isnan(steps.columns["beta"]).all()                 # no β coin in HG-DAgger
     np.testing.assert_array_equal(steps.columns["expert_used"], labeled)
     np.testing.assert_array_equal(steps.action[labeled], steps.expert_action[labeled])
+
+
+def test_the_stateful_bot_refuses_envs_in_worker_processes(tmp_path):
+    with pytest.raises(BCLMError, match=r"stateful.*synchronous.*async_envs"):
+        run_dagger(_recipe(tmp_path / "run", "--dagger.async_envs", "true"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -116,3 +117,18 @@ def test_unknown_env_names_are_errors_that_say_what_is_expected():
         load_expert("metaworld/reach-v9")
     with pytest.raises(BCLMError, match=r"Meta-World env 'nope-v3'.*window-close-v3"):
         make_metaworld("nope-v3")
+
+
+def test_evaluation_in_worker_processes_gives_the_same_report():
+    """eval.async_envs steps Meta-World in subprocesses (the slow part of its evaluation); only speed changes."""
+    from bclm.eval.evaluate import EvalConfig, evaluate
+    from tests.conftest import tiny_policy
+
+    task = get_task("MetaWorld-reach-v3")
+    env = make_env(task)
+    policy = tiny_policy(env.observation_space, env.action_space, context_length=46)
+    env.close()
+    short = dataclasses.replace(task, env_kwargs={**task.env_kwargs, "max_episode_steps": 30})
+    reports = [evaluate(policy, short, EvalConfig(episodes=3, num_envs=2, async_envs=flag)) for flag in (False, True)]
+    assert reports[0] == reports[1]
+    assert reports[0]["episodes"] == 3 and reports[0]["mean_length"] <= 30

@@ -23,6 +23,9 @@ class EvalConfig:
     num_envs: int = option(8, "Environments stepped together (one batched forward pass per step).")
     seed: int = option(10_000, "Seed of the first env; env i uses seed + i (kept apart from collection seeds).")
     expert: str = option("", "Expert for the mistake rate ('module:callable' or builtin name; '' = the task's).")
+    async_envs: bool = option(
+        False, "Step the envs in worker processes (gymnasium AsyncVectorEnv): faster where an env step costs "
+               "more than the policy's share of it (Meta-World) and cores are spare; same results.")
     greedy: bool = option(True, "Greedy decoding; false samples with `temperature`.")
     temperature: float = option(1.0, "Sampling temperature when greedy is false.")
     mistake_tolerance: float = option(
@@ -60,7 +63,7 @@ def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool 
         result = run_episodes(task, session, config.episodes, num_envs=num_envs, seed=config.seed,
                               expert=expert, differ=partial(action_mismatch, space,
                                                             tolerance=config.mistake_tolerance),
-                              record=False, progress=progress)
+                              record=False, progress=progress, asynchronous=config.async_envs)
     finally:
         policy.model.train(was_training)
     report = {"env": task.name, "seed": config.seed, "expert": expert_ref or None,

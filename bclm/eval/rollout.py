@@ -74,7 +74,8 @@ class ExpertActor:
 
     def _reset_instances(self, batch: int, new_episode: np.ndarray | None) -> None:
         if self.envs is None:
-            raise BCLMError(f"expert {self.name!r} is stateful: it needs a synchronous vector env")
+            raise BCLMError(f"expert {self.name!r} is stateful (it reads each env's state): it needs a synchronous "
+                            "vector env; leave eval.async_envs / dagger.async_envs off")
         if not self.instances:
             self.instances = [self.expert() for _ in range(batch)]
             new_episode = np.ones(batch, bool)
@@ -136,18 +137,19 @@ class _EpisodeBuffer:
 def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int = 8, seed: int = 0,
                  expert: ExpertActor | None = None,
                  differ: Callable[[Any, Any], np.ndarray] | None = None,
-                 record: bool = True, progress: bool = False) -> RolloutResult:
+                 record: bool = True, progress: bool = False, asynchronous: bool = False) -> RolloutResult:
     """Run exactly `episodes` episodes (env i runs its share; seeds seed+i) and collect them.
 
     With an `expert`, its action is queried on every visited state; `differ(policy_actions,
-    expert_actions)` marks the mistakes (the seed lecture's cost c(s, a)).
+    expert_actions)` marks the mistakes (the seed lecture's cost c(s, a)). `asynchronous` steps the envs
+    in worker processes (results are identical; stateful experts such as the BabyAI bot refuse it).
     """
     if episodes < 1:
         raise BCLMError(f"episodes must be at least 1, got {episodes}")
     num_envs = max(1, min(num_envs, episodes))
     quota = np.full(num_envs, episodes // num_envs)
     quota[: episodes % num_envs] += 1
-    env = make_vector_env(task, num_envs)
+    env = make_vector_env(task, num_envs, asynchronous)
     obs_space, act_space = env.single_observation_space, env.single_action_space
     for party in (actor, expert):
         if hasattr(party, "attach"):

@@ -81,6 +81,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig):
                          scheduler_specific_kwargs={"min_lr_rate": optim.min_lr_ratio})
 
 
+def describe_launch(accelerator: Accelerator) -> str:
+    """What accelerate (and DeepSpeed) set up: the line to check before trusting a multi-process run."""
+    plugin = accelerator.state.deepspeed_plugin
+    zero = f", ZeRO stage {plugin.zero_stage}" if plugin is not None else ""
+    return (f"{accelerator.distributed_type.value}, {accelerator.num_processes} process(es){zero}, "
+            f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}")
+
+
 def batches(loader: torch.utils.data.DataLoader, accelerator: Accelerator, skip: int = 0) -> Iterator[dict]:
     """Endless stream of batches over epochs; the first `skip` batches are passed over (for resume)."""
     epoch, within = divmod(skip, len(loader))
@@ -149,6 +157,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         cfg_dict = cfg.to_dict(recipe)
         (out / "recipe.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
         accelerator.init_trackers("tensorboard", config=_flat_scalars(cfg_dict))
+        accelerator.print(f"launch: {describe_launch(accelerator)}")
         accelerator.print(f"model: {count_parameters(accelerator.unwrap_model(model)) / 1e6:.2f}M parameters, "
                           f"vocab {tok.vocab_size}, {len(data.train_set)} windows, {len(names)} task(s), "
                           f"step_len {sorted({data.tokenizers[n].step_len for n in names})}")

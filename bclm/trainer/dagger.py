@@ -54,6 +54,7 @@ class DaggerConfig:
     bc_baseline: bool = option(False, "Also train BC on expert demonstrations with as many labels as the last "
                                       "round used, and plot it against DAgger.")
     num_envs: int = option(8, "Environments stepped together while collecting.")
+    async_envs: bool = option(False, "Step the rollout envs in worker processes (as eval.async_envs).")
     seed: int = option(0, "Seed of round 0's first env; round r uses seed + 100000 * r.")
 
     def __post_init__(self) -> None:
@@ -103,7 +104,7 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
                              on_fault="count")
         actor = MixtureActor(session, expert, beta, seed)
     result = run_episodes(task, actor, config.episodes_per_round, num_envs=num_envs, seed=seed,
-                          expert=actor.labels())
+                          expert=actor.labels(), asynchronous=config.async_envs)
     for ep in result.episodes:
         ep.beta = float("nan") if config.intervener else beta     # HG-DAgger tosses no β coin
     source = "hg-dagger" if config.intervener else "dagger"
