@@ -54,12 +54,14 @@ def _train(argv: list[str]) -> int:
     recipe_path = argv[0] if argv and not argv[0].startswith("--") else None
     recipe = load_train_recipe(recipe_path, argv[1:] if recipe_path else argv)
     from bclm.trainer.bc import train
+    from bclm.trainer.launch import is_main_process
 
     start = time.perf_counter()
     train(recipe)
-    report = json.loads((Path(recipe.output_dir) / "eval_report.json").read_text())
-    print(report_table(report))
-    print(f"policy saved to {recipe.output_dir} ({time.perf_counter() - start:.0f} s)")
+    if is_main_process():
+        report = json.loads((Path(recipe.output_dir) / "eval_report.json").read_text())
+        print(report_table(report))
+        print(f"policy saved to {recipe.output_dir} ({time.perf_counter() - start:.0f} s)")
     return 0
 
 
@@ -172,6 +174,16 @@ def _demo(argv: list[str]) -> int:
 COMMANDS = {"collect": _collect, "train": _train, "dagger": _dagger, "eval": _eval, "demo": _demo}
 
 
+def _end_process_group() -> None:
+    """After a command that ran under `accelerate launch`: every rank done, the process group ends cleanly.
+    (Not after an error: the other ranks may never reach the barrier; the launcher stops them.)"""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        from bclm.trainer.launch import shutdown
+
+        shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning threads of two processes
     # stall each other (a 100x slowdown seen on 2 cores). Export OMP_WAIT_POLICY=ACTIVE to override.
@@ -187,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bclm: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     try:
-        return command(argv[1:])
+        code = command(argv[1:])
+        _end_process_group()
+        return code
     except (BCLMError, FileNotFoundError) as e:
         # One line whatever the message holds (numpy prints spaces over several lines).
         print(f"bclm {argv[0]}: error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -88,10 +88,12 @@ class Policy:
         self._session = None
 
     # --- persistence -------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Model (safetensors), tokenizers and metadata; `state_dict` replaces the model's own weights (the
+        consolidated weights of a model sharded by ZeRO-3)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(directory))
+        self.model.save_pretrained(str(directory), state_dict=state_dict)
         save_tokenizers(self.tokenizers, directory)
         if self.tokenizer.text_tokenizer is not None:      # a pretrained LM's own text tokenizer
             self.tokenizer.text_tokenizer.save_pretrained(str(directory))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
@@ -25,21 +26,24 @@ from bclm.models import build_model, count_parameters
 from bclm.policy import Policy
 from bclm.tokenizers import BCTokenizer
 from bclm.trainer.config import OptimConfig, TrainRecipe
-from bclm.trainer.data import Prepared, prepare_data, task_entries
+from bclm.trainer.data import EpochSampler, Prepared, prepare_data, task_entries
+from bclm.trainer.launch import check_engine, configured_zero_stage, describe_launch, make_accelerator, whole_models
 
 CHECKPOINTS = "checkpoints"
 
 
 # --- small steps -------------------------------------------------------------------------------------
-def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
-                num_tasks: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_tasks: int = 1,
+                accelerator: Accelerator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy over action tokens (each window's tokens times its task's loss weight, over the number
     of action tokens), with the counts behind action-token accuracy, per task when `num_tasks` > 1.
 
     Windows share one layout, so the positions that carry labels are (nearly) the same in every row:
     only those positions go through the LM head (`logits_to_keep`), which saves most of its compute.
     The collator computes them on the host so that no device sync is needed here; stats stay tensors
-    (converted only when logged) for the same reason.
+    (converted only when logged) for the same reason. With several processes (`accelerator`), the mean is
+    over the action tokens of the whole global batch, so that the gradient averaged over ranks equals a
+    single process's on the same global batch, however the tokens fall between ranks.
     """
     targets = batch["labels"][:, 1:]                                # (B, T-1) next-token targets
     keep = batch.get("predict_positions")
@@ -53,7 +57,10 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     valid = chosen != IGNORE_INDEX
     weight = batch.get("loss_weight")
     weighted = token_loss if weight is None else token_loss * weight.to(token_loss.dtype)[:, None]
-    loss = weighted.sum() / valid.sum().clamp(min=1)
+    count = valid.sum()
+    if accelerator is not None and accelerator.num_processes > 1:
+        count = accelerator.reduce(count, reduction="sum") / accelerator.num_processes
+    loss = weighted.sum() / count.clamp(min=1)
     with torch.no_grad():
         hits = (logits.argmax(-1) == chosen) & valid
         stats = {"loss": loss.detach(), "correct": hits.sum(), "action_tokens": valid.sum()}
@@ -70,7 +77,8 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Op
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            # A parameter built under DeepSpeed's zero.Init (ZeRO-3) is an empty shard: its shape is ds_shape.
+            (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
 
@@ -81,18 +89,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig):
                          scheduler_specific_kwargs={"min_lr_rate": optim.min_lr_ratio})
 
 
-def describe_launch(accelerator: Accelerator) -> str:
-    """What accelerate (and DeepSpeed) set up: the line to check before trusting a multi-process run."""
-    plugin = accelerator.state.deepspeed_plugin
-    zero = f", ZeRO stage {plugin.zero_stage}" if plugin is not None else ""
-    return (f"{accelerator.distributed_type.value}, {accelerator.num_processes} process(es){zero}, "
-            f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}")
-
-
-def batches(loader: torch.utils.data.DataLoader, accelerator: Accelerator, skip: int = 0) -> Iterator[dict]:
+def batches(loader: torch.utils.data.DataLoader, accelerator: Accelerator, skip: int = 0,
+            sampler: EpochSampler | None = None) -> Iterator[dict]:
     """Endless stream of batches over epochs; the first `skip` batches are passed over (for resume)."""
     epoch, within = divmod(skip, len(loader))
     while True:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         yield from (accelerator.skip_first_batches(loader, within) if within else loader)
@@ -131,25 +134,28 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     """Fit a policy on the recipe's dataset; write it (safetensors + tokenizer + report) to output_dir."""
     out = check_output_dir(recipe)
     optim, loop = recipe.train, recipe.loop
+    accelerator = accelerator or make_accelerator("bf16" if optim.bf16 else "no", optim.grad_accum, str(out))
+    zero3 = configured_zero_stage(accelerator) == 3
+    if zero3 and loop.eval_every:
+        raise BCLMError("loop.eval_every needs the whole model in one process, but ZeRO-3 shards it: evaluate "
+                        "the exported policy instead (bclm eval --policy OUTPUT_DIR), or use ZeRO-2")
     set_seed(loop.seed)
-    warm_model, warm_tokenizers = initial_model(recipe)
-    data = prepare_data(recipe, warm_tokenizers)
-    accelerator = accelerator or Accelerator(
-        mixed_precision="bf16" if optim.bf16 else "no", gradient_accumulation_steps=optim.grad_accum,
-        log_with="tensorboard", project_dir=str(out))
-    names = data.task_names
-    tok = data.tokenizers[names[0]]      # the layout (vocabulary, special ids) every task shares
-    model = warm_model or build_model(recipe.model, tok.vocab_size, recipe.data.context_length, tok.bos_id,
-                                      tok.eos_id, tok.pad_id)
+    with whole_models(accelerator):
+        warm_model, warm_tokenizers = initial_model(recipe)
+        data = prepare_data(recipe, warm_tokenizers)
+        names = data.task_names
+        tok = data.tokenizers[names[0]]      # the layout (vocabulary, special ids) every task shares
+        model = warm_model or build_model(recipe.model, tok.vocab_size, recipe.data.context_length, tok.bos_id,
+                                          tok.eos_id, tok.pad_id)
     optimizer = make_optimizer(model, optim)
     scheduler = make_scheduler(optimizer, optim)
-    generator = torch.Generator().manual_seed(loop.seed)
-    sampler = data.sampler(generator)
+    sampler = data.sampler(loop.seed)
     loader = torch.utils.data.DataLoader(
-        data.train_set, batch_size=optim.batch_size, shuffle=sampler is None, sampler=sampler,
+        data.train_set, batch_size=optim.batch_size, sampler=sampler,
         drop_last=len(data.train_set) > optim.batch_size, collate_fn=PadCollator(tok.pad_id),
-        num_workers=loop.num_workers, generator=generator)
+        num_workers=loop.num_workers)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    check_engine(accelerator, model)
     if optim.compile:
         model = torch.compile(model)
     start = _maybe_resume(accelerator, out)
@@ -163,7 +169,8 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
                           f"step_len {sorted({data.tokenizers[n].step_len for n in names})}")
     policy = Policy(accelerator.unwrap_model(model), data.tokenizers, recipe.data.context_length, task=names[0],
                     metadata=_policy_metadata(data))
-    stream = batches(loader, accelerator, skip=start * optim.grad_accum)
+    digests: list[str] = []
+    stream = _recorded(batches(loader, accelerator, skip=start * optim.grad_accum, sampler=sampler), digests)
     bar = tqdm(total=optim.max_steps, initial=start, desc="train", disable=not (loop.progress and
                                                                                  accelerator.is_main_process))
     metrics_file = out / "metrics.jsonl"
@@ -173,7 +180,10 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         for k, v in train_step(model, optimizer, scheduler, stream, accelerator, optim, len(names)).items():
             window[k] = window[k] + v if k in window else v
         window_steps += 1
+        if step == start + 1:
+            _write_launch(accelerator, out, digests)
         if step % loop.log_every == 0 or step == optim.max_steps:
+            window = _across_processes(accelerator, window)
             tokens_seen += float(window.pop("tokens"))
             stats = summarize_stats(window, window_steps, names)
             window, window_steps = {}, 0
@@ -189,13 +199,32 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
             save_checkpoint(accelerator, out, step)
         bar.update(1)
     bar.close()
-    accelerator.wait_for_everyone()
+    policy = _export(accelerator, model, policy, out, zero3)
     if accelerator.is_main_process:
-        policy.save_pretrained(out)
         _evaluate_and_log(policy, data, recipe, optim.max_steps, accelerator, out, metrics_file, final=True)
-    accelerator.end_training()
+    # Every rank returns only once the policy and its report are on disk. The process group stays up
+    # (DAgger trains again in it); `launch.shutdown` ends it when the command is done.
+    accelerator.wait_for_everyone()
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    del model, optimizer, scheduler, loader, stream
     policy.model.eval()
     return policy
+
+
+def _export(accelerator: Accelerator, model: torch.nn.Module, policy: Policy, out: Path, zero3: bool) -> Policy:
+    """Save the final policy from the main process. Under ZeRO-3 every rank holds a shard of each weight:
+    the ranks gather them into one state dict first, and the policy evaluated and returned is the one
+    reloaded from that file (so what is tested is what was exported)."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model) if zero3 else None       # a collective under ZeRO-3
+    if accelerator.is_main_process:
+        policy.save_pretrained(out, state_dict=state_dict)
+    accelerator.wait_for_everyone()
+    if not zero3:
+        return policy
+    with whole_models(accelerator):
+        return Policy.from_pretrained(out, device=accelerator.device)
 
 
 def train_step(model, optimizer, scheduler, stream: Iterator[dict], accelerator: Accelerator,
@@ -206,15 +235,18 @@ def train_step(model, optimizer, scheduler, stream: Iterator[dict], accelerator:
         batch = next(stream)
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss, stats = action_loss(model, batch, num_tasks)
+                loss, stats = action_loss(model, batch, num_tasks, accelerator)
             accelerator.backward(loss)
             if accelerator.sync_gradients and optim.grad_clip > 0:
-                stats["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
+                norm = accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
+                if norm is not None:          # DeepSpeed clips inside its step and reports a float
+                    stats["grad_norm"] = torch.as_tensor(norm, dtype=torch.float32, device=accelerator.device)
             optimizer.step()
-            scheduler.step()
+            if accelerator.sync_gradients:
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         stats["loss"] = stats["loss"] / optim.grad_accum
-        stats["tokens"] = batch["attention_mask"].sum() * accelerator.num_processes
+        stats["tokens"] = batch["attention_mask"].sum()
         for k, v in stats.items():
             totals[k] = totals[k] + v if k in totals else v
     return totals
@@ -247,7 +279,7 @@ def validate(model, dataset: torch.utils.data.Dataset, pad_id: int, accelerator:
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            _, stats = action_loss(model, batch, len(task_names or []))
+            _, stats = action_loss(model, batch, len(task_names or []), accelerator)
         stats["loss"] = stats["loss"] * stats["action_tokens"]       # token-weighted over batches
         for k, v in stats.items():
             totals[k] = totals[k] + v if k in totals else v
@@ -305,6 +337,35 @@ def _maybe_resume(accelerator: Accelerator, out: Path) -> int:
     step = json.loads((ckpt / "bclm_step.json").read_text())["step"]
     accelerator.print(f"resumed from {ckpt} (step {step})")
     return int(step)
+
+
+def _recorded(stream: Iterator[dict], digests: list[str]) -> Iterator[dict]:
+    """`stream`, with a digest of its first batch put in `digests` (which windows this rank got)."""
+    batch = next(stream)
+    digests.append(hashlib.sha1(batch["input_ids"].cpu().numpy().tobytes()).hexdigest()[:16])
+    yield batch
+    yield from stream
+
+
+def _write_launch(accelerator: Accelerator, out: Path, digests: list[str]) -> None:
+    """launch.json: what accelerate set up, and each rank's first batch (ranks must see different data)."""
+    per_rank = gather_object(digests)
+    if accelerator.is_main_process:
+        info = {"launch": describe_launch(accelerator), "distributed_type": accelerator.distributed_type.value,
+                "num_processes": accelerator.num_processes, "zero_stage": configured_zero_stage(accelerator),
+                "mixed_precision": accelerator.mixed_precision, "first_batch_sha1_per_rank": per_rank}
+        (out / "launch.json").write_text(json.dumps(info, indent=2))
+
+
+def _across_processes(accelerator: Accelerator, window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A logging window's sums over every rank; loss and grad norm (already global) averaged instead."""
+    if accelerator.num_processes == 1:
+        return window
+    total = accelerator.reduce(window, reduction="sum")
+    for key in ("loss", "grad_norm"):
+        if key in total:
+            total[key] = total[key] / accelerator.num_processes
+    return total
 
 
 def _log(accelerator: Accelerator, stats: dict[str, Any], metrics_file: Path) -> None:

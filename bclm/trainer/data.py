@@ -8,6 +8,7 @@ that the loss and the metrics can be split by task.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,13 +47,34 @@ class Prepared:
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
-    def sampler(self, generator: torch.Generator) -> torch.utils.data.Sampler | None:
-        """Windows drawn in proportion to their task's weight; None (plain shuffling) for one task."""
+    def sampler(self, seed: int) -> EpochSampler:
+        """Shuffled windows; with several tasks drawn in proportion to their task's weight."""
         if len(self.tasks) == 1:
-            return None
+            return EpochSampler(len(self.train_set), seed)
         per_window = np.concatenate([np.full(len(t.train), t.weight / len(t.train)) for t in self.tasks])
-        return torch.utils.data.WeightedRandomSampler(torch.as_tensor(per_window), num_samples=len(per_window),
-                                                      replacement=True, generator=generator)
+        return EpochSampler(len(per_window), seed, torch.as_tensor(per_window))
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Window order as a function of (seed, epoch) alone: a permutation, or with `weights` a weighted draw
+    with replacement. A generator carried from epoch to epoch cannot be put back mid-epoch, so a resumed
+    run would draw other windows than the run that never stopped; this order is the same on resume, and
+    on every rank (accelerate then hands each rank its own batches of it)."""
+
+    def __init__(self, size: int, seed: int, weights: torch.Tensor | None = None):
+        self.size, self.seed, self.weights, self.epoch = size, seed, weights, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is None:
+            return iter(torch.randperm(self.size, generator=generator).tolist())
+        return iter(torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist())
 
 
 def task_entries(recipe: TrainRecipe) -> list[TaskEntry]:

@@ -1,0 +1,133 @@
+"""The Accelerator for however bclm was launched, and the checks that it is the setup the launcher meant.
+
+Several wrong setups train without an error while doing the wrong thing (seen here with accelerate 1.15
+and DeepSpeed 0.19): `cpu=True` silently drops DeepSpeed and runs DDP; DeepSpeed on CPU without the gloo
+backend leaves accelerate believing it has one process while DeepSpeed has two, so the data is not split.
+So the Accelerator is built for the launch (gloo where there is no GPU, `cpu=True` only without DeepSpeed)
+and `check_launch` compares what the launcher, accelerate, torch.distributed and DeepSpeed each believe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DistributedType
+from accelerate.utils import InitProcessGroupKwargs
+
+from bclm.errors import BCLMError
+
+
+def launched_world_size() -> int:
+    """Processes the launcher (accelerate launch / torchrun) started; 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def deepspeed_requested() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def make_accelerator(mixed_precision: str, grad_accum: int, project_dir: str | None = None,
+                     log_with: str | None = "tensorboard") -> Accelerator:
+    """An Accelerator for this launch: GPUs with NCCL, or CPU processes with gloo (DDP or DeepSpeed)."""
+    cpu = not torch.cuda.is_available()
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and launched_world_size() > 1 else []
+    accelerator = Accelerator(
+        cpu=cpu and not deepspeed_requested(), mixed_precision=mixed_precision,
+        gradient_accumulation_steps=grad_accum, log_with=log_with, project_dir=project_dir,
+        kwargs_handlers=handlers,
+        # accelerate would step the schedule once per process per optimizer step (it assumes the schedule
+        # was written for one process's batches); bclm's max_steps counts optimizer steps, so the trainer
+        # steps it once per optimizer step, whatever the number of processes.
+        step_scheduler_with_optimizer=False)
+    check_launch(accelerator)
+    return accelerator
+
+
+def configured_zero_stage(accelerator: Accelerator) -> int | None:
+    """The ZeRO stage the DeepSpeed config asks for (None without DeepSpeed)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return None
+    config: Any = plugin.deepspeed_config
+    if isinstance(config, (str, Path)):
+        config = json.loads(Path(config).read_text())
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+@contextlib.contextmanager
+def whole_models(accelerator: Accelerator) -> Iterator[None]:
+    """Build and load models whole in every process, also under ZeRO-3. accelerate registers its DeepSpeed
+    config with transformers whatever `zero3_init_flag` says, and transformers then builds and loads every
+    model as zero.Init shards (an exported policy would load as empty tensors). Whole, the initial weights
+    are those of a single-process run with the same seed; DeepSpeed shards the model at `prepare`."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()      # what accelerate keeps registered, for the rest of the run
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """Refuse a launch whose parts disagree on the number of processes or on DeepSpeed."""
+    world = launched_world_size()
+    seen = {"the launcher (WORLD_SIZE)": world, "accelerate": accelerator.num_processes}
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        seen["torch.distributed"] = torch.distributed.get_world_size()
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        from deepspeed import comm
+
+        if comm.is_initialized():
+            seen["DeepSpeed"] = comm.get_world_size()
+    if len(set(seen.values())) > 1:
+        parts = ", ".join(f"{k} {v}" for k, v in seen.items())
+        raise BCLMError(f"the processes disagree on how many there are ({parts}): data would not be split "
+                        "as the launch meant. On CPU, launch DDP with `--multi_gpu` (or torchrun) and DeepSpeed "
+                        "with its config; see recipes/accelerate/")
+    if deepspeed_requested() and accelerator.distributed_type != DistributedType.DEEPSPEED:
+        raise BCLMError(f"the launch asked for DeepSpeed (ACCELERATE_USE_DEEPSPEED=true) but accelerate set up "
+                        f"{accelerator.distributed_type.value}: is deepspeed installed "
+                        "(pip install -e '.[deepspeed]')?")
+
+
+def check_engine(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """After `prepare`: the DeepSpeed engine runs the ZeRO stage its config asks for."""
+    stage = configured_zero_stage(accelerator)
+    if stage is None:
+        return
+    engine_stage = model.zero_optimization_stage() if hasattr(model, "zero_optimization_stage") else None
+    if engine_stage != stage:
+        raise BCLMError(f"the DeepSpeed config asks for ZeRO stage {stage} but the engine runs {engine_stage}")
+
+
+def shutdown() -> None:
+    """End the process group cleanly once a command is done. Freeing the engines first and waiting for
+    every rank avoided the abort at interpreter exit seen with ZeRO-3 on gloo (a thread racing shutdown)."""
+    gc.collect()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def describe_launch(accelerator: Accelerator) -> str:
+    """What accelerate (and DeepSpeed) set up: the line to check before trusting a multi-process run."""
+    stage = configured_zero_stage(accelerator)
+    zero = f", ZeRO stage {stage}" if stage is not None else ""
+    return (f"{accelerator.distributed_type.value}, {accelerator.num_processes} process(es){zero}, "
+            f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}")

@@ -1,0 +1,145 @@
+"""Two CPU processes (gloo) under `accelerate launch`: DDP, DeepSpeed ZeRO-2 and ZeRO-3.
+
+Several wrong setups exit 0 while training wrongly (one process instead of two, DeepSpeed silently
+dropped, data not split), so these tests check the distributed state each run wrote (launch.json), that
+the ranks saw different batches, and that the losses equal a single-process run with the same global
+batch. Tolerance: 1e-5 relative; the runs differ only in the order of floating-point reductions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bclm import config as cfg
+from bclm.collect import collect
+from bclm.envs import get_task
+from bclm.trainer.bc import train
+from bclm.trainer.config import TrainRecipe
+
+try:
+    import deepspeed
+except ImportError:
+    deepspeed = None
+needs_deepspeed = pytest.mark.skipif(deepspeed is None, reason="deepspeed is not installed (the deepspeed extra)")
+ROOT = Path(__file__).resolve().parent.parent
+STEPS, PER_RANK_BATCH = 6, 4
+
+
+def _args(dataset: Path, out: Path, batch: int) -> list[str]:
+    return ["--dataset", str(dataset), "--output-dir", str(out), "--model.size", "tiny",
+            "--data.context_length", "30", "--data.val_episodes", "1", "--train.batch_size", str(batch),
+            "--train.max_steps", str(STEPS), "--train.warmup_steps", "2", "--loop.log_every", "2",
+            "--loop.progress", "false", "--eval.episodes", "1", "--eval.num_envs", "1"]
+
+
+def _losses(out: Path) -> dict[int, dict]:
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if "loss" in r}
+
+
+def launch(config: str, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"recipes/accelerate/{config}.yaml",
+           "--num_processes", "2", "-m", "bclm", "train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("dist") / "data"
+    collect(get_task("CartPole-v1"), None, 3, path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory) -> dict[int, dict]:
+    """One process with the global batch (2 × the per-rank batch)."""
+    out = tmp_path_factory.mktemp("dist") / "single"
+    train(cfg.build_config(TrainRecipe, None, _args(dataset, out, 2 * PER_RANK_BATCH)))
+    assert json.loads((out / "launch.json").read_text())["num_processes"] == 1
+    return _losses(out)
+
+
+@pytest.mark.parametrize(("config", "kind", "stage"), [
+    ("ddp", "MULTI_CPU", None),
+    pytest.param("zero2", "DEEPSPEED", 2, marks=needs_deepspeed),
+    pytest.param("zero3", "DEEPSPEED", 3, marks=needs_deepspeed)])
+def test_two_processes_split_the_data_and_match_one_process(dataset, reference, tmp_path, config, kind, stage):
+    out = tmp_path / config
+    launch(config, _args(dataset, out, PER_RANK_BATCH))
+    info = json.loads((out / "launch.json").read_text())
+    assert info["num_processes"] == 2
+    assert info["distributed_type"] == kind
+    assert info["zero_stage"] == stage
+    first = info["first_batch_sha1_per_rank"]
+    assert len(first) == 2 and first[0] != first[1]                 # each rank got its own windows
+    losses = _losses(out)
+    assert sorted(losses) == sorted(reference) == [2, 4, 6]
+    for step, ref in reference.items():
+        assert losses[step]["lr"] == pytest.approx(ref["lr"], rel=1e-9)        # one schedule step per step
+        for key in ("loss", "val_loss", "action_accuracy"):
+            assert losses[step][key] == pytest.approx(ref[key], rel=1e-5), (config, step, key)
+    if stage == 3:
+        _exported_model_is_the_live_one(out, losses[STEPS]["val_loss"])
+
+
+def _exported_model_is_the_live_one(out: Path, live_val_loss: float) -> None:
+    """ZeRO-3 shards every weight: the exported file must hold the gathered whole, loadable by plain
+    transformers. The last val_loss was computed by the sharded engine; the file must give the same."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from bclm.policy import Policy
+    from bclm.trainer.bc import validate
+    from bclm.trainer.data import prepare_data
+
+    model = AutoModelForCausalLM.from_pretrained(out)                  # no bclm, no remote code
+    assert all(p.ndim >= 1 and p.numel() > 0 for p in model.parameters())
+    policy = Policy.from_pretrained(out)
+    recipe = cfg.build_config(TrainRecipe, out / "recipe.yaml", ["--overwrite", "true"])
+    data = prepare_data(recipe, policy.tokenizers)
+    val = validate(policy.model, data.val_set, policy.tokenizer.pad_id, Accelerator(cpu=True))
+    assert val["val_loss"] == pytest.approx(live_val_loss, rel=1e-5)
+    torch.testing.assert_close(policy.model.state_dict()["model.embed_tokens.weight"],
+                               model.state_dict()["model.embed_tokens.weight"])
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_losses(dataset, tmp_path):
+    """SIGKILL after a checkpoint, start again: model, optimizer, schedule, RNG and data position come back,
+    so every logged loss equals the uninterrupted run's."""
+    import signal
+    import time
+
+    steps = ["--train.max_steps", "240", "--loop.save_every", "60", "--loop.log_every", "20",
+             "--train.batch_size", "16", "--eval.episodes", "1"]
+    straight = tmp_path / "straight"
+    train(cfg.build_config(TrainRecipe, None, [*_args(dataset, straight, 16), *steps]))
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "bclm", "train", *_args(dataset, out, 16), *steps]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = out / "checkpoints" / "step-120" / "bclm_step.json"
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists() and not (out / "model.safetensors").exists(), "the run ended before it was killed"
+
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout
+    expected, got = _losses(straight), _losses(out)             # the last line logged for each step
+    assert sorted(got) == sorted(expected)
+    for step, row in expected.items():
+        for key in ("loss", "val_loss", "lr"):
+            assert got[step][key] == pytest.approx(row[key], rel=1e-6), (step, key)
