@@ -53,12 +53,12 @@ def _train(argv: list[str]) -> int:
         return 0
     recipe_path = argv[0] if argv and not argv[0].startswith("--") else None
     recipe = load_train_recipe(recipe_path, argv[1:] if recipe_path else argv)
+    from bclm.distributed import is_main
     from bclm.trainer.bc import train
-    from bclm.trainer.launch import is_main_process
 
     start = time.perf_counter()
     train(recipe)
-    if is_main_process():
+    if is_main():
         report = json.loads((Path(recipe.output_dir) / "eval_report.json").read_text())
         print(report_table(report))
         print(f"policy saved to {recipe.output_dir} ({time.perf_counter() - start:.0f} s)")
@@ -93,10 +93,13 @@ def _dagger(argv: list[str]) -> int:
     overrides = [DAGGER_FLAGS.get(a.split("=")[0], a.split("=")[0]) + a[len(a.split("=")[0]):]
                  for a in (argv[1:] if recipe_path else argv)]
     recipe = cfg.build_config(DaggerRecipe, recipe_path, overrides)
+    from bclm.distributed import is_main
     from bclm.eval.evaluate import format_table
     from bclm.trainer.dagger import run_dagger
 
     report = run_dagger(recipe)
+    if not is_main():
+        return 0
     columns = ["round", "beta", "expert_labels", "success_rate", "mean_return", "mistake_rate", "mistakes_at_horizon"]
     if "tasks" in report:          # a mixture: a row per round and task, after the totals
         rows = [{"task": name, "round": r["round"], "beta": r["beta"], **per_task}

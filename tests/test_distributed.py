@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,3 +144,51 @@ def test_a_run_killed_mid_training_resumes_to_the_same_losses(dataset, tmp_path)
     for step, row in expected.items():
         for key in ("loss", "val_loss", "lr"):
             assert got[step][key] == pytest.approx(row[key], rel=1e-6), (step, key)
+
+
+def test_a_launch_whose_parts_disagree_is_refused(monkeypatch):
+    from accelerate import Accelerator
+
+    from bclm.errors import BCLMError
+    from bclm.trainer.launch import check_launch
+
+    accelerator = Accelerator(cpu=True)
+    monkeypatch.setenv("WORLD_SIZE", "2")                # a launcher that started two, an accelerate that sees one
+    with pytest.raises(BCLMError, match=r"launcher \(WORLD_SIZE\) 2, accelerate 1"):
+        check_launch(accelerator)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")   # DeepSpeed asked for, DDP/none set up
+    with pytest.raises(BCLMError, match="asked for DeepSpeed"):
+        check_launch(accelerator)
+
+
+def test_dagger_in_two_processes_collects_what_one_process_collects(tmp_path):
+    """Each rank rolls out its share of every round's envs; rank 0 writes the merged shard; both train on
+    the aggregate. Same seeds, same global batch: the same data as one process, step for step."""
+    from bclm.data.store import TrajectoryStore
+
+    def args(out: Path, batch: int) -> list[str]:
+        return ["--output-dir", str(out), "--dagger.env", "CartPole-v1", "--dagger.rounds", "2",
+                "--dagger.initial_episodes", "2", "--dagger.episodes_per_round", "3", "--dagger.num_envs", "3",
+                "--dagger.rollout_max_steps", "40", "--dagger.beta", "constant", "--dagger.beta_value", "0.5",
+                "--model.size", "tiny", "--data.context_length", "30", "--train.batch_size", str(batch),
+                "--train.max_steps", "4", "--loop.progress", "false", "--eval.episodes", "1"]
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = subprocess.run([sys.executable, "-m", "bclm", "dagger", *args(one, 8)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/ddp.yaml",
+           "--num_processes", "2", "-m", "bclm", "dagger", *args(two, 4)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("report:") == 1                       # rank 0 alone reports
+    a, b = TrajectoryStore(one / "data"), TrajectoryStore(two / "data")
+    assert a.shard_names() == b.shard_names() == ["round-000", "round-001", "round-002"]
+    x, y = a.arrays(), b.arrays()
+    assert len(x) == len(y)
+    for name in ("observation", "action", "expert_action"):
+        np.testing.assert_array_equal(getattr(x, name), getattr(y, name), err_msg=name)
+    for name in ("episode", "step", "expert_used", "round"):
+        np.testing.assert_array_equal(x.columns[name], y.columns[name], err_msg=name)
+    assert json.loads((two / "round-002" / "launch.json").read_text())["num_processes"] == 2

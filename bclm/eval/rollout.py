@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -121,6 +121,27 @@ class RolloutResult:
     episodes: list[EpisodeRecord]
     mistakes: list[np.ndarray] = field(default_factory=list)   # per episode, (T,) bool; empty without expert
     env_steps: int = 0
+    env_of: list[int] = field(default_factory=list)            # per episode, the env (seed offset) it ran in
+
+
+def merge_results(parts: Sequence[RolloutResult]) -> RolloutResult:
+    """Rollouts of disjoint envs (one part per process) as one, in the order one process would give:
+    by env, then by completion within it."""
+    order = sorted(((env, k, p, i) for p, part in enumerate(parts) for i, (env, k) in
+                    enumerate(zip(part.env_of, _completion_index(part.env_of)))))
+    with_mistakes = all(len(part.mistakes) == len(part.episodes) for part in parts)
+    return RolloutResult(episodes=[parts[p].episodes[i] for _, _, p, i in order],
+                         mistakes=[parts[p].mistakes[i] for _, _, p, i in order] if with_mistakes else [],
+                         env_steps=sum(part.env_steps for part in parts), env_of=[e for e, _, _, _ in order])
+
+
+def _completion_index(env_of: list[int]) -> list[int]:
+    seen: dict[int, int] = {}
+    out = []
+    for env in env_of:
+        out.append(seen.get(env, 0))
+        seen[env] = out[-1] + 1
+    return out
 
 
 class _EpisodeBuffer:
@@ -137,25 +158,33 @@ class _EpisodeBuffer:
 def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int = 8, seed: int = 0,
                  expert: ExpertActor | None = None,
                  differ: Callable[[Any, Any], np.ndarray] | None = None,
-                 record: bool = True, progress: bool = False, asynchronous: bool = False) -> RolloutResult:
+                 record: bool = True, progress: bool = False, asynchronous: bool = False,
+                 env_ids: Sequence[int] | None = None) -> RolloutResult:
     """Run exactly `episodes` episodes (env i runs its share; seeds seed+i) and collect them.
 
     With an `expert`, its action is queried on every visited state; `differ(policy_actions,
     expert_actions)` marks the mistakes (the seed lecture's cost c(s, a)). `asynchronous` steps the envs
     in worker processes (results are identical; stateful experts such as the BabyAI bot refuse it).
+    `env_ids` runs only those of the `num_envs` envs (seeds and episode quotas as in the full run): the
+    share of one process of several; `merge_results` puts the shares back together.
     """
     if episodes < 1:
         raise BCLMError(f"episodes must be at least 1, got {episodes}")
-    num_envs = max(1, min(num_envs, episodes))
-    quota = np.full(num_envs, episodes // num_envs)
-    quota[: episodes % num_envs] += 1
+    total = max(1, min(num_envs, episodes))
+    ids = list(range(total)) if env_ids is None else [i for i in env_ids if i < total]
+    if not ids:                                  # more processes than envs: this one has nothing to run
+        return RolloutResult(episodes=[])
+    quota = np.full(total, episodes // total)
+    quota[: episodes % total] += 1
+    quota = quota[ids]
+    num_envs = len(ids)
     env = make_vector_env(task, num_envs, asynchronous)
     obs_space, act_space = env.single_observation_space, env.single_action_space
     for party in (actor, expert):
         if hasattr(party, "attach"):
             party.attach(env)
     try:
-        obs, _ = env.reset(seed=[seed + i for i in range(num_envs)])
+        obs, _ = env.reset(seed=[seed + i for i in ids])
         buffers = [_EpisodeBuffer() for _ in range(num_envs)]
         done_eps: list[tuple[int, EpisodeRecord, np.ndarray | None]] = []
         mistakes_buf: list[list[bool]] = [[] for _ in range(num_envs)]
@@ -191,7 +220,7 @@ def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int =
             for i in np.flatnonzero(done):
                 if quota[i] > 0:
                     ep = _finish(task, buffers[i], bool(terminated[i]), bool(truncated[i]), record)
-                    done_eps.append((i, ep, np.array(mistakes_buf[i], bool) if expert is not None else None))
+                    done_eps.append((ids[i], ep, np.array(mistakes_buf[i], bool) if expert is not None else None))
                     quota[i] -= 1
                     bar.update(1)
                 buffers[i] = _EpisodeBuffer()
@@ -206,6 +235,7 @@ def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int =
         episodes=[e for _, e, _ in done_eps],
         mistakes=[m for _, _, m in done_eps if m is not None],
         env_steps=steps,
+        env_of=[i for i, _, _ in done_eps],
     )
 
 

@@ -4,7 +4,7 @@ round's labels to `run_episodes` without a second expert call."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,11 +21,14 @@ class MixtureActor:
     """Per step and env, a β-coin picks the expert's action, else the learner's; the expert labels every
     state either way. The learner's session is told what was executed, so its context stays true."""
 
-    def __init__(self, session: ActSession, expert: ExpertActor, beta: float, seed: int):
+    def __init__(self, session: ActSession, expert: ExpertActor, beta: float, seed: int,
+                 env_ids: Sequence[int] | None = None):
         self.session = session
         self.expert = expert
         self.beta = beta
-        self.rng = np.random.default_rng(seed)
+        # A coin per env, seeded by the env's index: the same draws whichever process steps that env.
+        ids = range(session.batch_size) if env_ids is None else env_ids
+        self.rngs = [np.random.default_rng([seed, i]) for i in ids]
         self.last_expert: Any = None
         self.last_expert_used: np.ndarray | None = None
         self.last_labeled: np.ndarray | None = None
@@ -35,7 +38,8 @@ class MixtureActor:
         self.last_expert = self.expert.act(observations, new_episode)
         self.last_labeled = self.expert.last_labeled
         # Where the expert faulted there is nothing to execute from it: the learner acts.
-        use = (self.rng.random(self.session.batch_size) < self.beta) & self.last_labeled
+        coins = np.array([rng.random() for rng in self.rngs])
+        use = (coins < self.beta) & self.last_labeled
         self.last_expert_used = use
         executed = _choose(self.expert.action_space, use, self.last_expert, learner)
         self.session.record_executed(executed)

@@ -140,7 +140,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         raise BCLMError("loop.eval_every needs the whole model in one process, but ZeRO-3 shards it: evaluate "
                         "the exported policy instead (bclm eval --policy OUTPUT_DIR), or use ZeRO-2")
     set_seed(loop.seed)
-    with whole_models(accelerator):
+    with whole_models():
         warm_model, warm_tokenizers = initial_model(recipe)
         data = prepare_data(recipe, warm_tokenizers)
         names = data.task_names
@@ -223,7 +223,7 @@ def _export(accelerator: Accelerator, model: torch.nn.Module, policy: Policy, ou
     accelerator.wait_for_everyone()
     if not zero3:
         return policy
-    with whole_models(accelerator):
+    with whole_models():
         return Policy.from_pretrained(out, device=accelerator.device)
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bclm.collect import expert_ref_of, open_store, write_expert_shard
+from bclm import distributed
+from bclm.collect import expert_ref_of, open_store, write_expert_shard, write_gathered
 from bclm.config import option
 from bclm.data.store import TrajectoryStore
 from bclm.envs import TaskSpec, get_task, load_expert
@@ -29,6 +30,7 @@ from bclm.trainer.actors import InterventionActor, MixtureActor, load_intervener
 from bclm.trainer.bc import train
 from bclm.trainer.config import TaskEntry, TrainRecipe
 from bclm.trainer.data import task_entries
+from bclm.trainer.launch import init_processes, whole_models
 
 ROUND = "round-{:03d}"
 
@@ -94,7 +96,8 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
     seed = config.seed + 100_000 * round_index
     if config.rollout_max_steps:        # gymnasium.make's own TimeLimit; such episodes end `truncated`
         task = dataclasses.replace(task, env_kwargs={**task.env_kwargs, "max_episode_steps": config.rollout_max_steps})
-    session = policy.new_session(num_envs, seed=seed)
+    env_ids = distributed.env_share(num_envs)                 # this process's envs (all, in one process)
+    session = policy.new_session(max(1, len(env_ids)) if env_ids is not None else num_envs, seed=seed)
     if config.intervener:
         actor: MixtureActor | InterventionActor = InterventionActor(
             session, load_intervener(config.intervener, expert_ref, store.observation_space, store.action_space),
@@ -102,14 +105,14 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
     else:
         expert = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, expert_ref,
                              on_fault="count")
-        actor = MixtureActor(session, expert, beta, seed)
-    result = run_episodes(task, actor, config.episodes_per_round, num_envs=num_envs, seed=seed,
-                          expert=actor.labels(), asynchronous=config.async_envs)
-    for ep in result.episodes:
+        actor = MixtureActor(session, expert, beta, seed, env_ids)
+    share = run_episodes(task, actor, config.episodes_per_round, num_envs=num_envs, seed=seed,
+                         expert=actor.labels(), asynchronous=config.async_envs, env_ids=env_ids)
+    for ep in share.episodes:
         ep.beta = float("nan") if config.intervener else beta     # HG-DAgger tosses no β coin
     source = "hg-dagger" if config.intervener else "dagger"
-    store.write_shard(ROUND.format(round_index), result.episodes, round_index=round_index, source=source,
-                      policy_revision=ROUND.format(round_index - 1))
+    write_gathered(store, ROUND.format(round_index), share, round_index=round_index, source=source,
+                   policy_revision=ROUND.format(round_index - 1))
 
 
 def train_recipe(recipe: DaggerRecipe, **changes: Any) -> TrainRecipe:
@@ -184,12 +187,16 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
     if recipe.dataset:
         raise BCLMError("dagger collects its own data under --output-dir; leave --dataset unset")
     out = Path(recipe.output_dir)
+    init_processes()            # under `accelerate launch`: every rank rolls out its share of each round
     tasks = dagger_tasks(recipe, out)
     beta = beta_schedule(cfg)
     rows = []
     for k in range(cfg.rounds + 1):
         pending = [t for t in tasks if ROUND.format(k) not in t.store.shard_names()]
-        policy = Policy.from_pretrained(out / ROUND.format(k - 1)) if k and pending else None
+        policy = None
+        if k and pending:
+            with whole_models():
+                policy = Policy.from_pretrained(out / ROUND.format(k - 1))
         for t in pending:
             if policy is None:
                 write_expert_shard(t.store, t.spec, t.expert_ref, t.initial_episodes, seed=cfg.seed,
@@ -201,7 +208,8 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
         if not _policy_done(policy_dir):
             train(round_recipe(recipe, out, k, tasks))
         rows.append(_round_row(tasks, k, None if k and cfg.intervener else beta(k), policy_dir))
-        write_report(_report(tasks, rows), out / "dagger_report.json")
+        if distributed.is_main():
+            write_report(_report(tasks, rows), out / "dagger_report.json")
     report = _report(tasks, rows)
     if tasks[0].name is not None:
         return report
@@ -212,6 +220,8 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
     if cfg.bc_baseline:
         report["bc_baseline"] = bc_baseline(recipe, task, expert_ref, out, rows[-1]["expert_labels"])
         curves.append({"name": "BC, equal labels", **report["bc_baseline"]})
+    if not distributed.is_main():
+        return report
     write_report(report, out / "dagger_report.json")
     if all(c.get("mistakes_vs_t") for c in curves):
         plot_mistakes(curves, out / "mistakes.png", title=f"{task.name}: BC vs DAgger")

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DistributedType
+from accelerate import Accelerator, DistributedType, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs
 
 from bclm.errors import BCLMError
@@ -62,12 +63,12 @@ def configured_zero_stage(accelerator: Accelerator) -> int | None:
 
 
 @contextlib.contextmanager
-def whole_models(accelerator: Accelerator) -> Iterator[None]:
+def whole_models() -> Iterator[None]:
     """Build and load models whole in every process, also under ZeRO-3. accelerate registers its DeepSpeed
     config with transformers whatever `zero3_init_flag` says, and transformers then builds and loads every
     model as zero.Init shards (an exported policy would load as empty tensors). Whole, the initial weights
     are those of a single-process run with the same seed; DeepSpeed shards the model at `prepare`."""
-    plugin = accelerator.state.deepspeed_plugin
+    plugin = AcceleratorState().deepspeed_plugin if AcceleratorState._shared_state else None
     if plugin is None:
         yield
         return
@@ -121,8 +122,11 @@ def shutdown() -> None:
         torch.distributed.destroy_process_group()
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+def init_processes() -> None:
+    """Join the launch's process group before any Accelerator exists (DAgger collects before it trains)."""
+    if launched_world_size() > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        PartialState(cpu=not torch.cuda.is_available() and not deepspeed_requested(),
+                     **({"backend": "gloo"} if not torch.cuda.is_available() else {}))
 
 
 def describe_launch(accelerator: Accelerator) -> str:
