@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 
 import gymnasium as gym
 import numpy as np
@@ -34,7 +33,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import send_to_device
 
-from bclm.data.sequences import PadCollator, WindowDataset, tokenize_episodes
+# The baseline loop and the timer are train_throughput.py's (this folder is on sys.path when run as a script).
+from train_throughput import bare_stepper, collated_batches, timed
+
 from bclm.models import ModelConfig, build_model, count_parameters
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
 from bclm.trainer.bc import make_optimizer, make_scheduler, train_step
@@ -90,16 +91,8 @@ def synthetic_batches(context_length: int, batch_size: int, count: int, seed: in
     tok = BCTokenizer(gym.spaces.Box(-np.inf, np.inf, (39,), np.float32),
                       gym.spaces.Box(-1.0, 1.0, (4,), np.float32), TokenizerConfig())
     tok.fit(obs, act)
-    tokens = tokenize_episodes(tok, obs, act, np.repeat(np.arange(episodes), steps),
-                               np.tile(np.arange(steps), episodes), np.full(n, "default", dtype=object))
-    dataset = WindowDataset(tokens, tok, context_length)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                                         collate_fn=PadCollator(tok.pad_id),
-                                         generator=torch.Generator().manual_seed(seed))
-    out: list[dict[str, torch.Tensor]] = []
-    while len(out) < count:
-        out.extend(b for b, _ in zip(loader, range(count - len(out))))
-    return tok, out
+    return tok, collated_batches(tok, obs, act, np.repeat(np.arange(episodes), steps),
+                                 np.tile(np.arange(steps), episodes), context_length, batch_size, count, seed)
 
 
 def bclm_stepper(model: torch.nn.Module, optim: OptimConfig, cpu: bool):
@@ -109,39 +102,6 @@ def bclm_stepper(model: torch.nn.Module, optim: OptimConfig, cpu: bool):
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
     return accelerator.device, lambda stream: train_step(model, optimizer, scheduler, stream, accelerator, optim)
-
-
-def bare_stepper(model: torch.nn.Module, optim: OptimConfig, device: torch.device):
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / optim.warmup_steps))
-
-    def step(stream) -> None:
-        batch = next(stream)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         labels=batch["labels"]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
-def timed(step, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float:
-    """tokens/s of `len(batches)` optimizer steps, batches already on the device; synchronised at the end."""
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    stream = iter(batches)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in batches:
-        step(stream)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return tokens / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -166,7 +126,7 @@ def main() -> None:
         model, bare_model = torch.compile(model), torch.compile(bare_model)
     optim = OptimConfig(max_steps=per_side, batch_size=args.batch_size, bf16=True, warmup_steps=2)
     device, bclm_step = bclm_stepper(model, optim, cpu)
-    sides = {"bclm train_step": bclm_step, "bare PyTorch": bare_stepper(bare_model, optim, device)}
+    sides = {"bclm train_step": bclm_step, "bare PyTorch": bare_stepper(bare_model, optim, True, device)}
     # Moved once, outside the timed region: both sides then measure the step, not host-to-device copies.
     batches = [send_to_device(b, device) for b in batches]
     peak, peak_source = peak_flops(device, args.peak_tflops)

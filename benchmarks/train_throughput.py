@@ -88,15 +88,20 @@ def synthetic_batches(context_length: int, batch_size: int, count: int, episodes
     tok = BCTokenizer(gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2),
                       TokenizerConfig())
     tok.fit(obs, act)
-    tokens = tokenize_episodes(tok, obs, act, episode, step, np.full(n, "default", dtype=object))
-    dataset = WindowDataset(tokens, tok, context_length)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                                         collate_fn=PadCollator(tok.pad_id),
+    return tok, collated_batches(tok, obs, act, episode, step, context_length, batch_size, count, seed)
+
+
+def collated_batches(tok: BCTokenizer, obs: np.ndarray, act: np.ndarray, episode: np.ndarray, step: np.ndarray,
+                     context_length: int, batch_size: int, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """`count` shuffled batches of bclm windows over these episodes (epochs repeat as needed)."""
+    tokens = tokenize_episodes(tok, obs, act, episode, step, np.full(len(obs), "default", dtype=object))
+    loader = torch.utils.data.DataLoader(WindowDataset(tokens, tok, context_length), batch_size=batch_size,
+                                         shuffle=True, drop_last=True, collate_fn=PadCollator(tok.pad_id),
                                          generator=torch.Generator().manual_seed(seed))
     out: list[dict[str, torch.Tensor]] = []
     while len(out) < count:
         out.extend(loader)
-    return tok, out[:count]
+    return out[:count]
 
 
 def bclm_stepper(model: torch.nn.Module, optim: OptimConfig, bf16: bool) -> Callable[[Iterator], None]:
@@ -108,7 +113,11 @@ def bclm_stepper(model: torch.nn.Module, optim: OptimConfig, bf16: bool) -> Call
     return lambda stream: train_step(model, optimizer, scheduler, stream, accelerator, optim)
 
 
-def bare_stepper(model: torch.nn.Module, optim: OptimConfig, bf16: bool) -> Callable[[Iterator], None]:
+def bare_stepper(model: torch.nn.Module, optim: OptimConfig, bf16: bool,
+                 device: torch.device | None = None) -> Callable[[Iterator], None]:
+    """The textbook Hugging Face loop (also the baseline of mfu.py, on a GPU)."""
+    device = device or torch.device("cpu")
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
                             weight_decay=optim.weight_decay)
 
@@ -125,7 +134,7 @@ def bare_stepper(model: torch.nn.Module, optim: OptimConfig, bf16: bool) -> Call
 
     def step(stream: Iterator) -> None:
         batch = next(stream)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          labels=batch["labels"]).loss
         loss.backward()
@@ -137,13 +146,17 @@ def bare_stepper(model: torch.nn.Module, optim: OptimConfig, bf16: bool) -> Call
     return step
 
 
-def timed(step: Callable[[Iterator], None], batches: list[dict[str, torch.Tensor]]) -> float:
-    """tokens/s of `len(batches)` optimizer steps."""
+def timed(step: Callable[[Iterator], None], batches: list[dict[str, torch.Tensor]],
+          device: torch.device | None = None) -> float:
+    """tokens/s of `len(batches)` optimizer steps (on a GPU, synchronised before and after)."""
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     stream = iter(batches)
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in batches:
         step(stream)
+    sync()
     return tokens / (time.perf_counter() - start)
 
 

@@ -90,12 +90,13 @@ def test_two_processes_split_the_data_and_match_one_process(dataset, reference, 
         for key in ("loss", "val_loss", "action_accuracy"):
             assert losses[step][key] == pytest.approx(ref[key], rel=1e-5), (config, step, key)
     if stage == 3:
-        _exported_model_is_the_live_one(out, losses[STEPS]["val_loss"])
+        _exported_model_is_the_live_one(out, losses[STEPS])
 
 
-def _exported_model_is_the_live_one(out: Path, live_val_loss: float) -> None:
+def _exported_model_is_the_live_one(out: Path, live: dict) -> None:
     """ZeRO-3 shards every weight: the exported file must hold the gathered whole, loadable by plain
-    transformers. The last val_loss was computed by the sharded engine; the file must give the same."""
+    transformers. The last validation was computed by the sharded engine; the file must give the same loss
+    and pick the same action token at every held-out position (same accuracy, to the token)."""
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
@@ -109,7 +110,8 @@ def _exported_model_is_the_live_one(out: Path, live_val_loss: float) -> None:
     recipe = cfg.build_config(TrainRecipe, out / "recipe.yaml", ["--overwrite", "true"])
     data = prepare_data(recipe, policy.tokenizers)
     val = validate(policy.model, data.val_set, policy.tokenizer.pad_id, Accelerator(cpu=True))
-    assert val["val_loss"] == pytest.approx(live_val_loss, rel=1e-5)
+    assert val["val_loss"] == pytest.approx(live["val_loss"], rel=1e-5)
+    assert val["val_action_accuracy"] == pytest.approx(live["val_action_accuracy"], abs=1e-6)
     torch.testing.assert_close(policy.model.state_dict()["model.embed_tokens.weight"],
                                model.state_dict()["model.embed_tokens.weight"])
 
