@@ -35,8 +35,12 @@ def _collect(argv: list[str]) -> int:
     p.add_argument("--num-envs", type=int, default=8, help="Environments stepped together.")
     args = p.parse_args(argv)
     from bclm.collect import collect
+    from bclm.distributed import launched_world_size
     from bclm.envs import get_task
 
+    if launched_world_size() > 1:
+        raise BCLMError("bclm collect runs in one process (every rank would write the same dataset); run it "
+                        "without accelerate launch, or use `bclm dagger`, which splits its rollouts over ranks")
     summary = collect(get_task(args.env), args.expert or None, args.episodes, args.output, seed=args.seed,
                       num_envs=args.num_envs, progress=True)
     print(json.dumps(summary, indent=2))

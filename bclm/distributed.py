@@ -13,6 +13,11 @@ from typing import Any
 import torch
 
 
+def launched_world_size() -> int:
+    """Processes the launcher (accelerate launch / torchrun) started; 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -22,7 +27,8 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    return torch.distributed.get_rank() if _initialized() else int(os.environ.get("RANK", "0"))
+    """This process's rank in the process group; 0 outside one (also before it is joined)."""
+    return torch.distributed.get_rank() if _initialized() else 0
 
 
 def is_main() -> bool:

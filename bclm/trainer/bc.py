@@ -27,7 +27,14 @@ from bclm.policy import Policy
 from bclm.tokenizers import BCTokenizer
 from bclm.trainer.config import OptimConfig, TrainRecipe
 from bclm.trainer.data import EpochSampler, Prepared, prepare_data, task_entries
-from bclm.trainer.launch import check_engine, configured_zero_stage, describe_launch, make_accelerator, whole_models
+from bclm.trainer.launch import (
+    align_deepspeed,
+    check_engine,
+    configured_zero_stage,
+    describe_launch,
+    make_accelerator,
+    whole_models,
+)
 
 CHECKPOINTS = "checkpoints"
 
@@ -57,10 +64,10 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_task
     valid = chosen != IGNORE_INDEX
     weight = batch.get("loss_weight")
     weighted = token_loss if weight is None else token_loss * weight.to(token_loss.dtype)[:, None]
-    count = valid.sum()
+    count = valid.sum().clamp(min=1)
     if accelerator is not None and accelerator.num_processes > 1:
-        count = accelerator.reduce(count, reduction="sum") / accelerator.num_processes
-    loss = weighted.sum() / count.clamp(min=1)
+        count = accelerator.reduce(valid.sum(), reduction="sum").clamp(min=1) / accelerator.num_processes
+    loss = weighted.sum() / count
     with torch.no_grad():
         hits = (logits.argmax(-1) == chosen) & valid
         stats = {"loss": loss.detach(), "correct": hits.sum(), "action_tokens": valid.sum()}
@@ -154,6 +161,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         data.train_set, batch_size=optim.batch_size, sampler=sampler,
         drop_last=len(data.train_set) > optim.batch_size, collate_fn=PadCollator(tok.pad_id),
         num_workers=loop.num_workers)
+    align_deepspeed(accelerator, optim.grad_clip, optim.grad_accum)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     check_engine(accelerator, model)
     if optim.compile:

@@ -187,6 +187,9 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
     if recipe.dataset:
         raise BCLMError("dagger collects its own data under --output-dir; leave --dataset unset")
     out = Path(recipe.output_dir)
+    if "human" in (cfg.expert, cfg.intervener) and distributed.launched_world_size() > 1:
+        raise BCLMError("a human labeler answers at one terminal: run DAgger with --expert/--intervener human "
+                        "in one process, not under a multi-process launch")
     init_processes()            # under `accelerate launch`: every rank rolls out its share of each round
     tasks = dagger_tasks(recipe, out)
     beta = beta_schedule(cfg)

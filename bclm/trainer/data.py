@@ -7,7 +7,6 @@ that the loss and the metrics can be split by task.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from bclm.data.sequences import WindowDataset, tokenize_episodes
 from bclm.data.store import META_FILE, StepArrays, TrajectoryStore
+from bclm.distributed import launched_world_size
 from bclm.envs import get_task
 from bclm.errors import BCLMError
 from bclm.models import pretrained_vocabulary
@@ -109,7 +109,7 @@ def ensure_dataset(entry: TaskEntry, num_envs: int = 8) -> TrajectoryStore:
     if entry.episodes > 0 and not (has_store and TrajectoryStore(path).shard_names()):
         from bclm.collect import expert_ref_of, open_store, write_expert_shard
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if launched_world_size() > 1:
             # Every rank would collect into the same directory; one process collects, then all train.
             raise BCLMError(f"task {entry.name!r}: dataset {path} is not collected yet; run this recipe once in "
                             "one process (or `bclm collect`) before a multi-process launch")

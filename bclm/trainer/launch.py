@@ -14,35 +14,47 @@ import gc
 import json
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator, DistributedType, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs
 
+from bclm.distributed import launched_world_size
 from bclm.errors import BCLMError
-
-
-def launched_world_size() -> int:
-    """Processes the launcher (accelerate launch / torchrun) started; 1 without one."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def deepspeed_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
+# Ranks wait at a barrier while rank 0 evaluates (rollouts at the end of training, a long Meta-World
+# evaluation included): the default of 10 minutes would end the job there.
+PROCESS_GROUP_TIMEOUT = timedelta(hours=3)
+
+
+def _process_group_kwargs() -> dict[str, Any]:
+    """gloo where there is no GPU (DeepSpeed's default would be NCCL), and a long timeout."""
+    kwargs: dict[str, Any] = {"timeout": PROCESS_GROUP_TIMEOUT}
+    if not torch.cuda.is_available():
+        kwargs["backend"] = "gloo"
+    return kwargs
+
+
 def make_accelerator(mixed_precision: str, grad_accum: int, project_dir: str | None = None,
                      log_with: str | None = "tensorboard") -> Accelerator:
     """An Accelerator for this launch: GPUs with NCCL, or CPU processes with gloo (DDP or DeepSpeed)."""
     cpu = not torch.cuda.is_available()
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and launched_world_size() > 1 else []
+    handlers = [InitProcessGroupKwargs(**_process_group_kwargs())] if launched_world_size() > 1 else []
     accelerator = Accelerator(
         cpu=cpu and not deepspeed_requested(), mixed_precision=mixed_precision,
-        gradient_accumulation_steps=grad_accum, log_with=log_with, project_dir=project_dir,
-        kwargs_handlers=handlers,
+        # The batch stream is endless across epochs: no forced sync (and counter reset) at an epoch's end,
+        # which would shift accumulation groups off the optimizer steps when an epoch is not a multiple.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=False),
+        log_with=log_with, project_dir=project_dir, kwargs_handlers=handlers,
         # accelerate would step the schedule once per process per optimizer step (it assumes the schedule
         # was written for one process's batches); bclm's max_steps counts optimizer steps, so the trainer
         # steps it once per optimizer step, whatever the number of processes.
@@ -103,6 +115,24 @@ def check_launch(accelerator: Accelerator) -> None:
                         "(pip install -e '.[deepspeed]')?")
 
 
+def align_deepspeed(accelerator: Accelerator, grad_clip: float, grad_accum: int) -> None:
+    """Before `prepare`: DeepSpeed's clipping and accumulation are the recipe's. accelerate would fill an
+    "auto" clipping with 1.0 whatever the recipe says, and a fixed value in the JSON that differs from the
+    recipe would silently win; the first is filled here, the second refused."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    config = plugin.deepspeed_config
+    for key, ours, field in (("gradient_clipping", float(grad_clip), "train.grad_clip"),
+                             ("gradient_accumulation_steps", int(grad_accum), "train.grad_accum")):
+        value = config.get(key, "auto")
+        if value == "auto":
+            config[key] = ours
+        elif float(value) != ours:
+            raise BCLMError(f"the DeepSpeed config sets {key} {value} but the recipe's {field} is {ours}: "
+                            f'set it to "auto" in the JSON (bclm fills it) or make them agree')
+
+
 def check_engine(accelerator: Accelerator, model: torch.nn.Module) -> None:
     """After `prepare`: the DeepSpeed engine runs the ZeRO stage its config asks for."""
     stage = configured_zero_stage(accelerator)
@@ -125,8 +155,7 @@ def shutdown() -> None:
 def init_processes() -> None:
     """Join the launch's process group before any Accelerator exists (DAgger collects before it trains)."""
     if launched_world_size() > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        PartialState(cpu=not torch.cuda.is_available() and not deepspeed_requested(),
-                     **({"backend": "gloo"} if not torch.cuda.is_available() else {}))
+        PartialState(cpu=not torch.cuda.is_available() and not deepspeed_requested(), **_process_group_kwargs())
 
 
 def describe_launch(accelerator: Accelerator) -> str:
