@@ -126,22 +126,14 @@ class RolloutResult:
 
 def merge_results(parts: Sequence[RolloutResult]) -> RolloutResult:
     """Rollouts of disjoint envs (one part per process) as one, in the order one process would give:
-    by env, then by completion within it."""
-    order = sorted(((env, k, p, i) for p, part in enumerate(parts) for i, (env, k) in
-                    enumerate(zip(part.env_of, _completion_index(part.env_of)))))
+    by env, then by completion within it (each part already holds its envs' episodes in that order, and
+    the sort is stable)."""
+    order = sorted(((env, p, i) for p, part in enumerate(parts) for i, env in enumerate(part.env_of)),
+                   key=lambda t: t[0])
     with_mistakes = all(len(part.mistakes) == len(part.episodes) for part in parts)
-    return RolloutResult(episodes=[parts[p].episodes[i] for _, _, p, i in order],
-                         mistakes=[parts[p].mistakes[i] for _, _, p, i in order] if with_mistakes else [],
-                         env_steps=sum(part.env_steps for part in parts), env_of=[e for e, _, _, _ in order])
-
-
-def _completion_index(env_of: list[int]) -> list[int]:
-    seen: dict[int, int] = {}
-    out = []
-    for env in env_of:
-        out.append(seen.get(env, 0))
-        seen[env] = out[-1] + 1
-    return out
+    return RolloutResult(episodes=[parts[p].episodes[i] for _, p, i in order],
+                         mistakes=[parts[p].mistakes[i] for _, p, i in order] if with_mistakes else [],
+                         env_steps=sum(part.env_steps for part in parts), env_of=[e for e, _, _ in order])
 
 
 class _EpisodeBuffer:

@@ -84,8 +84,7 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Op
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            # A parameter built under DeepSpeed's zero.Init (ZeRO-3) is an empty shard: its shape is ds_shape.
-            (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
+            (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
 
