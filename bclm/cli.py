@@ -20,6 +20,11 @@ commands:
   dagger    DAgger rounds: expert demos, then β-mixture rollouts labeled by the expert, retraining
   eval      scripted evaluation rollouts of a policy, written as a JSON report
   demo      the default job: BC vs DAgger at equal expert labels on CartPole-v1, on CPU, in a few minutes
+  push      a policy or a dataset to the Hugging Face Hub (--dry-run prints what would be uploaded)
+  pull      a dataset from the Hub (any round's revision) into a local bclm dataset
+  export-lerobot    a bclm dataset as a LeRobotDataset v3.0 directory
+  import-lerobot    a LeRobotDataset v3.0 directory as a bclm dataset
+  import-imitation  an `imitation` trajectories .npz file as a bclm dataset
 
 `bclm <command> --help` lists each command's options.
 """
@@ -118,7 +123,8 @@ def _dagger(argv: list[str]) -> int:
 
 def _eval(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bclm eval", description="Evaluate a policy with seeded rollouts.")
-    p.add_argument("--policy", required=True, help="Policy directory (from `bclm train`).")
+    p.add_argument("--policy", required=True, help="Policy directory (from `bclm train`) or Hub repo id.")
+    p.add_argument("--revision", default=None, help="Hub revision of a policy repo id (branch, tag, commit).")
     p.add_argument("--env", default="", help="Task name or gymnasium id (default: the policy's).")
     p.add_argument("--task", default="", help="Which task of a multi-task policy (default: every task, each on "
                                               "its own env, with the average success).")
@@ -134,7 +140,7 @@ def _eval(argv: list[str]) -> int:
     from bclm.eval.evaluate import EvalConfig, evaluate, evaluate_tasks, write_report
     from bclm.policy import Policy
 
-    policy = Policy.from_pretrained(args.policy)
+    policy = Policy.from_pretrained(args.policy, revision=args.revision)
     config = EvalConfig(episodes=args.episodes, num_envs=args.num_envs, seed=args.seed, expert=args.expert,
                         greedy=not args.sample, async_envs=args.async_envs)
     envs = policy.metadata.get("envs") or {}
@@ -178,7 +184,95 @@ def _demo(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"collect": _collect, "train": _train, "dagger": _dagger, "eval": _eval, "demo": _demo}
+def _push(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bclm push", description="Upload a policy or a dataset to the Hugging Face "
+                                "Hub (log in first: `hf auth login`, or set HF_TOKEN).")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--policy", help="Policy directory (from `bclm train` or a DAgger round).")
+    what.add_argument("--dataset", help="bclm dataset directory; each round becomes a config and a tag.")
+    p.add_argument("--repo-id", required=True, help="Hub repo, e.g. your-name/cartpole-dagger.")
+    p.add_argument("--private", action="store_true", help="Create the repo private.")
+    p.add_argument("--revision", default=None, help="Branch to push to (created if missing; default main).")
+    p.add_argument("--dry-run", action="store_true", help="Build and check the folder, print it, upload nothing.")
+    p.add_argument("--dataset-repo", action="append", default=None,
+                   help="Hub dataset the policy was trained on, for its model card (repeatable).")
+    p.add_argument("--tag", action="append", default=None, help="Extra card tag (repeatable).")
+    p.add_argument("--license", default=None, help="License id for the card, e.g. apache-2.0.")
+    args = p.parse_args(argv)
+    from bclm.hub import push_dataset, push_policy
+
+    if args.policy:
+        plan = push_policy(args.policy, args.repo_id, private=args.private, revision=args.revision,
+                           dry_run=args.dry_run, datasets=args.dataset_repo, tags=args.tag, license=args.license)
+    else:
+        plan = push_dataset(args.dataset, args.repo_id, private=args.private, revision=args.revision,
+                            dry_run=args.dry_run, tags=args.tag, license=args.license)
+    print(("dry run: would upload " if args.dry_run else "uploaded ") + plan.describe())
+    return 0
+
+
+def _pull(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bclm pull", description="A Hub dataset (or a folder in its layout) into a "
+                                                              "new local bclm dataset.")
+    p.add_argument("--dataset", required=True, help="Hub dataset repo id, or a local folder in the Hub layout.")
+    p.add_argument("--revision", default=None, help="Branch, commit or round tag (e.g. round-001: rounds 0-1).")
+    p.add_argument("--output", required=True, help="New dataset directory.")
+    args = p.parse_args(argv)
+    from bclm.hub import pull_dataset
+
+    store = pull_dataset(args.dataset, args.output, revision=args.revision)
+    print(_store_summary(store))
+    return 0
+
+
+def _store_summary(store: Any) -> str:
+    return json.dumps({"dataset": str(store.path), "shards": store.shard_names(), "steps": len(store.load())})
+
+
+def _export_lerobot(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bclm export-lerobot", description="A bclm dataset as LeRobotDataset v3.0.")
+    p.add_argument("--dataset", required=True, help="bclm dataset directory.")
+    p.add_argument("--output", required=True, help="New LeRobot dataset directory.")
+    p.add_argument("--fps", type=int, default=30, help="Frames per second for meta/info.json (bclm steps carry "
+                   "no clock; LeRobot turns frame indices into timestamps with it).")
+    p.add_argument("--robot-type", default=None, help="robot_type recorded in meta/info.json.")
+    args = p.parse_args(argv)
+    from bclm.data.lerobot import export_lerobot
+
+    out = export_lerobot(args.dataset, args.output, fps=args.fps, robot_type=args.robot_type)
+    print(f"LeRobot v3.0 dataset written to {out}")
+    return 0
+
+
+def _import_lerobot(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bclm import-lerobot", description="A LeRobotDataset v3.0 as a bclm dataset.")
+    p.add_argument("--input", required=True, help="LeRobot v3.0 dataset directory.")
+    p.add_argument("--output", required=True, help="New bclm dataset directory.")
+    args = p.parse_args(argv)
+    from bclm.data.lerobot import import_lerobot
+
+    store = import_lerobot(args.input, args.output)
+    print(_store_summary(store))
+    return 0
+
+
+def _import_imitation(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bclm import-imitation",
+                                description="Trajectories saved by `imitation` (.npz) as a bclm dataset.")
+    p.add_argument("--input", required=True, help="The .npz file.")
+    p.add_argument("--env", required=True, help="Task name or gymnasium id (gives the spaces).")
+    p.add_argument("--output", required=True, help="New bclm dataset directory.")
+    args = p.parse_args(argv)
+    from bclm.data.imitation import import_imitation_npz
+
+    store = import_imitation_npz(args.input, args.output, env_id=args.env)
+    print(_store_summary(store))
+    return 0
+
+
+COMMANDS = {"collect": _collect, "train": _train, "dagger": _dagger, "eval": _eval, "demo": _demo, "push": _push,
+            "pull": _pull, "export-lerobot": _export_lerobot, "import-lerobot": _import_lerobot,
+            "import-imitation": _import_imitation}
 
 
 def _end_process_group() -> None:

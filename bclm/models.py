@@ -42,7 +42,8 @@ def build_model(config: ModelConfig, vocab_size: int, max_positions: int, bos_id
     if config.pretrained:
         path = Path(config.pretrained)
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), attn_implementation=config.attn_implementation, use_safetensors=True)
+            str(path), attn_implementation=config.attn_implementation, use_safetensors=True,
+            trust_remote_code=False)
         model.resize_token_embeddings(vocab_size)
         return model
     fields: dict[str, Any] = dict(SIZES[config.size])

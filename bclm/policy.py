@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
+from bclm.artifacts import CONFIG_DIGEST, check_tokenizer_pair, check_weights, policy_directory, tokenizer_digest
 from bclm.errors import BCLMError
 from bclm.tokenizers import TOKENIZER_FILE, BCTokenizer, leaf_arrays, load_tokenizers, save_tokenizers
 
@@ -93,8 +94,9 @@ class Policy:
         consolidated weights of a model sharded by ZeRO-3)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        tokenizer_path = save_tokenizers(self.tokenizers, directory)
+        setattr(self.model.config, CONFIG_DIGEST, tokenizer_digest(tokenizer_path))    # the pair, for loading
         self.model.save_pretrained(str(directory), state_dict=state_dict)
-        save_tokenizers(self.tokenizers, directory)
         if self.tokenizer.text_tokenizer is not None:      # a pretrained LM's own text tokenizer
             self.tokenizer.text_tokenizer.save_pretrained(str(directory))
         meta = {"format": "bclm-policy", "format_version": POLICY_FORMAT_VERSION,
@@ -102,13 +104,13 @@ class Policy:
         (directory / POLICY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "auto") -> Policy:
-        """Load a saved policy; `device` "auto" is the first CUDA device when there is one, else the CPU."""
-        directory = Path(directory)
+    def from_pretrained(cls, path_or_repo_id: str | Path, device: str | torch.device = "auto",
+                        revision: str | None = None) -> Policy:
+        """Load a saved policy from a directory or a Hub repo id (at `revision`); `device` "auto" is the first
+        CUDA device when there is one, else the CPU. Weights load only from safetensors, with no remote code."""
+        directory = policy_directory(path_or_repo_id, revision)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if not directory.is_dir():
-            raise BCLMError(f"policy directory {directory} not found")
         for name in (POLICY_FILE, TOKENIZER_FILE, "config.json"):
             if not (directory / name).is_file():
                 raise BCLMError(f"{directory / name} not found: {directory} is not a complete bclm policy")
@@ -116,10 +118,14 @@ class Policy:
         if meta.get("format_version", 0) > POLICY_FORMAT_VERSION:
             raise BCLMError(f"{directory / POLICY_FILE}: format_version {meta['format_version']} is newer "
                             f"than this bclm reads ({POLICY_FORMAT_VERSION})")
+        check_weights(directory)
+        config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
+        check_tokenizer_pair(directory / TOKENIZER_FILE, config)
         has_text_tokenizer = (directory / "tokenizer_config.json").is_file()
-        tokenizers = load_tokenizers(
-            directory, text_tokenizer=AutoTokenizer.from_pretrained(str(directory)) if has_text_tokenizer else None)
-        model = AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True)
+        tokenizers = load_tokenizers(directory, text_tokenizer=AutoTokenizer.from_pretrained(
+            str(directory), trust_remote_code=False) if has_text_tokenizer else None)
+        model = AutoModelForCausalLM.from_pretrained(str(directory), config=config, use_safetensors=True,
+                                                     trust_remote_code=False)
         model.to(device).eval()
         context_length = int(meta.pop("context_length"))
         task = meta.pop("task", "default")

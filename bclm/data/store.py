@@ -171,14 +171,29 @@ class TrajectoryStore:
     def write_shard(self, name: str, episodes: Sequence[EpisodeRecord], *, round_index: int = 0,
                     source: str = "expert", policy_revision: str = "") -> Path:
         """Append the episodes as shard `name`; an existing shard of that name is an error."""
+        if not episodes:
+            raise BCLMError(f"shard {name}: no episodes to write")
+        columns = self._columns(episodes, self.next_episode_id(), round_index, source, policy_revision)
+        return self.write_columns(name, columns)
+
+    def write_columns(self, name: str, columns: dict[str, Any]) -> Path:
+        """Write ready-made columns (one per store feature, episode ids included) as shard `name`, atomically:
+        how an importer restores a shard exactly, rather than renumbering its episodes."""
+        if set(columns) != set(self.features):
+            raise BCLMError(f"shard {name}: columns {sorted(columns)} do not match the store's "
+                            f"{sorted(self.features)}")
+        # In the features' order, so a shard's column order never depends on how the caller built the dict.
+        return self.write_dataset(name, datasets.Dataset.from_dict({c: columns[c] for c in self.features},
+                                                                   features=self.features))
+
+    def write_dataset(self, name: str, ds: datasets.Dataset) -> Path:
+        """Write a dataset with exactly the store's features as shard `name`, atomically."""
         final = self.path / name
         if final.exists():
             raise BCLMError(f"shard {final} already exists; shards are never overwritten")
-        if not episodes:
-            raise BCLMError(f"shard {name}: no episodes to write")
-        first_id = self.next_episode_id()
-        columns = self._columns(episodes, first_id, round_index, source, policy_revision)
-        ds = datasets.Dataset.from_dict(columns, features=self.features)
+        if ds.features != self.features:
+            raise BCLMError(f"shard {name}: columns {list(ds.features)} do not match the store's spaces "
+                            f"({list(self.features)})")
         tmp = self.path / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
         try:
             ds.save_to_disk(str(tmp))

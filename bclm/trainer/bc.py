@@ -22,6 +22,7 @@ from bclm.data.sequences import IGNORE_INDEX, PadCollator
 from bclm.envs import get_task
 from bclm.errors import BCLMError
 from bclm.eval.evaluate import evaluate, evaluate_tasks, write_report
+from bclm.hub.cards import CARD_FILE, policy_card
 from bclm.models import build_model, count_parameters
 from bclm.policy import Policy
 from bclm.tokenizers import BCTokenizer
@@ -209,6 +210,8 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     policy = _export(accelerator, model, policy, out, zero3)
     if accelerator.is_main_process:
         _evaluate_and_log(policy, data, recipe, optim.max_steps, accelerator, out, metrics_file, final=True)
+        # A model card with the evaluation, so the directory is ready for the Hub (`bclm push`).
+        policy_card(out).save(out / CARD_FILE)
     # Every rank returns only once the policy and its report are on disk. The process group stays up
     # (DAgger trains again in it); `launch.shutdown` ends it when the command is done.
     accelerator.wait_for_everyone()

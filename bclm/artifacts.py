@@ -1,0 +1,85 @@
+"""The files of a saved policy: where they come from (a local directory or a Hub repo), whether the weights
+are safe to load and whole, and whether the tokenizer belongs to the model.
+
+Weights load only from safetensors: a pickle (`pytorch_model.bin`, `*.pt`) can run code when it is read,
+so a policy directory or repo that has only pickles is refused, and Hub downloads never fetch them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bclm.errors import BCLMError
+
+# What a policy download fetches: configs, safetensors weights, the recipe and report, the model card and a
+# pretrained LM's text tokenizer files. Everything else in a repo (pickles above all) stays on the Hub.
+POLICY_PATTERNS = ["*.json", "*.safetensors", "*.yaml", "*.md", "*.jsonl", "*.txt", "*.model"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+CONFIG_DIGEST = "bclm_tokenizer_sha256"
+
+
+def policy_directory(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
+    """A local policy directory, or the snapshot of Hub repo `path_or_repo_id` at `revision` (downloaded
+    once into the Hugging Face cache; offline, the cached snapshot)."""
+    path = Path(path_or_repo_id)
+    if path.is_dir():
+        return path
+    ref = str(path_or_repo_id)
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1 or (os.sep != "/" and os.sep in ref):
+        raise BCLMError(f"policy directory {ref} not found")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    try:
+        return Path(snapshot_download(ref, revision=revision, allow_patterns=POLICY_PATTERNS))
+    except LocalEntryNotFoundError:
+        raise BCLMError(f"policy {ref!r}: no such directory, and the Hub cannot be reached (offline) with no "
+                        "cached copy of that repo") from None
+    except (HfHubHTTPError, ValueError) as e:
+        raise BCLMError(f"policy {ref!r}: no such directory, and the Hub refused the repo id: "
+                        f"{' '.join(str(e).split())}") from None
+
+
+def check_weights(directory: Path) -> None:
+    """Refuse a directory without safetensors weights, or whose safetensors files are cut short or corrupt
+    (a partial download or copy), before transformers reads them."""
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        why = f" (it has {', '.join(pickles)}: bclm never loads pickled weights)" if pickles else ""
+        raise BCLMError(f"{directory}: no model.safetensors{why}")
+    for path in files:
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except SafetensorError as e:
+            raise BCLMError(f"{path} is truncated or corrupt ({e}, {path.stat().st_size} bytes): download or "
+                            "copy it again") from None
+
+
+def tokenizer_digest(path: Path) -> str:
+    """SHA-256 of a tokenizer file's JSON content (key order and whitespace do not count)."""
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BCLMError(f"{path} is not valid JSON: {e}") from None
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_tokenizer_pair(tokenizer_path: Path, model_config: Any) -> None:
+    """The model's config.json records the digest of the tokenizer it was saved with; another tokenizer
+    would map observations and actions to other token ids than the model learned, silently."""
+    recorded = getattr(model_config, CONFIG_DIGEST, None)
+    if recorded is None:          # saved before bclm recorded the pair: the vocabulary check still applies
+        return
+    actual = tokenizer_digest(tokenizer_path)
+    if actual != recorded:
+        raise BCLMError(
+            f"{tokenizer_path} belongs to another model: {tokenizer_path.parent / 'config.json'} was saved with "
+            f"a tokenizer of sha256 {recorded[:12]}…, this file is {actual[:12]}…; use the tokenizer saved with "
+            "these weights")

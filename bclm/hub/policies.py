@@ -1,0 +1,64 @@
+"""Pushing a policy to the Hub. The folder uploaded is built by `stage_policy`: the policy's Hub files and a
+fresh model card, checked by loading it as a policy and parsing the card before anything is sent."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bclm.errors import BCLMError
+from bclm.hub.cards import CARD_FILE, policy_card
+from bclm.hub.upload import UploadPlan, create_repo, hub_api, link_or_copy, list_files, new_staging_dir
+
+# Training byproducts (checkpoints with optimizer pickles, tensorboard logs, launch.json) stay local.
+POLICY_FILES = ("config.json", "generation_config.json", "bclm_tokenizer.json", "bclm_policy.json",
+                "recipe.yaml", "eval_report.json", "metrics.jsonl")
+TEXT_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                        "vocab.txt", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+
+
+def stage_policy(policy_dir: str | Path, staging: str | Path, *, repo_id: str = "",
+                 datasets: list[str] | None = None, tags: list[str] | None = None,
+                 license: str | None = None) -> list[tuple[str, int]]:
+    """Build the folder that a push of `policy_dir` uploads, in `staging`; returns its files and sizes."""
+    from huggingface_hub import ModelCard
+
+    from bclm.policy import Policy
+
+    source, staging = Path(policy_dir), new_staging_dir(staging)
+    if not source.is_dir():
+        raise BCLMError(f"policy directory {source} not found")
+    rounds = sorted(source.glob("round-*/bclm_policy.json"))
+    if rounds and not (source / "bclm_policy.json").is_file():
+        raise BCLMError(f"{source} is a DAgger run, not a policy: push one round's policy, e.g. "
+                        f"{rounds[-1].parent}, and its data with --dataset {source / 'data'}")
+    names = [*POLICY_FILES, *TEXT_TOKENIZER_FILES, *(p.name for p in source.glob("*.safetensors")),
+             *(p.name for p in source.glob("*.safetensors.index.json"))]
+    for name in dict.fromkeys(names):
+        if (source / name).is_file():
+            link_or_copy(source / name, staging / name)
+    policy_card(staging, repo_id=repo_id, datasets=datasets, tags=tags, license=license).save(staging / CARD_FILE)
+    # What is pushed is what loads: the staged folder as a policy, its card as Hub metadata.
+    Policy.from_pretrained(staging, device="cpu")
+    ModelCard.load(staging / CARD_FILE)
+    return list_files(staging)
+
+
+def push_policy(policy_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+                commit_message: str = "", dry_run: bool = False, datasets: list[str] | None = None,
+                tags: list[str] | None = None, license: str | None = None, api: Any = None) -> UploadPlan:
+    """Upload a policy directory to Hub repo `repo_id` (created if missing; `revision` a branch). The repo
+    ends up holding exactly the staged folder: remote files it does not have are deleted in the same commit."""
+    with tempfile.TemporaryDirectory(prefix="bclm-push-") as tmp:
+        staging = Path(tmp) / "policy"
+        files = stage_policy(policy_dir, staging, repo_id=repo_id, datasets=datasets, tags=tags, license=license)
+        plan = UploadPlan(repo_id, "model", staging, revision=revision, private=private, files=files)
+        if dry_run:
+            return plan
+        api = hub_api(api)
+        create_repo(api, plan)
+        api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(staging), revision=revision,
+                          commit_message=commit_message or f"bclm: policy from {Path(policy_dir).name}",
+                          delete_patterns="*")
+        return plan

@@ -1,0 +1,152 @@
+"""Trajectory datasets on the Hub, in the layout `datasets` reads:
+
+    README.md                                   dataset card; YAML `configs`: default (all) + one per round
+    bclm_dataset.json                           spaces and env: how bclm tokenizes the columns
+    data/round-000/train-00000-of-00001.parquet one Parquet file per shard (the features in its schema)
+    data/round-001/...
+
+A push makes one commit per round, tagged with the round's name, so revision `round-002` holds rounds 0-2:
+the exact data DAgger's round 2 trained on. `datasets.load_dataset(repo, "round-001")` loads one round.
+The folder is written and checked here rather than by `Dataset.push_to_hub`, which pushes one config per call,
+cannot tag each round's commit, and cannot show a dry run.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow.parquet as pq
+
+from bclm.data.store import META_FILE, TrajectoryStore
+from bclm.errors import BCLMError
+from bclm.hub.cards import CARD_FILE, dataset_card, shard_summary
+from bclm.hub.upload import UploadPlan, create_repo, hub_api, link_or_copy, list_files, new_staging_dir
+
+PARQUET = "data/{}/train-00000-of-00001.parquet"
+
+
+def stage_dataset(store_path: str | Path, staging: str | Path, *, shards: list[str] | None = None,
+                  repo_id: str = "", tags: list[str] | None = None,
+                  license: str | None = None) -> tuple[list[tuple[str, int]], list[tuple[str, dict]]]:
+    """Write the folder a push of the store uploads; returns its files and (shard, summary) per shard."""
+    store, staging = TrajectoryStore(store_path), new_staging_dir(staging)
+    names = shards or store.shard_names()
+    if not names:
+        raise BCLMError(f"{store.path} holds no complete shard to push")
+    link_or_copy(store.path / META_FILE, staging / META_FILE)
+    summaries = []
+    for name in names:
+        shard = store.load([name])
+        path = staging / PARQUET.format(name)
+        path.parent.mkdir(parents=True)
+        shard.to_parquet(str(path))
+        check_parquet(path, store.features, len(shard))
+        summaries.append((name, shard_summary(shard[:])))
+    write_dataset_card(staging, store.meta, summaries, repo_id=repo_id, tags=tags, license=license)
+    return list_files(staging), summaries
+
+
+def write_dataset_card(folder: Path, meta: dict[str, Any], summaries: list[tuple[str, dict]], **card: Any) -> None:
+    from huggingface_hub import DatasetCard
+
+    dataset_card(meta, summaries, **card).save(folder / CARD_FILE)
+    DatasetCard.load(folder / CARD_FILE)           # the YAML the Hub will index parses
+
+
+def check_parquet(path: Path, features: datasets.Features, rows: int) -> None:
+    """A shard's Parquet file carries the store's exact features (in its schema) and every row."""
+    found = datasets.Features.from_arrow_schema(pq.read_schema(path))
+    if found != features:
+        raise BCLMError(f"{path}: its columns {list(found)} do not match the dataset's {list(features)}")
+    if pq.read_metadata(path).num_rows != rows:
+        raise BCLMError(f"{path}: {pq.read_metadata(path).num_rows} rows, expected {rows}")
+
+
+def round_tag(shard: str, revision: str | None) -> str:
+    return f"{revision}-{shard}" if revision else shard
+
+
+def push_dataset(store_path: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+                 dry_run: bool = False, tags: list[str] | None = None, license: str | None = None,
+                 api: Any = None) -> UploadPlan:
+    """Upload a trajectory store as dataset repo `repo_id`: a commit and a tag per round. Rounds already on
+    the Hub under their tag, with the same data, are skipped, so a push that stopped half-way resumes."""
+    with tempfile.TemporaryDirectory(prefix="bclm-push-") as tmp:
+        staging = Path(tmp) / "dataset"
+        files, summaries = stage_dataset(store_path, staging, repo_id=repo_id, tags=tags, license=license)
+        names = [name for name, _ in summaries]
+        plan = UploadPlan(repo_id, "dataset", staging, revision=revision, private=private, files=files,
+                          commits=[f"{round_tag(n, revision)}: {PARQUET.format(n)}, card" for n in names])
+        if dry_run:
+            return plan
+        api = hub_api(api)
+        create_repo(api, plan)
+        pushed = {ref.name for ref in api.list_repo_refs(repo_id, repo_type="dataset").tags}
+        meta = TrajectoryStore(store_path).meta
+        for k, name in enumerate(names):
+            tag = round_tag(name, revision)
+            if tag in pushed:
+                _check_pushed(api, repo_id, tag, staging, name)
+                continue
+            write_dataset_card(staging, meta, summaries[:k + 1], repo_id=repo_id, tags=tags, license=license)
+            commit = api.upload_folder(
+                repo_id=repo_id, repo_type="dataset", folder_path=str(staging), revision=revision,
+                allow_patterns=[META_FILE, CARD_FILE, *(f"data/{n}/*" for n in names[:k + 1])],
+                commit_message=f"bclm: {name} ({summaries[k][1]['episodes']} episodes)")
+            api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=commit.oid)
+        return plan
+
+
+def _check_pushed(api: Any, repo_id: str, tag: str, staging: Path, shard: str) -> None:
+    """A round tagged before must hold this store's data for that round, not another run's."""
+    import hashlib
+
+    path = PARQUET.format(shard)
+    remote = api.get_paths_info(repo_id, [path], repo_type="dataset", revision=tag)
+    local = hashlib.sha256((staging / path).read_bytes()).hexdigest()
+    if not remote or getattr(remote[0].lfs, "sha256", None) != local:
+        raise BCLMError(f"{repo_id}: tag {tag} already holds other data for {shard}: push this dataset to a "
+                        "new repo or a new --revision")
+
+
+def pull_dataset(repo_or_dir: str | Path, output: str | Path, *, revision: str | None = None) -> TrajectoryStore:
+    """A bclm dataset at `output` from a Hub dataset repo (at `revision`, e.g. a round's tag) or a folder in
+    the Hub layout; the shards are the same rows, columns and features as the store that was pushed."""
+    folder = _dataset_folder(repo_or_dir, revision)
+    source = TrajectoryStore(folder)          # checks bclm_dataset.json: format, version, spaces
+    shards = sorted(p.parent.name for p in folder.glob("data/*/*.parquet"))
+    if not shards:
+        raise BCLMError(f"{folder}: no data/<round>/*.parquet files")
+    store = TrajectoryStore.create(output, source.observation_space, source.action_space,
+                                   env_id=source.meta["env_id"], task=source.meta["task"])
+    for name in dict.fromkeys(shards):
+        files = sorted(folder.glob(f"data/{name}/*.parquet"))
+        for f in files:
+            check_parquet(f, source.features, pq.read_metadata(f).num_rows)
+        table = pq.read_table(files[0]) if len(files) == 1 else \
+            datasets.concatenate_datasets([datasets.Dataset(pq.read_table(f)) for f in files]).data.table
+        store.write_dataset(name, datasets.Dataset(table))
+    if not Path(repo_or_dir).is_dir():
+        meta = {**store.meta, "hub_repo_id": str(repo_or_dir), "hub_revision": revision or "main"}
+        (store.path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return TrajectoryStore(store.path)
+
+
+def _dataset_folder(repo_or_dir: str | Path, revision: str | None) -> Path:
+    if Path(repo_or_dir).is_dir():
+        return Path(repo_or_dir)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    try:
+        return Path(snapshot_download(str(repo_or_dir), repo_type="dataset", revision=revision,
+                                      allow_patterns=[META_FILE, CARD_FILE, "data/*/*.parquet"]))
+    except LocalEntryNotFoundError:
+        raise BCLMError(f"dataset {repo_or_dir!r}: no such directory, and the Hub cannot be reached (offline) "
+                        "with no cached copy") from None
+    except (HfHubHTTPError, ValueError) as e:
+        raise BCLMError(f"dataset {repo_or_dir!r}: no such directory, and the Hub refused it: "
+                        f"{' '.join(str(e).split())}") from None
