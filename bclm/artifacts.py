@@ -31,15 +31,21 @@ def policy_directory(path_or_repo_id: str | Path, revision: str | None = None) -
     ref = str(path_or_repo_id)
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1 or (os.sep != "/" and os.sep in ref):
         raise BCLMError(f"policy directory {ref} not found")
+    return hub_snapshot(ref, "policy", revision=revision, allow_patterns=POLICY_PATTERNS)
+
+
+def hub_snapshot(repo_id: str, what: str, **download: Any) -> Path:
+    """The snapshot of Hub repo `repo_id` (`huggingface_hub.snapshot_download`: downloaded once into the
+    Hugging Face cache; offline, the cached copy), or an error that says which of the two failed."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     try:
-        return Path(snapshot_download(ref, revision=revision, allow_patterns=POLICY_PATTERNS))
+        return Path(snapshot_download(repo_id, **download))
     except LocalEntryNotFoundError:
-        raise BCLMError(f"policy {ref!r}: no such directory, and the Hub cannot be reached (offline) with no "
+        raise BCLMError(f"{what} {repo_id!r}: no such directory, and the Hub cannot be reached (offline) with no "
                         "cached copy of that repo") from None
     except (HfHubHTTPError, ValueError) as e:
-        raise BCLMError(f"policy {ref!r}: no such directory, and the Hub refused the repo id: "
+        raise BCLMError(f"{what} {repo_id!r}: no such directory, and the Hub refused the repo id: "
                         f"{' '.join(str(e).split())}") from None
 
 

@@ -153,3 +153,24 @@ def test_nan_in_dataset_observations_is_named(custom_run, tmp_path):
 
 def bad_expert(obs):
     return 7   # CustomTarget has Discrete(3)
+
+
+def test_lerobot_round_trip_and_push_dry_run_from_the_command_line(custom_run):
+    from bclm.data.store import TrajectoryStore
+
+    r = bclm("export-lerobot", "--dataset", "data", "--output", "lerobot", "--fps", "20", cwd=custom_run)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((custom_run / "lerobot" / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["fps"] == 20 and info["total_episodes"] == 40
+    r = bclm("import-lerobot", "--input", "lerobot", "--output", "back", cwd=custom_run)
+    assert r.returncode == 0, r.stderr
+    original, back = TrajectoryStore(custom_run / "data"), TrajectoryStore(custom_run / "back")
+    assert back.meta == original.meta and back.shard_names() == original.shard_names()
+    want, got = original.load()[:], back.load()[:]
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert "is not empty" in _error(bclm("import-lerobot", "--input", "lerobot", "--output", "back", cwd=custom_run))
+    r = bclm("push", "--policy", "policy", "--repo-id", "someone/custom", "--private", "--dry-run", cwd=custom_run)
+    assert r.returncode == 0, r.stderr
+    assert "to https://huggingface.co/someone/custom (revision main, private)" in r.stdout
+    assert "model.safetensors" in r.stdout and "checkpoints" not in r.stdout

@@ -294,3 +294,31 @@ def test_dataset_of_a_newer_format_version_is_refused(store, tmp_path):
     (staged / META_FILE).write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(BCLMError, match=r"bclm_dataset.json: format_version 99 is newer than this bclm reads"):
         pull_dataset(staged, tmp_path / "out")
+
+
+def test_pull_by_repo_id_and_revision_from_the_hub_cache_and_the_card_names_the_dataset(store, tmp_path):
+    from bclm.hub import policy_card
+
+    hub = RecordingHub(tmp_path / "remote")
+    (tmp_path / "remote").mkdir()
+    push_dataset(store, "someone/data", api=hub)
+    repo = tmp_path / "hub" / "datasets--someone--data"
+    for tag in ("round-000", "round-001"):
+        shutil.copytree(hub.tags[tag], repo / "snapshots" / hub.tags[tag].name.ljust(40, "0"))
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / tag).write_text(hub.tags[tag].name.ljust(40, "0"))
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "bclm", "pull", "--dataset", "someone/data", "--revision", "round-000",
+                        "--output", str(tmp_path / "pulled")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    pulled = TrajectoryStore(tmp_path / "pulled")
+    assert pulled.shard_names() == ["round-000"]
+    assert (pulled.meta["hub_repo_id"], pulled.meta["hub_revision"]) == ("someone/data", "round-000")
+    # A policy trained on the pulled data names the Hub dataset in its card.
+    policy_dir = tmp_path / "policy"
+    import gymnasium as gym
+
+    from tests.conftest import tiny_policy
+    tiny_policy(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(4)).save_pretrained(policy_dir)
+    (policy_dir / "recipe.yaml").write_text(f"dataset: {tmp_path / 'pulled'}\n")
+    assert policy_card(policy_dir).data.datasets == ["someone/data"]

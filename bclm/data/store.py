@@ -141,8 +141,9 @@ class TrajectoryStore:
 
     @classmethod
     def create(cls, path: str | Path, observation_space: gym.Space, action_space: gym.Space,
-               env_id: str, task: str) -> TrajectoryStore:
-        """Create a new store; refuse a directory that already holds something, never overwrite."""
+               env_id: str, task: str, origin: dict[str, str] | None = None) -> TrajectoryStore:
+        """Create a new store; refuse a directory that already holds something, never overwrite. `origin`
+        (e.g. the Hub repo and revision it was pulled from) is kept in its metadata."""
         path = Path(path)
         if path.exists() and any(path.iterdir()):
             raise BCLMError(f"{path} already exists and is not empty: choose a new --output directory")
@@ -154,6 +155,7 @@ class TrajectoryStore:
             "task": task,
             "observation_space": space_to_dict(observation_space),
             "action_space": space_to_dict(action_space),
+            **(origin or {}),
         }
         _atomic_write_text(path / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
         return cls(path)

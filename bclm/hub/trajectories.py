@@ -13,7 +13,6 @@ cannot tag each round's commit, and cannot show a dry run.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import datasets
 import pyarrow.parquet as pq
 
+from bclm.artifacts import hub_snapshot
 from bclm.data.store import META_FILE, TrajectoryStore
 from bclm.errors import BCLMError
 from bclm.hub.cards import CARD_FILE, dataset_card, shard_summary
@@ -121,8 +121,10 @@ def pull_dataset(repo_or_dir: str | Path, output: str | Path, *, revision: str |
     shards = sorted(p.parent.name for p in folder.glob("data/*/*.parquet"))
     if not shards:
         raise BCLMError(f"{folder}: no data/<round>/*.parquet files")
+    origin = None if Path(repo_or_dir).is_dir() else {"hub_repo_id": str(repo_or_dir),
+                                                       "hub_revision": revision or "main"}
     store = TrajectoryStore.create(output, source.observation_space, source.action_space,
-                                   env_id=source.meta["env_id"], task=source.meta["task"])
+                                   env_id=source.meta["env_id"], task=source.meta["task"], origin=origin)
     for name in dict.fromkeys(shards):
         files = sorted(folder.glob(f"data/{name}/*.parquet"))
         for f in files:
@@ -130,23 +132,11 @@ def pull_dataset(repo_or_dir: str | Path, output: str | Path, *, revision: str |
         table = pq.read_table(files[0]) if len(files) == 1 else \
             datasets.concatenate_datasets([datasets.Dataset(pq.read_table(f)) for f in files]).data.table
         store.write_dataset(name, datasets.Dataset(table))
-    if not Path(repo_or_dir).is_dir():
-        meta = {**store.meta, "hub_repo_id": str(repo_or_dir), "hub_revision": revision or "main"}
-        (store.path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return TrajectoryStore(store.path)
+    return store
 
 
 def _dataset_folder(repo_or_dir: str | Path, revision: str | None) -> Path:
     if Path(repo_or_dir).is_dir():
         return Path(repo_or_dir)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-    try:
-        return Path(snapshot_download(str(repo_or_dir), repo_type="dataset", revision=revision,
-                                      allow_patterns=[META_FILE, CARD_FILE, "data/*/*.parquet"]))
-    except LocalEntryNotFoundError:
-        raise BCLMError(f"dataset {repo_or_dir!r}: no such directory, and the Hub cannot be reached (offline) "
-                        "with no cached copy") from None
-    except (HfHubHTTPError, ValueError) as e:
-        raise BCLMError(f"dataset {repo_or_dir!r}: no such directory, and the Hub refused it: "
-                        f"{' '.join(str(e).split())}") from None
+    return hub_snapshot(str(repo_or_dir), "dataset", repo_type="dataset", revision=revision,
+                        allow_patterns=[META_FILE, CARD_FILE, "data/*/*.parquet"])
