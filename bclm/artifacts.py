@@ -17,7 +17,7 @@ from bclm.errors import BCLMError
 
 # What a policy download fetches: configs, safetensors weights, the recipe and report, the model card and a
 # pretrained LM's text tokenizer files. Everything else in a repo (pickles above all) stays on the Hub.
-POLICY_PATTERNS = ["*.json", "*.safetensors", "*.yaml", "*.md", "*.jsonl", "*.txt", "*.model"]
+POLICY_PATTERNS = ["*.json", "*.safetensors", "*.yaml", "*.md", "*.jsonl", "*.txt", "*.model", "*.jinja"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 CONFIG_DIGEST = "bclm_tokenizer_sha256"
 
@@ -27,11 +27,14 @@ def policy_directory(path_or_repo_id: str | Path, revision: str | None = None) -
     once into the Hugging Face cache; offline, the cached snapshot)."""
     path = Path(path_or_repo_id)
     if path.is_dir():
+        if revision:
+            raise BCLMError(f"revision {revision!r} applies to Hub repo ids, but {path} is a local directory")
         return path
     ref = str(path_or_repo_id)
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1 or (os.sep != "/" and os.sep in ref):
         raise BCLMError(f"policy directory {ref} not found")
-    return hub_snapshot(ref, "policy", revision=revision, allow_patterns=POLICY_PATTERNS)
+    # Top-level files only: the Hub's `*` also matches across "/", and a repo may hold checkpoints below.
+    return hub_snapshot(ref, "policy", revision=revision, allow_patterns=POLICY_PATTERNS, ignore_patterns=["*/*"])
 
 
 def hub_snapshot(repo_id: str, what: str, **download: Any) -> Path:
@@ -59,13 +62,19 @@ def check_weights(directory: Path) -> None:
         pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
         why = f" (it has {', '.join(pickles)}: bclm never loads pickled weights)" if pickles else ""
         raise BCLMError(f"{directory}: no model.safetensors{why}")
+    for index in directory.glob("*.safetensors.index.json"):
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        missing = sorted(name for name in shards if not (directory / name).is_file())
+        if missing:
+            raise BCLMError(f"{index} names weight files that are missing: {', '.join(missing)}")
     for path in files:
+        # The header and the file's size are checked (a partial download or copy), not every byte.
         try:
             with safe_open(str(path), "pt"):
                 pass
         except SafetensorError as e:
-            raise BCLMError(f"{path} is truncated or corrupt ({e}, {path.stat().st_size} bytes): download or "
-                            "copy it again") from None
+            raise BCLMError(f"{path} is truncated or its header is damaged ({e}, {path.stat().st_size} bytes): "
+                            "download or copy it again") from None
 
 
 def tokenizer_digest(path: Path) -> str:

@@ -71,9 +71,9 @@ def pretrained_vocabulary(config: ModelConfig) -> tuple[int, Any]:
     path = Path(config.pretrained)
     if not (path / "config.json").is_file():
         raise BCLMError(f"model.pretrained: {path / 'config.json'} not found (a local checkpoint is needed)")
-    vocab = int(AutoConfig.from_pretrained(str(path)).vocab_size)
+    vocab = int(AutoConfig.from_pretrained(str(path), trust_remote_code=False).vocab_size)
     has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-    return vocab, AutoTokenizer.from_pretrained(str(path)) if has_tokenizer else None
+    return vocab, AutoTokenizer.from_pretrained(str(path), trust_remote_code=False) if has_tokenizer else None
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

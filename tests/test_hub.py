@@ -5,7 +5,6 @@ the errors for files that do not belong together."""
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import shutil
@@ -75,7 +74,12 @@ class RecordingHub:
     def create_repo(self, repo_id, **kw):
         self.calls.append(("create_repo", repo_id, kw))
 
+    def update_repo_settings(self, repo_id, **kw):
+        self.calls.append(("update_repo_settings", repo_id, kw))
+
     def create_branch(self, repo_id, *, branch, **kw):
+        if branch not in self.heads and "main" in self.heads:       # a new branch starts at main's head
+            self.heads[branch] = self.heads["main"]
         self.calls.append(("create_branch", repo_id, branch))
 
     def upload_folder(self, *, repo_id, folder_path, revision=None, allow_patterns=None, delete_patterns=None,
@@ -104,9 +108,8 @@ class RecordingHub:
     def list_repo_refs(self, repo_id, **kw):
         return SimpleNamespace(tags=[SimpleNamespace(name=t) for t in self.tags])
 
-    def get_paths_info(self, repo_id, paths, *, revision, **kw):
-        data = (self.tags[revision] / paths[0]).read_bytes()
-        return [SimpleNamespace(lfs=SimpleNamespace(sha256=hashlib.sha256(data).hexdigest()))]
+    def hf_hub_download(self, repo_id, filename, *, revision, **kw):
+        return str(self.tags[revision] / filename)
 
 
 # --- policies ----------------------------------------------------------------------------------------
@@ -160,9 +163,10 @@ def test_push_uploads_exactly_the_staged_folder(trained, tmp_path):
     hub = RecordingHub(tmp_path / "remote")
     (tmp_path / "remote").mkdir()
     plan = push_policy(trained, "someone/policy", private=True, revision="v1", api=hub)
-    assert hub.calls[0] == ("create_repo", "someone/policy", {"repo_type": "model", "private": True,
-                                                              "exist_ok": True})
-    assert hub.calls[1] == ("create_branch", "someone/policy", "v1")
+    assert hub.calls[:3] == [
+        ("create_repo", "someone/policy", {"repo_type": "model", "private": True, "exist_ok": True}),
+        ("update_repo_settings", "someone/policy", {"repo_type": "model", "private": True}),   # if it existed
+        ("create_branch", "someone/policy", "v1")]
     remote = hub.heads["v1"]
     staged = stage_policy(trained, tmp_path / "staged", repo_id="someone/policy")
     assert [(p.relative_to(remote).as_posix(), p.stat().st_size) for p in sorted(remote.rglob("*"))] == staged
@@ -218,7 +222,7 @@ def test_truncated_or_pickled_weights_are_refused(trained, tmp_path):
     cut = _copy(trained, tmp_path / "cut")
     data = (cut / "model.safetensors").read_bytes()
     (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(BCLMError, match=r"model.safetensors is truncated or corrupt"):
+    with pytest.raises(BCLMError, match=r"model.safetensors is truncated or its header is damaged"):
         Policy.from_pretrained(cut, device="cpu")
     pickled = _copy(trained, tmp_path / "pickled")
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
@@ -314,6 +318,11 @@ def test_pull_by_repo_id_and_revision_from_the_hub_cache_and_the_card_names_the_
     pulled = TrajectoryStore(tmp_path / "pulled")
     assert pulled.shard_names() == ["round-000"]
     assert (pulled.meta["hub_repo_id"], pulled.meta["hub_revision"]) == ("someone/data", "round-000")
+    assert pulled.meta["hub_commit"] == hub.tags["round-000"].name.ljust(40, "0")
+    from bclm.data.lerobot import export_lerobot, import_lerobot
+
+    export_lerobot(tmp_path / "pulled", tmp_path / "lerobot")          # the origin survives a LeRobot round trip
+    assert import_lerobot(tmp_path / "lerobot", tmp_path / "back").meta == pulled.meta
     # A policy trained on the pulled data names the Hub dataset in its card.
     policy_dir = tmp_path / "policy"
     import gymnasium as gym
@@ -322,3 +331,68 @@ def test_pull_by_repo_id_and_revision_from_the_hub_cache_and_the_card_names_the_
     tiny_policy(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(4)).save_pretrained(policy_dir)
     (policy_dir / "recipe.yaml").write_text(f"dataset: {tmp_path / 'pulled'}\n")
     assert policy_card(policy_dir).data.datasets == ["someone/data"]
+
+
+def test_dataset_pushed_to_a_branch_holds_only_its_own_rounds(store, tmp_path):
+    hub = RecordingHub(tmp_path / "remote")
+    (tmp_path / "remote").mkdir()
+    other = tmp_path / "other"
+    collect(get_task(ENV), "tests.custom_env:expert", 2, other, seed=7)
+    write_expert_shard(TrajectoryStore(other), get_task(ENV), "tests.custom_env:expert", 1, seed=9, num_envs=1,
+                       shard="round-002")
+    push_dataset(other, "someone/data", api=hub)                      # main: another run's round-000, round-002
+    push_dataset(store, "someone/data", revision="exp", api=hub)
+    assert sorted(t for t in hub.tags if t.startswith("exp-")) == ["exp-round-000", "exp-round-001"]
+    snapshot = hub.tags["exp-round-001"]
+    assert sorted(p.parent.name for p in snapshot.glob("data/*/*.parquet")) == ["round-000", "round-001"]
+    pulled = pull_dataset(snapshot, tmp_path / "pulled")
+    np.testing.assert_array_equal(pulled.load()["observation"][:], TrajectoryStore(store).load()["observation"][:])
+
+
+def test_private_push_creates_no_public_repo_and_errors_are_one_line(trained, tmp_path):
+    from httpx2 import Request, Response
+    from huggingface_hub.errors import HfHubHTTPError
+
+    class Refusing(RecordingHub):
+        def create_repo(self, repo_id, **kw):
+            response = Response(401, request=Request("POST", "https://huggingface.co/api/repos/create"))
+            raise HfHubHTTPError("401 Client Error: Unauthorized", response=response)
+
+    hub = RecordingHub(tmp_path)
+    push_policy(trained, "someone/policy", api=hub)
+    assert hub.calls[0][2]["private"] is None          # the account's or organisation's default applies
+    assert not any(c[0] == "update_repo_settings" for c in hub.calls)
+    with pytest.raises(BCLMError, match=r"pushing to https://huggingface.co/someone/policy failed: 401"):
+        push_policy(trained, "someone/policy", api=Refusing(tmp_path))
+
+
+def test_a_failed_pull_leaves_no_output_and_names_the_file(store, tmp_path):
+    staged = tmp_path / "staged"
+    stage_dataset(store, staged)
+    bad = staged / "data" / "round-001" / "train-00000-of-00001.parquet"
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(BCLMError, match=r"round-001/train-00000-of-00001.parquet is not a readable Parquet file"):
+        pull_dataset(staged, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_sharded_weights_with_a_missing_shard_and_downloads_skip_pickles(trained, tmp_path):
+    from huggingface_hub.utils import filter_repo_objects
+
+    from bclm.artifacts import POLICY_PATTERNS
+
+    sharded = _copy(trained, tmp_path / "sharded")
+    policy = Policy.from_pretrained(trained, device="cpu")
+    (sharded / "model.safetensors").unlink()
+    policy.model.save_pretrained(str(sharded), max_shard_size="100KB")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    obs = observations(policy)
+    np.testing.assert_array_equal(act_all(Policy.from_pretrained(sharded, device="cpu"), obs), act_all(policy, obs))
+    shards[-1].unlink()
+    with pytest.raises(BCLMError, match=rf"names weight files that are missing: {shards[-1].name}"):
+        Policy.from_pretrained(sharded, device="cpu")
+    repo = ["config.json", "model.safetensors", "pytorch_model.bin", "training_args.pt", "optimizer.pkl",
+            "checkpoints/step-10/model.safetensors", "round-001/config.json", "README.md", "bclm_tokenizer.json"]
+    fetched = list(filter_repo_objects(repo, allow_patterns=POLICY_PATTERNS, ignore_patterns=["*/*"]))
+    assert fetched == ["config.json", "model.safetensors", "README.md", "bclm_tokenizer.json"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from bclm.data.store import EpisodeRecord, TrajectoryStore
+from bclm.data.store import EpisodeRecord, TrajectoryStore, staged_dir
 from bclm.envs import get_task, make_env
 from bclm.errors import BCLMError
 from bclm.tokenizers import flatten_leaves
@@ -41,9 +41,10 @@ def import_imitation_npz(path: str | Path, output_dir: str | Path, *, env_id: st
     for key, space in (("obs", observation_space), ("acts", action_space)):
         _check_shape(path, key, arrays[key], space)
     episodes = _episodes(arrays, lengths, observation_space, action_space, task)
-    store = TrajectoryStore.create(output_dir, observation_space, action_space, env_id=env, task=task)
-    store.write_shard(SHARD, episodes, source="imitation")
-    return store
+    with staged_dir(output_dir) as tmp:
+        TrajectoryStore.create(tmp, observation_space, action_space, env_id=env, task=task).write_shard(
+            SHARD, episodes, source="imitation")
+    return TrajectoryStore(output_dir)
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:

@@ -22,12 +22,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import re
 import shutil
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bclm.data.store import META_FILE, PROVENANCE, TrajectoryStore, _column
+from bclm.data.store import META_FILE, PROVENANCE, TrajectoryStore, _column, staged_dir
 from bclm.errors import BCLMError
 from bclm.tokenizers import flatten_leaves
 
@@ -168,7 +165,7 @@ def export_lerobot(store_path: str | Path, output_dir: str | Path, *, fps: int =
     features = _features(leaves)
     tasks = list(dict.fromkeys(data["task"].tolist()))       # first-appearance order, as lerobot assigns
     frames = _frame_columns(data, leaves, episodes, tasks, fps)
-    with _staged(Path(output_dir)) as out:
+    with staged_dir(output_dir) as out:
         files = _write_data(out, frames, features, episodes, chunks_size, data_files_size_in_mb)
         _write_tasks(out, tasks)
         _write_episodes(out, data, frames, features, episodes, files, tasks)
@@ -177,22 +174,6 @@ def export_lerobot(store_path: str | Path, output_dir: str | Path, *, fps: int =
                     out / INFO_PATH)
         shutil.copyfile(store.path / META_FILE, out / BCLM_META_PATH)
     return Path(output_dir)
-
-
-@contextmanager
-def _staged(output: Path) -> Iterator[Path]:
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise BCLMError(f"{output} already exists and is not empty: choose a new --output directory")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if output.exists():
-            output.rmdir()
-        os.replace(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _store_episodes(store: TrajectoryStore, names: Sequence[str], episode: np.ndarray) -> list[_Episode]:
@@ -554,20 +535,27 @@ def _repeat(values: list[Any], lengths: list[int], column: str) -> np.ndarray | 
 def _import_bclm(source: _Source, original: TrajectoryStore, sources: dict[str, str], output: Path) -> TrajectoryStore:
     shard_of = _episode_values(source, range(len(source.lengths)), SHARD_COLUMN)
     shards = {name: [i for i, s in enumerate(shard_of) if s == name] for name in dict.fromkeys(shard_of)}
-    store = TrajectoryStore.create(output, original.observation_space, original.action_space,
-                                   env_id=original.meta["env_id"], task=original.meta["task"])
-    for name, episodes in shards.items():
-        rows = source.rows(episodes)
-        lengths = [source.lengths[i] for i in episodes]
-        columns = _leaf_columns(source, rows, original.observation_space, original.action_space, sources)
-        columns.update({column: np.asarray(source.frames[feature][rows], dtype=PROVENANCE[column].dtype)
-                        for column, feature in STEP_FEATURES.items()})
-        columns["step"] = source.frames["frame_index"][rows].astype(PROVENANCE["step"].dtype)
-        columns["task"] = source.task_names(rows)
-        for column in ("episode", *EPISODE_CONSTANTS):
-            columns[column] = _repeat(_episode_values(source, episodes, f"bclm/{column}"), lengths, column)
-        store.write_columns(name, columns)
-    return store
+    origin = {k: v for k, v in original.meta.items() if k not in TrajectoryStore.OWN_KEYS}
+    with staged_dir(output) as tmp:
+        store = TrajectoryStore.create(tmp, original.observation_space, original.action_space,
+                                       env_id=original.meta["env_id"], task=original.meta["task"], origin=origin)
+        for name, episodes in shards.items():
+            _write_bclm_shard(store, source, name, episodes, sources)
+    return TrajectoryStore(output)
+
+
+def _write_bclm_shard(store: TrajectoryStore, source: _Source, name: str, episodes: list[int],
+                      sources: dict[str, str]) -> None:
+    rows = source.rows(episodes)
+    lengths = [source.lengths[i] for i in episodes]
+    columns = _leaf_columns(source, rows, store.observation_space, store.action_space, sources)
+    columns.update({column: np.asarray(source.frames[feature][rows], dtype=PROVENANCE[column].dtype)
+                    for column, feature in STEP_FEATURES.items()})
+    columns["step"] = source.frames["frame_index"][rows].astype(PROVENANCE["step"].dtype)
+    columns["task"] = source.task_names(rows)
+    for column in ("episode", *EPISODE_CONSTANTS):
+        columns[column] = _repeat(_episode_values(source, episodes, f"bclm/{column}"), lengths, column)
+    store.write_columns(name, columns)
 
 
 def _group(name: str) -> str | None:
@@ -666,7 +654,7 @@ def _import_foreign(source: _Source, observation_space: gym.Space, action_space:
     })
     tasks = list(dict.fromkeys(columns["task"]))
     env_id = source.info.get("robot_type") or f"lerobot:{source.root.resolve().name}"
-    store = TrajectoryStore.create(output, observation_space, action_space, env_id=env_id,
-                                   task=tasks[0] if len(tasks) == 1 else env_id)
-    store.write_columns("round-000", columns)
-    return store
+    with staged_dir(output) as tmp:
+        TrajectoryStore.create(tmp, observation_space, action_space, env_id=env_id,
+                               task=tasks[0] if len(tasks) == 1 else env_id).write_columns("round-000", columns)
+    return TrajectoryStore(output)

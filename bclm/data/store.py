@@ -16,7 +16,8 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,9 @@ def _stack_leaves(prefix: str, space: gym.Space, leaves: list[dict[str, np.ndarr
 
 class TrajectoryStore:
     """A directory of trajectory shards that share one observation and action space."""
+
+    # The metadata every store has; any other key is its origin (e.g. the Hub repo it was pulled from).
+    OWN_KEYS = ("format", "format_version", "env_id", "task", "observation_space", "action_space")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -293,6 +297,25 @@ def _last_flag(length: int, flag: bool) -> np.ndarray:
     out = np.zeros(length, dtype=bool)
     out[-1] = flag
     return out
+
+
+@contextmanager
+def staged_dir(output: str | Path) -> Iterator[Path]:
+    """A new directory `output`, built in a temporary sibling and renamed into place when the block succeeds:
+    a failure part-way leaves nothing that looks complete, and the retry is not refused as "not empty"."""
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise BCLMError(f"{output} already exists and is not empty: choose a new --output directory")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if output.exists():
+            output.rmdir()
+        os.replace(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

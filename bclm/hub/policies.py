@@ -4,18 +4,18 @@ fresh model card, checked by loading it as a policy and parsing the card before 
 from __future__ import annotations
 
 import tempfile
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+from bclm.artifacts import POLICY_PATTERNS
 from bclm.errors import BCLMError
 from bclm.hub.cards import CARD_FILE, policy_card
-from bclm.hub.upload import UploadPlan, create_repo, hub_api, link_or_copy, list_files, new_staging_dir
+from bclm.hub.upload import UploadPlan, create_repo, hub_api, hub_errors, link_or_copy, list_files, new_staging_dir
 
-# Training byproducts (checkpoints with optimizer pickles, tensorboard logs, launch.json) stay local.
-POLICY_FILES = ("config.json", "generation_config.json", "bclm_tokenizer.json", "bclm_policy.json",
-                "recipe.yaml", "eval_report.json", "metrics.jsonl")
-TEXT_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                        "vocab.txt", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+# Training byproducts stay local: checkpoints (optimizer pickles) and tensorboard logs are folders, and
+# launch.json describes one machine's processes. The card is written fresh from the other files.
+LOCAL_ONLY = ("launch.json", CARD_FILE)
 
 
 def stage_policy(policy_dir: str | Path, staging: str | Path, *, repo_id: str = "",
@@ -33,11 +33,9 @@ def stage_policy(policy_dir: str | Path, staging: str | Path, *, repo_id: str = 
     if rounds and not (source / "bclm_policy.json").is_file():
         raise BCLMError(f"{source} is a DAgger run, not a policy: push one round's policy, e.g. "
                         f"{rounds[-1].parent}, and its data with --dataset {source / 'data'}")
-    names = [*POLICY_FILES, *TEXT_TOKENIZER_FILES, *(p.name for p in source.glob("*.safetensors")),
-             *(p.name for p in source.glob("*.safetensors.index.json"))]
-    for name in dict.fromkeys(names):
-        if (source / name).is_file():
-            link_or_copy(source / name, staging / name)
+    for path in sorted(source.iterdir()):
+        if path.is_file() and path.name not in LOCAL_ONLY and any(fnmatch(path.name, p) for p in POLICY_PATTERNS):
+            link_or_copy(path, staging / path.name)
     policy_card(staging, repo_id=repo_id, datasets=datasets, tags=tags, license=license).save(staging / CARD_FILE)
     # What is pushed is what loads: the staged folder as a policy, its card as Hub metadata.
     Policy.from_pretrained(staging, device="cpu")
@@ -57,8 +55,9 @@ def push_policy(policy_dir: str | Path, repo_id: str, *, private: bool = False, 
         if dry_run:
             return plan
         api = hub_api(api)
-        create_repo(api, plan)
-        api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(staging), revision=revision,
-                          commit_message=commit_message or f"bclm: policy from {Path(policy_dir).name}",
-                          delete_patterns="*")
+        with hub_errors(plan):
+            create_repo(api, plan)
+            api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(staging), revision=revision,
+                              commit_message=commit_message or f"bclm: policy from {Path(policy_dir).name}",
+                              delete_patterns="*")
         return plan

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bclm.artifacts import hub_snapshot
-from bclm.data.store import META_FILE, TrajectoryStore
+from bclm.data.store import META_FILE, TrajectoryStore, staged_dir
 from bclm.errors import BCLMError
 from bclm.hub.cards import CARD_FILE, dataset_card, shard_summary
-from bclm.hub.upload import UploadPlan, create_repo, hub_api, link_or_copy, list_files, new_staging_dir
+from bclm.hub.upload import UploadPlan, create_repo, hub_api, hub_errors, link_or_copy, list_files, new_staging_dir
 
 PARQUET = "data/{}/train-00000-of-00001.parquet"
 
@@ -57,13 +58,17 @@ def write_dataset_card(folder: Path, meta: dict[str, Any], summaries: list[tuple
     DatasetCard.load(folder / CARD_FILE)           # the YAML the Hub will index parses
 
 
-def check_parquet(path: Path, features: datasets.Features, rows: int) -> None:
-    """A shard's Parquet file carries the store's exact features (in its schema) and every row."""
-    found = datasets.Features.from_arrow_schema(pq.read_schema(path))
+def check_parquet(path: Path, features: datasets.Features, rows: int | None = None) -> None:
+    """A shard's Parquet file is readable and carries the store's exact features (in its schema)."""
+    try:
+        found = datasets.Features.from_arrow_schema(pq.read_schema(path))
+        count = pq.read_metadata(path).num_rows
+    except (pa.ArrowException, OSError) as e:
+        raise BCLMError(f"{path} is not a readable Parquet file ({e}): download it again") from None
     if found != features:
         raise BCLMError(f"{path}: its columns {list(found)} do not match the dataset's {list(features)}")
-    if pq.read_metadata(path).num_rows != rows:
-        raise BCLMError(f"{path}: {pq.read_metadata(path).num_rows} rows, expected {rows}")
+    if rows is not None and count != rows:
+        raise BCLMError(f"{path}: {count} rows, expected {rows}")
 
 
 def round_tag(shard: str, revision: str | None) -> str:
@@ -73,8 +78,9 @@ def round_tag(shard: str, revision: str | None) -> str:
 def push_dataset(store_path: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
                  dry_run: bool = False, tags: list[str] | None = None, license: str | None = None,
                  api: Any = None) -> UploadPlan:
-    """Upload a trajectory store as dataset repo `repo_id`: a commit and a tag per round. Rounds already on
-    the Hub under their tag, with the same data, are skipped, so a push that stopped half-way resumes."""
+    """Upload a trajectory store as dataset repo `repo_id`: a commit and a tag per round, each commit holding
+    exactly this store's rounds so far (other data under data/ is deleted in it). Rounds already on the Hub
+    under their tag, with the same rows, are skipped, so a push that stopped half-way resumes."""
     with tempfile.TemporaryDirectory(prefix="bclm-push-") as tmp:
         staging = Path(tmp) / "dataset"
         files, summaries = stage_dataset(store_path, staging, repo_id=repo_id, tags=tags, license=license)
@@ -84,55 +90,55 @@ def push_dataset(store_path: str | Path, repo_id: str, *, private: bool = False,
         if dry_run:
             return plan
         api = hub_api(api)
-        create_repo(api, plan)
-        pushed = {ref.name for ref in api.list_repo_refs(repo_id, repo_type="dataset").tags}
-        meta = TrajectoryStore(store_path).meta
-        for k, name in enumerate(names):
-            tag = round_tag(name, revision)
-            if tag in pushed:
-                _check_pushed(api, repo_id, tag, staging, name)
-                continue
-            write_dataset_card(staging, meta, summaries[:k + 1], repo_id=repo_id, tags=tags, license=license)
-            commit = api.upload_folder(
-                repo_id=repo_id, repo_type="dataset", folder_path=str(staging), revision=revision,
-                allow_patterns=[META_FILE, CARD_FILE, *(f"data/{n}/*" for n in names[:k + 1])],
-                commit_message=f"bclm: {name} ({summaries[k][1]['episodes']} episodes)")
-            api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=commit.oid)
+        with hub_errors(plan):
+            create_repo(api, plan)
+            pushed = {ref.name for ref in api.list_repo_refs(repo_id, repo_type="dataset").tags}
+            meta = TrajectoryStore(store_path).meta
+            for k, name in enumerate(names):
+                tag = round_tag(name, revision)
+                if tag in pushed:
+                    _check_pushed(api, repo_id, tag, staging, name)
+                    continue
+                write_dataset_card(staging, meta, summaries[:k + 1], repo_id=repo_id, tags=tags, license=license)
+                commit = api.upload_folder(
+                    repo_id=repo_id, repo_type="dataset", folder_path=str(staging), revision=revision,
+                    allow_patterns=[META_FILE, CARD_FILE, *(f"data/{n}/*" for n in names[:k + 1])],
+                    delete_patterns="data/*", commit_message=f"bclm: {name} ({summaries[k][1]['episodes']} episodes)")
+                api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=commit.oid)
         return plan
 
 
 def _check_pushed(api: Any, repo_id: str, tag: str, staging: Path, shard: str) -> None:
-    """A round tagged before must hold this store's data for that round, not another run's."""
-    import hashlib
-
+    """A round tagged before must hold this store's rows for that round, not another run's. The tables are
+    compared, not the files' bytes, which change with the pyarrow version that wrote them."""
     path = PARQUET.format(shard)
-    remote = api.get_paths_info(repo_id, [path], repo_type="dataset", revision=tag)
-    local = hashlib.sha256((staging / path).read_bytes()).hexdigest()
-    if not remote or getattr(remote[0].lfs, "sha256", None) != local:
+    remote = api.hf_hub_download(repo_id, path, repo_type="dataset", revision=tag)
+    if not pq.read_table(remote).equals(pq.read_table(staging / path)):
         raise BCLMError(f"{repo_id}: tag {tag} already holds other data for {shard}: push this dataset to a "
                         "new repo or a new --revision")
 
 
 def pull_dataset(repo_or_dir: str | Path, output: str | Path, *, revision: str | None = None) -> TrajectoryStore:
     """A bclm dataset at `output` from a Hub dataset repo (at `revision`, e.g. a round's tag) or a folder in
-    the Hub layout; the shards are the same rows, columns and features as the store that was pushed."""
+    the Hub layout; the shards are the same rows, columns and features as the store that was pushed. Every
+    file is checked before anything is written, and the store appears at `output` only once complete."""
     folder = _dataset_folder(repo_or_dir, revision)
     source = TrajectoryStore(folder)          # checks bclm_dataset.json: format, version, spaces
-    shards = sorted(p.parent.name for p in folder.glob("data/*/*.parquet"))
+    shards: dict[str, list[Path]] = {}
+    for path in sorted(folder.glob("data/*/*.parquet")):
+        check_parquet(path, source.features)
+        shards.setdefault(path.parent.name, []).append(path)
     if not shards:
         raise BCLMError(f"{folder}: no data/<round>/*.parquet files")
-    origin = None if Path(repo_or_dir).is_dir() else {"hub_repo_id": str(repo_or_dir),
-                                                       "hub_revision": revision or "main"}
-    store = TrajectoryStore.create(output, source.observation_space, source.action_space,
-                                   env_id=source.meta["env_id"], task=source.meta["task"], origin=origin)
-    for name in dict.fromkeys(shards):
-        files = sorted(folder.glob(f"data/{name}/*.parquet"))
-        for f in files:
-            check_parquet(f, source.features, pq.read_metadata(f).num_rows)
-        table = pq.read_table(files[0]) if len(files) == 1 else \
-            datasets.concatenate_datasets([datasets.Dataset(pq.read_table(f)) for f in files]).data.table
-        store.write_dataset(name, datasets.Dataset(table))
-    return store
+    # A Hub snapshot's folder is named by its commit: the revision a later pull can reproduce exactly.
+    origin = None if Path(repo_or_dir).is_dir() else {
+        "hub_repo_id": str(repo_or_dir), "hub_revision": revision or "main", "hub_commit": folder.name}
+    with staged_dir(output) as tmp:
+        store = TrajectoryStore.create(tmp, source.observation_space, source.action_space,
+                                       env_id=source.meta["env_id"], task=source.meta["task"], origin=origin)
+        for name, files in shards.items():
+            store.write_dataset(name, datasets.Dataset(pa.concat_tables([pq.read_table(f) for f in files])))
+    return TrajectoryStore(output)
 
 
 def _dataset_folder(repo_or_dir: str | Path, revision: str | None) -> Path:

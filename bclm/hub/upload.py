@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +76,23 @@ def hub_api(api: Any = None) -> Any:
 
 
 def create_repo(api: Any, plan: UploadPlan) -> None:
-    """The repo (and the branch `plan.revision`), unless they exist."""
-    api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=plan.private, exist_ok=True)
+    """The repo (and the branch `plan.revision`), unless they exist. `private=None` when not asked for lets an
+    organisation's private-by-default setting apply; `create_repo` ignores `private` for a repo that exists,
+    so a private push makes an existing repo private explicitly."""
+    api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=True if plan.private else None, exist_ok=True)
+    if plan.private:
+        api.update_repo_settings(plan.repo_id, repo_type=plan.repo_type, private=True)
     if plan.revision:
         api.create_branch(plan.repo_id, repo_type=plan.repo_type, branch=plan.revision, exist_ok=True)
+
+
+@contextmanager
+def hub_errors(plan: UploadPlan) -> Iterator[None]:
+    """The Hub's refusals (not logged in, no write access, a bad revision) as one-line errors."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        yield
+    except HfHubHTTPError as e:
+        raise BCLMError(f"pushing to {plan.url} failed: {' '.join(str(e).split())} (log in with `hf auth login` "
+                        "or set HF_TOKEN, with write access to the repo)") from None
