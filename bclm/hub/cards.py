@@ -15,7 +15,9 @@ import numpy as np
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
+from bclm.data.store import META_FILE
 from bclm.errors import BCLMError
+from bclm.policy import POLICY_FILE
 
 CARD_FILE = "README.md"
 LIBRARY = "bclm"
@@ -64,7 +66,7 @@ def policy_card(directory: str | Path, *, repo_id: str = "", datasets: list[str]
                 tags: list[str] | None = None, license: str | None = None) -> ModelCard:
     """The model card of the policy in `directory`, from its metadata, evaluation report and recipe."""
     directory = Path(directory)
-    meta = _read_json(directory / "bclm_policy.json")
+    meta = _read_json(directory / POLICY_FILE)
     report = _read_json(directory / "eval_report.json")
     config = _read_json(directory / "config.json")
     recipe_path = directory / "recipe.yaml"
@@ -125,7 +127,7 @@ FILE_NOTES = {
     "model.safetensors": "the weights",
     "generation_config.json": "transformers' generation defaults",
     "bclm_tokenizer.json": "how observations and actions become token ids (spaces, bins, vocabulary)",
-    "bclm_policy.json": "context length, default task, the env of each task",
+    POLICY_FILE: "context length, default task, the env of each task",
     "recipe.yaml": "the training recipe",
     "eval_report.json": "the evaluation report behind the table above",
     "metrics.jsonl": "the training log (loss, accuracy, learning rate per logged step)",
@@ -139,7 +141,7 @@ def _file_notes(directory: Path) -> list[tuple[str, str]]:
 def _hub_datasets(recipe: dict[str, Any]) -> list[str]:
     """Hub dataset repos the recipe's local datasets were pulled from (`bclm pull` records the repo)."""
     paths = [recipe.get("dataset", "")] + [t.get("dataset", "") for t in recipe.get("tasks", []) or []]
-    repos = [_read_json(Path(p) / "bclm_dataset.json").get("hub_repo_id") for p in paths if p]
+    repos = [_read_json(Path(p) / META_FILE).get("hub_repo_id") for p in paths if p]
     return sorted({r for r in repos if r})
 
 
@@ -163,8 +165,9 @@ def dataset_card(meta: dict[str, Any], shards: list[tuple[str, dict[str, Any]]],
         "bclm: one row per environment step with the executed action, the "
         "expert's label for the same state, and provenance (episode, step, round, source, β, policy revision).",
         "", "## Rounds", "", *lines, "",
-        "Each round is a config, and each round is also a tag of this repo whose revision holds the rounds up to "
-        "it, so the data any DAgger round trained on can be fetched again:", "",
+        "Each round is a config, and each round is also a tag of this repo (`BRANCH-round-001` for data pushed to "
+        "a branch) whose revision holds the rounds up to it, so the data any DAgger round trained on can be "
+        "fetched again:", "",
         "```python", "import datasets", "",
         f'round_1 = datasets.load_dataset("{ref}", "round-001", split="train")',
         f'everything = datasets.load_dataset("{ref}", split="train")', "```", "", "```bash",
