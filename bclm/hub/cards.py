@@ -178,6 +178,9 @@ def dataset_card(meta: dict[str, Any], shards: list[tuple[str, dict[str, Any]]],
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
+SUMMARY_COLUMNS = ("episode", "labeled", "source", "beta", "reward")
+
+
 def shard_summary(columns: dict[str, np.ndarray]) -> dict[str, Any]:
     episodes = len(np.unique(columns["episode"]))
     return {"episodes": episodes, "steps": len(columns["episode"]), "labels": int(columns["labeled"].sum()),

@@ -24,18 +24,17 @@ import pyarrow.parquet as pq
 from bclm.artifacts import hub_snapshot
 from bclm.data.store import META_FILE, TrajectoryStore, staged_dir
 from bclm.errors import BCLMError
-from bclm.hub.cards import CARD_FILE, dataset_card, shard_summary
+from bclm.hub.cards import CARD_FILE, SUMMARY_COLUMNS, dataset_card, shard_summary
 from bclm.hub.upload import UploadPlan, create_repo, hub_api, hub_errors, link_or_copy, list_files, new_staging_dir
 
 PARQUET = "data/{}/train-00000-of-00001.parquet"
 
 
-def stage_dataset(store_path: str | Path, staging: str | Path, *, shards: list[str] | None = None,
-                  repo_id: str = "", tags: list[str] | None = None,
+def stage_dataset(store_path: str | Path, staging: str | Path, *, repo_id: str = "", tags: list[str] | None = None,
                   license: str | None = None) -> tuple[list[tuple[str, int]], list[tuple[str, dict]]]:
     """Write the folder a push of the store uploads; returns its files and (shard, summary) per shard."""
     store, staging = TrajectoryStore(store_path), new_staging_dir(staging)
-    names = shards or store.shard_names()
+    names = store.shard_names()
     if not names:
         raise BCLMError(f"{store.path} holds no complete shard to push")
     link_or_copy(store.path / META_FILE, staging / META_FILE)
@@ -46,7 +45,7 @@ def stage_dataset(store_path: str | Path, staging: str | Path, *, shards: list[s
         path.parent.mkdir(parents=True)
         shard.to_parquet(str(path))
         check_parquet(path, store.features, len(shard))
-        summaries.append((name, shard_summary(shard[:])))
+        summaries.append((name, shard_summary(shard.select_columns(list(SUMMARY_COLUMNS))[:])))
     write_dataset_card(staging, store.meta, summaries, repo_id=repo_id, tags=tags, license=license)
     return list_files(staging), summaries
 
