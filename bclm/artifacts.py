@@ -23,8 +23,14 @@ CONFIG_DIGEST = "bclm_tokenizer_sha256"
 
 
 def policy_directory(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
-    """A local policy directory, or the snapshot of Hub repo `path_or_repo_id` at `revision` (downloaded
-    once into the Hugging Face cache; offline, the cached snapshot)."""
+    """A local policy directory, or the snapshot of Hub repo `path_or_repo_id` at `revision`."""
+    # Top-level files only: the Hub's `*` also matches across "/", and a repo may hold checkpoints below.
+    return local_or_hub(path_or_repo_id, "policy", revision, allow_patterns=POLICY_PATTERNS, ignore_patterns=["*/*"])
+
+
+def local_or_hub(path_or_repo_id: str | Path, what: str, revision: str | None, **download: Any) -> Path:
+    """A local directory, or else the snapshot of the Hub repo of that id at `revision`; a string that can
+    only be a path (./x, /x, ~/x, a/b/c) is a missing directory, not a repo id."""
     path = Path(path_or_repo_id)
     if path.is_dir():
         if revision:
@@ -32,9 +38,8 @@ def policy_directory(path_or_repo_id: str | Path, revision: str | None = None) -
         return path
     ref = str(path_or_repo_id)
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1 or (os.sep != "/" and os.sep in ref):
-        raise BCLMError(f"policy directory {ref} not found")
-    # Top-level files only: the Hub's `*` also matches across "/", and a repo may hold checkpoints below.
-    return hub_snapshot(ref, "policy", revision=revision, allow_patterns=POLICY_PATTERNS, ignore_patterns=["*/*"])
+        raise BCLMError(f"{what} directory {ref} not found")
+    return hub_snapshot(ref, what, revision=revision, **download)
 
 
 def hub_snapshot(repo_id: str, what: str, **download: Any) -> Path:

@@ -54,7 +54,6 @@ INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
 TASKS_PATH = "meta/tasks.parquet"
 BCLM_META_PATH = f"meta/{META_FILE}"
-CAMERA_DTYPES = ("image", "video")
 MAX_ARRAY_DIMS = 5              # lerobot maps 2-5 dims to Array2D..Array5D
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 
@@ -273,7 +272,8 @@ def _write_tasks(out: Path, tasks: list[str]) -> None:
 
 
 def _numeric(features: dict[str, dict[str, Any]]) -> list[str]:
-    return [name for name, ft in features.items() if ft["dtype"] != "string" and ft["dtype"] not in CAMERA_DTYPES]
+    # Exports never hold image/video features (leaf_feature keeps arrays numeric), so only strings are left out.
+    return [name for name, ft in features.items() if ft["dtype"] != "string"]
 
 
 def _dataset_stats(frames: dict[str, Any], features: dict[str, dict[str, Any]]) -> dict[str, dict[str, list]]:

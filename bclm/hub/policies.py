@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from bclm.artifacts import POLICY_PATTERNS
+from bclm.data.store import staged_dir
 from bclm.errors import BCLMError
 from bclm.hub.cards import CARD_FILE, policy_card
-from bclm.hub.upload import UploadPlan, create_repo, hub_api, hub_errors, link_or_copy, list_files, new_staging_dir
+from bclm.hub.upload import UploadPlan, create_repo, hub_api, hub_errors, link_or_copy, list_files
 
 # Training byproducts stay local: checkpoints (optimizer pickles) and tensorboard logs are folders, and
 # launch.json describes one machine's processes. The card is written fresh from the other files.
@@ -26,21 +27,23 @@ def stage_policy(policy_dir: str | Path, staging: str | Path, *, repo_id: str = 
 
     from bclm.policy import Policy
 
-    source, staging = Path(policy_dir), new_staging_dir(staging)
+    source = Path(policy_dir)
     if not source.is_dir():
         raise BCLMError(f"policy directory {source} not found")
     rounds = sorted(source.glob("round-*/bclm_policy.json"))
     if rounds and not (source / "bclm_policy.json").is_file():
         raise BCLMError(f"{source} is a DAgger run, not a policy: push one round's policy, e.g. "
                         f"{rounds[-1].parent}, and its data with --dataset {source / 'data'}")
-    for path in sorted(source.iterdir()):
-        if path.is_file() and path.name not in LOCAL_ONLY and any(fnmatch(path.name, p) for p in POLICY_PATTERNS):
-            link_or_copy(path, staging / path.name)
-    policy_card(staging, repo_id=repo_id, datasets=datasets, tags=tags, license=license).save(staging / CARD_FILE)
-    # What is pushed is what loads: the staged folder as a policy, its card as Hub metadata.
-    Policy.from_pretrained(staging, device="cpu")
-    ModelCard.load(staging / CARD_FILE)
-    return list_files(staging)
+    with staged_dir(staging) as tmp:
+        for path in sorted(source.iterdir()):
+            if path.is_file() and path.name not in LOCAL_ONLY and any(fnmatch(path.name, p) for p in POLICY_PATTERNS):
+                link_or_copy(path, tmp / path.name)
+        policy_card(tmp, repo_id=repo_id, datasets=datasets, tags=tags, license=license).save(tmp / CARD_FILE)
+        # What is pushed is what loads: the staged folder as a policy, its card as Hub metadata.
+        Policy.from_pretrained(tmp, device="cpu")
+        ModelCard.load(tmp / CARD_FILE)
+        files = list_files(tmp)
+    return files
 
 
 def push_policy(policy_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
@@ -51,7 +54,7 @@ def push_policy(policy_dir: str | Path, repo_id: str, *, private: bool = False, 
     with tempfile.TemporaryDirectory(prefix="bclm-push-") as tmp:
         staging = Path(tmp) / "policy"
         files = stage_policy(policy_dir, staging, repo_id=repo_id, datasets=datasets, tags=tags, license=license)
-        plan = UploadPlan(repo_id, "model", staging, revision=revision, private=private, files=files)
+        plan = UploadPlan(repo_id, "model", revision=revision, private=private, files=files)
         if dry_run:
             return plan
         api = hub_api(api)

@@ -21,11 +21,11 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bclm.artifacts import hub_snapshot
+from bclm.artifacts import local_or_hub
 from bclm.data.store import META_FILE, TrajectoryStore, staged_dir
 from bclm.errors import BCLMError
 from bclm.hub.cards import CARD_FILE, SUMMARY_COLUMNS, dataset_card, shard_summary
-from bclm.hub.upload import UploadPlan, create_repo, hub_api, hub_errors, link_or_copy, list_files, new_staging_dir
+from bclm.hub.upload import UploadPlan, create_repo, hub_api, hub_errors, link_or_copy, list_files
 
 PARQUET = "data/{}/train-00000-of-00001.parquet"
 
@@ -33,21 +33,23 @@ PARQUET = "data/{}/train-00000-of-00001.parquet"
 def stage_dataset(store_path: str | Path, staging: str | Path, *, repo_id: str = "", tags: list[str] | None = None,
                   license: str | None = None) -> tuple[list[tuple[str, int]], list[tuple[str, dict]]]:
     """Write the folder a push of the store uploads; returns its files and (shard, summary) per shard."""
-    store, staging = TrajectoryStore(store_path), new_staging_dir(staging)
+    store = TrajectoryStore(store_path)
     names = store.shard_names()
     if not names:
         raise BCLMError(f"{store.path} holds no complete shard to push")
-    link_or_copy(store.path / META_FILE, staging / META_FILE)
-    summaries = []
-    for name in names:
-        shard = store.load([name])
-        path = staging / PARQUET.format(name)
-        path.parent.mkdir(parents=True)
-        shard.to_parquet(str(path))
-        check_parquet(path, store.features, len(shard))
-        summaries.append((name, shard_summary(shard.select_columns(list(SUMMARY_COLUMNS))[:])))
-    write_dataset_card(staging, store.meta, summaries, repo_id=repo_id, tags=tags, license=license)
-    return list_files(staging), summaries
+    with staged_dir(staging) as tmp:
+        link_or_copy(store.path / META_FILE, tmp / META_FILE)
+        summaries = []
+        for name in names:
+            shard = store.load([name])
+            path = tmp / PARQUET.format(name)
+            path.parent.mkdir(parents=True)
+            shard.to_parquet(str(path))
+            check_parquet(path, store.features, len(shard))
+            summaries.append((name, shard_summary(shard.select_columns(list(SUMMARY_COLUMNS))[:])))
+        write_dataset_card(tmp, store.meta, summaries, repo_id=repo_id, tags=tags, license=license)
+        files = list_files(tmp)
+    return files, summaries
 
 
 def write_dataset_card(folder: Path, meta: dict[str, Any], summaries: list[tuple[str, dict]], **card: Any) -> None:
@@ -84,7 +86,7 @@ def push_dataset(store_path: str | Path, repo_id: str, *, private: bool = False,
         staging = Path(tmp) / "dataset"
         files, summaries = stage_dataset(store_path, staging, repo_id=repo_id, tags=tags, license=license)
         names = [name for name, _ in summaries]
-        plan = UploadPlan(repo_id, "dataset", staging, revision=revision, private=private, files=files,
+        plan = UploadPlan(repo_id, "dataset", revision=revision, private=private, files=files,
                           commits=[f"{round_tag(n, revision)}: {PARQUET.format(n)}, card" for n in names])
         if dry_run:
             return plan
@@ -121,7 +123,8 @@ def pull_dataset(repo_or_dir: str | Path, output: str | Path, *, revision: str |
     """A bclm dataset at `output` from a Hub dataset repo (at `revision`, e.g. a round's tag) or a folder in
     the Hub layout; the shards are the same rows, columns and features as the store that was pushed. Every
     file is checked before anything is written, and the store appears at `output` only once complete."""
-    folder = _dataset_folder(repo_or_dir, revision)
+    folder = local_or_hub(repo_or_dir, "dataset", revision, repo_type="dataset",
+                          allow_patterns=[META_FILE, CARD_FILE, "data/*/*.parquet"])
     source = TrajectoryStore(folder)          # checks bclm_dataset.json: format, version, spaces
     shards: dict[str, list[Path]] = {}
     for path in sorted(folder.glob("data/*/*.parquet")):
@@ -139,9 +142,3 @@ def pull_dataset(repo_or_dir: str | Path, output: str | Path, *, revision: str |
             store.write_dataset(name, datasets.Dataset(pa.concat_tables([pq.read_table(f) for f in files])))
     return TrajectoryStore(output)
 
-
-def _dataset_folder(repo_or_dir: str | Path, revision: str | None) -> Path:
-    if Path(repo_or_dir).is_dir():
-        return Path(repo_or_dir)
-    return hub_snapshot(str(repo_or_dir), "dataset", repo_type="dataset", revision=revision,
-                        allow_patterns=[META_FILE, CARD_FILE, "data/*/*.parquet"])

@@ -18,11 +18,10 @@ HUB = "https://huggingface.co"
 
 @dataclass
 class UploadPlan:
-    """What a push sends: `folder`'s files (relative paths and sizes) to `repo_id` at `revision`."""
+    """What a push sends: the staged folder's files (relative paths and sizes) to `repo_id` at `revision`."""
 
     repo_id: str
     repo_type: str
-    folder: Path
     revision: str | None = None
     private: bool = False
     files: list[tuple[str, int]] = field(default_factory=list)
@@ -58,14 +57,6 @@ def link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def new_staging_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        raise BCLMError(f"{path} already exists and is not empty: choose a new staging directory")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def hub_api(api: Any = None) -> Any:
