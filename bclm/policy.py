@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
+from bclm import atomic
 from bclm.artifacts import CONFIG_DIGEST, check_tokenizer_pair, check_weights, policy_directory, tokenizer_digest
 from bclm.errors import BCLMError
 from bclm.tokenizers import TOKENIZER_FILE, BCTokenizer, leaf_arrays, load_tokenizers, save_tokenizers
@@ -101,7 +102,7 @@ class Policy:
             self.tokenizer.text_tokenizer.save_pretrained(str(directory))
         meta = {"format": "bclm-policy", "format_version": POLICY_FORMAT_VERSION,
                 "context_length": self.context_length, "task": self.task, **self.metadata}
-        (directory / POLICY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        atomic.write_json(directory / POLICY_FILE, meta, indent=2, sort_keys=True)
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | Path, device: str | torch.device = "auto",

@@ -93,6 +93,15 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(dataset, tmp_path):
     Policy.from_pretrained(out)
 
 
+@pytest.mark.parametrize("marker", ["", '{"st', "[]"])
+def test_a_checkpoint_whose_marker_is_empty_or_torn_counts_as_absent(tmp_path, marker):
+    for step in (5, 10):
+        (tmp_path / "checkpoints" / f"step-{step}").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-5" / "bclm_step.json").write_text('{"step": 5}')
+    (tmp_path / "checkpoints" / "step-10" / "bclm_step.json").write_text(marker)   # killed mid-write
+    assert latest_checkpoint(tmp_path).name == "step-5"
+
+
 def test_dataset_of_another_space_is_rejected_by_policy_eval(dataset, tmp_path):
     from bclm.eval.evaluate import EvalConfig, evaluate
 

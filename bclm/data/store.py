@@ -26,6 +26,7 @@ import datasets
 import gymnasium as gym
 import numpy as np
 
+from bclm import atomic
 from bclm.errors import BCLMError
 from bclm.tokenizers import assemble, flatten_leaves, space_from_dict, space_to_dict
 
@@ -161,7 +162,7 @@ class TrajectoryStore:
             "action_space": space_to_dict(action_space),
             **(origin or {}),
         }
-        _atomic_write_text(path / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
+        atomic.write_text(path / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
         return cls(path)
 
     def shard_names(self) -> list[str]:
@@ -318,8 +319,4 @@ def staged_dir(output: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 

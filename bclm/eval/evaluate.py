@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bclm import atomic
 from bclm.config import option
 from bclm.envs import TaskSpec, get_task, load_expert, make_env
 from bclm.errors import BCLMError
@@ -88,7 +88,7 @@ def evaluate_tasks(policy: Policy, envs: dict[str, str], config: EvalConfig,
 def write_report(report: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+    atomic.write_json(path, report, indent=2)
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

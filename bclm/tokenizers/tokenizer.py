@@ -18,6 +18,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from bclm import atomic
 from bclm.errors import BCLMError
 from bclm.tokenizers.codecs import BOUNDS, MODES, Codec, TextCodec, codec_from_dict, make_codec, train_bpe
 from bclm.tokenizers.spaces import assemble, flatten_leaves, leaf_arrays, space_from_dict, space_to_dict
@@ -434,7 +435,7 @@ class BCTokenizer:
 def write_tokenizer_file(directory: str | Path, body: dict) -> Path:
     path = Path(directory) / TOKENIZER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(body, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+    atomic.write_text(path, json.dumps(body, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
 
 

@@ -17,6 +17,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
+from bclm import atomic
 from bclm import config as cfg
 from bclm.data.sequences import IGNORE_INDEX, PadCollator
 from bclm.envs import get_task
@@ -38,6 +39,7 @@ from bclm.trainer.launch import (
 )
 
 CHECKPOINTS = "checkpoints"
+STEP_MARKER = "bclm_step.json"       # written last into a checkpoint: it is complete
 
 
 # --- small steps -------------------------------------------------------------------------------------
@@ -132,7 +134,8 @@ def check_output_dir(recipe: TrainRecipe) -> Path:
 
 def latest_checkpoint(out: Path) -> Path | None:
     ckpts = sorted((out / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    complete = [p for p in ckpts if (p / "bclm_step.json").is_file()]
+    # A marker that cannot be parsed counts as absent: that checkpoint was interrupted.
+    complete = [p for p in ckpts if isinstance(atomic.read_json(p / STEP_MARKER), dict)]
     return complete[-1] if complete else None
 
 
@@ -169,7 +172,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     start = _maybe_resume(accelerator, out)
     if accelerator.is_main_process:
         cfg_dict = cfg.to_dict(recipe)
-        (out / "recipe.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+        atomic.write_text(out / "recipe.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
         accelerator.init_trackers("tensorboard", config=_flat_scalars(cfg_dict))
         accelerator.print(f"launch: {describe_launch(accelerator)}")
         accelerator.print(f"model: {count_parameters(accelerator.unwrap_model(model)) / 1e6:.2f}M parameters, "
@@ -334,7 +337,7 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int) -> Path:
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
         # Written last: a checkpoint without this marker was interrupted and is never resumed from.
-        (path / "bclm_step.json").write_text(json.dumps({"step": step}))
+        atomic.write_json(path / STEP_MARKER, {"step": step})
     accelerator.wait_for_everyone()
     return path
 
@@ -344,7 +347,7 @@ def _maybe_resume(accelerator: Accelerator, out: Path) -> int:
     if ckpt is None:
         return 0
     accelerator.load_state(str(ckpt))
-    step = json.loads((ckpt / "bclm_step.json").read_text())["step"]
+    step = atomic.read_json(ckpt / STEP_MARKER)["step"]
     accelerator.print(f"resumed from {ckpt} (step {step})")
     return int(step)
 
@@ -364,7 +367,7 @@ def _write_launch(accelerator: Accelerator, out: Path, digests: list[str]) -> No
         info = {"launch": describe_launch(accelerator), "distributed_type": accelerator.distributed_type.value,
                 "num_processes": accelerator.num_processes, "zero_stage": configured_zero_stage(accelerator),
                 "mixed_precision": accelerator.mixed_precision, "first_batch_sha1_per_rank": per_rank}
-        (out / "launch.json").write_text(json.dumps(info, indent=2))
+        atomic.write_json(out / "launch.json", info, indent=2)
 
 
 def _across_processes(accelerator: Accelerator, window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
