@@ -30,8 +30,13 @@ class ModelConfig:
     pretrained: str = option("", "Local path of a pretrained causal LM; its vocabulary is extended by bclm's tokens.")
     attn_implementation: str = option("sdpa", "Attention kernel: sdpa, eager or flash_attention_2.")
     dropout: float = option(0.0, "Attention dropout (architectures that have it).")
+    number_features: int = option(
+        16, "Number tokens (continuous bins) are embedded as a learned map of this many cosine components of "
+            "their bin, a smooth function of the value with a resolution of about bins / N; 0 = free rows.")
 
     def __post_init__(self) -> None:
+        if self.number_features < 0:
+            raise BCLMError(f"model.number_features must be >= 0, got {self.number_features}")
         if not self.pretrained and self.size not in SIZES:
             raise BCLMError(f"model.size {self.size!r} is not one of {', '.join(SIZES)}")
 

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Dynami
 
 from bclm import atomic
 from bclm.artifacts import CONFIG_DIGEST, check_tokenizer_pair, check_weights, policy_directory, tokenizer_digest
+from bclm.embeddings import NumberEmbedding, plain_embedding, plain_state_dict
 from bclm.errors import BCLMError
 from bclm.tokenizers import TOKENIZER_FILE, BCTokenizer, leaf_arrays, load_tokenizers, save_tokenizers
 
@@ -97,7 +98,11 @@ class Policy:
         directory.mkdir(parents=True, exist_ok=True)
         tokenizer_path = save_tokenizers(self.tokenizers, directory)
         setattr(self.model.config, CONFIG_DIGEST, tokenizer_digest(tokenizer_path))    # the pair, for loading
-        self.model.save_pretrained(str(directory), state_dict=state_dict)
+        emb = self.model.get_input_embeddings()
+        if state_dict is not None and isinstance(emb, NumberEmbedding):
+            state_dict = plain_state_dict(state_dict, emb)
+        with plain_embedding(self.model):         # a plain AutoModelForCausalLM checkpoint
+            self.model.save_pretrained(str(directory), state_dict=state_dict)
         if self.tokenizer.text_tokenizer is not None:      # a pretrained LM's own text tokenizer
             self.tokenizer.text_tokenizer.save_pretrained(str(directory))
         meta = {"format": "bclm-policy", "format_version": POLICY_FORMAT_VERSION,

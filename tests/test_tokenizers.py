@@ -27,7 +27,8 @@ from bclm.tokenizers import (
 )
 from bclm.tokenizers.codecs import BoxCodec
 
-GOLDEN = Path(__file__).parent / "golden" / "tokenizer_v1.json"
+GOLDEN = Path(__file__).parent / "golden" / "tokenizer_v2.json"
+GOLDEN_V1 = Path(__file__).parent / "golden" / "tokenizer_v1.json"
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -309,7 +310,7 @@ def test_text_with_hf_tokenizer():
     base = PreTrainedTokenizerFast(tokenizer_object=train_bpe(MISSIONS, 300), pad_token="<pad>")
     tok = BCTokenizer(gym.spaces.Text(64), gym.spaces.Discrete(3), text_tokenizer=base)
     assert tok.base_vocab_size == len(base) and tok.text_offset == 0
-    assert tok.pad_id == len(base) and tok.vocab_size == len(base) + 8 + 1024 + 1
+    assert tok.pad_id == len(base) and tok.vocab_size == len(base) + 8 + 1024 + 256 + 1
     ids = tok.encode_observation(MISSIONS)
     assert ids.max() < len(base)
     assert list(tok.decode_observation(ids)) == MISSIONS
@@ -420,18 +421,22 @@ def test_unsupported_space():
 
 # --- golden file --------------------------------------------------------------------------------
 
-def golden_tokenizer() -> BCTokenizer:
-    obs = gym.spaces.Dict({"pos": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
-                           "dir": gym.spaces.Discrete(4, start=1),
-                           "cell": gym.spaces.MultiDiscrete([11, 6, 3, 2])})
-    act = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-    config = TokenizerConfig(obs_bins=64, action_bins=32, mode="mulaw", group=2, value_vocab=512)
-    tok = BCTokenizer(obs, act, config, tasks=["reach", "push"])
+def golden_batch() -> tuple[dict, np.ndarray]:
     # 101 rows put the (1, 99) percentiles exactly on data points, so no interpolation rounding.
     rng = np.random.default_rng(1234)
     pos = (rng.standard_normal((101, 3)) * [1.0, 10.0, 0.1]).astype(np.float32)
     obs_batch = {"pos": pos, "dir": np.arange(101) % 4 + 1, "cell": np.zeros((101, 4), dtype=np.int64)}
-    return tok.fit(obs_batch, np.zeros((101, 2), dtype=np.float32))
+    return obs_batch, np.linspace(-1, 1, 202, dtype=np.float32).reshape(101, 2)
+
+
+def golden_tokenizer(numbers: bool = True) -> BCTokenizer:
+    obs = gym.spaces.Dict({"pos": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
+                           "dir": gym.spaces.Discrete(4, start=1),
+                           "cell": gym.spaces.MultiDiscrete([11, 6, 3, 2])})
+    act = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    config = TokenizerConfig(obs_bins=64, action_bins=32, mode="mulaw", group=2, value_vocab=512, numbers=numbers)
+    tok = BCTokenizer(obs, act, config, tasks=["reach", "push"])
+    return tok.fit(golden_batch()[0], np.zeros((101, 2), dtype=np.float32))
 
 
 def _canonical(d: dict) -> dict:
@@ -446,6 +451,32 @@ def test_golden_format():
         "it: if the change is deliberate, bump FORMAT_VERSION when old files no longer load identically, "
         "then regenerate with `python tests/test_tokenizers.py --write-golden`")
     assert BCTokenizer.from_dict(expected).to_dict() == expected
+
+
+def test_format_1_files_still_load_and_encode_as_before():
+    """A policy saved before the number range (format 1) keeps its layout: bins in the value range."""
+    v1 = json.loads(GOLDEN_V1.read_text())
+    loaded = BCTokenizer.from_dict(v1)
+    assert loaded.to_dict() == v1 and loaded.number_vocab == 0
+    assert loaded == golden_tokenizer(numbers=False)
+    obs, act = golden_batch()
+    steps = loaded.encode_steps(obs, act)
+    assert steps.max() < loaded.value_offset + 512                 # everything in the value range, as in v1
+    v2 = golden_tokenizer()
+    assert v2.vocab_size == loaded.vocab_size + 64                # + one number per bin of the finest binning
+    np.testing.assert_array_equal(v2.decode_action(v2.encode_action(act)), loaded.decode_action(steps[:, -2:]))
+
+
+def test_continuous_bins_are_numbers_and_symbols_stay_values():
+    tok = golden_tokenizer()
+    obs, act = golden_batch()
+    steps = tok.encode_steps(obs, act)
+    numbers = (steps >= tok.number_offset) & (steps < tok.number_offset + tok.number_vocab)
+    # pos (3 binned dims) and the 2 action dims are numbers; dir and the packed cells are symbols.
+    assert numbers.all(axis=0).tolist() == [False, False, False, True, True, True, False, True, True]
+    assert tok.number_mask().tolist() == [False, False, False, True, True, True, False, False, False]
+    lo, hi = tok.action_token_ranges().T
+    assert (lo == tok.number_offset).all() and (hi == tok.number_offset + 32).all()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ tokens, so the model is trained on log π(a_t | o_≤t, a_<t) and never on predi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,17 +22,30 @@ IGNORE_INDEX = -100
 
 @dataclass
 class DataConfig:
-    context_length: int = option(256, "Tokens per training window (and the policy's context at rollout time).")
+    context_length: int = option(
+        0, "Tokens per training window (and the policy's context at rollout time); 0 = one timestep (the prompt "
+           "and the longest task step): no history, so no copycat shortcut, which suits experts that act on the "
+           "current observation. Give a longer context for tasks that need memory.")
     stride_fraction: float = option(
         0.5, "Distance between window starts within an episode, as a fraction of the steps per window.")
     shards: list[str] = option([], "Shards of the dataset to train on (empty = all).")
     val_episodes: int = option(0, "Episodes held out to measure validation loss and action accuracy.")
+    jitter: float = option(
+        1 / 32, "Training augmentation: each observation number token (continuous bin) moves by a random whole "
+                "number of bins up to this fraction of the observation bins, either way (0 = off).")
 
     def __post_init__(self) -> None:
-        if self.context_length < 8:
-            raise BCLMError(f"data.context_length must be at least 8, got {self.context_length}")
+        if not 0 <= self.jitter < 1:
+            raise BCLMError(f"data.jitter must be in [0, 1), got {self.jitter}")
+        if self.context_length and self.context_length < 8:
+            raise BCLMError(f"data.context_length must be 0 (one timestep) or at least 8, got {self.context_length}")
         if not 0 < self.stride_fraction <= 1:
             raise BCLMError(f"data.stride_fraction must be in (0, 1], got {self.stride_fraction}")
+
+
+def resolve_context(context_length: int, tokenizers: Iterable[BCTokenizer]) -> int:
+    """`context_length`, or for 0 the tokens of one timestep of the task with the longest step."""
+    return context_length or max(t.prefix_len + t.step_len for t in tokenizers)
 
 
 def steps_per_window(tokenizer: BCTokenizer, context_length: int) -> int:
@@ -115,6 +129,8 @@ class WindowDataset(torch.utils.data.Dataset):
         stride = max(1, int(self.per_window * stride_fraction))
         self.index = window_index(tokens.lengths, self.per_window, stride)
         self.bos = tokenizer.bos_id
+        step_mask = tokenizer.number_mask()
+        self.number_mask = step_mask if step_mask.any() else None
         self.task_index = torch.tensor(task_index)
         self.loss_weight = torch.tensor(loss_weight, dtype=torch.float32)
 
@@ -127,15 +143,43 @@ class WindowDataset(torch.utils.data.Dataset):
         prefix = np.array([self.bos, self.tokens.task_tokens[e]], dtype=np.int64)
         input_ids = np.concatenate([prefix, self.tokens.steps[row:row + n].reshape(-1)])
         labels = np.concatenate([np.full(len(prefix), IGNORE_INDEX), self.tokens.labels[row:row + n].reshape(-1)])
-        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
+        item = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
                 "task_index": self.task_index, "loss_weight": self.loss_weight}
+        if self.number_mask is not None:
+            item["number_mask"] = torch.from_numpy(np.concatenate([np.zeros(len(prefix), bool),
+                                                                   np.tile(self.number_mask, n)]))
+        return item
+
+
+@dataclass
+class Jitter:
+    """Moves observation number tokens by up to `bins` either way, kept inside [low, high]."""
+
+    bins: int
+    low: int
+    high: int
+
+    @classmethod
+    def of(cls, tokenizers: Iterable[BCTokenizer], fraction: float) -> Jitter | None:
+        """For the tasks of one vocabulary (they share its number range and bins); None where none has numbers."""
+        with_numbers = [t for t in tokenizers if t.number_mask().any()]
+        if not with_numbers or round(fraction * with_numbers[0].config.obs_bins) < 1:
+            return None
+        tok = with_numbers[0]
+        bins = tok.config.obs_bins
+        return cls(round(fraction * bins), tok.number_offset, tok.number_offset + bins - 1)
+
+    def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        shift = torch.randint(-self.bins, self.bins + 1, input_ids.shape)
+        return torch.where(mask, (input_ids + shift).clamp(self.low, self.high), input_ids)
 
 
 class PadCollator:
     """Right-pads a batch to its longest window; padding is masked out and carries no loss."""
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, jitter: Jitter | None = None):
         self.pad_id = pad_id
+        self.jitter = jitter
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         length = max(len(it["input_ids"]) for it in items)
@@ -145,7 +189,9 @@ class PadCollator:
         attention_mask = torch.zeros((batch, length), dtype=torch.long)
         for b, it in enumerate(items):
             n = len(it["input_ids"])
-            input_ids[b, :n] = it["input_ids"]
+            ids = it["input_ids"]
+            input_ids[b, :n] = ids if self.jitter is None or "number_mask" not in it else \
+                self.jitter(ids, it["number_mask"])
             labels[b, :n] = it["labels"]
             attention_mask[b, :n] = 1
         # Positions whose next token carries a label: only these need logits (computed here, on the host).

@@ -32,7 +32,8 @@ from bclm.tokenizers.tokenizer import (
 SET_FORMAT = "bclm-tokenizer-set"
 SET_FORMAT_VERSION = 1
 # What every tokenizer of a set must agree on for one model to serve them all.
-SHARED_LAYOUT = ("pad_id", "bos_id", "eos_id", "act_id", "value_offset", "text_offset", "task_offset", "vocab_size")
+SHARED_LAYOUT = ("pad_id", "bos_id", "eos_id", "act_id", "value_offset", "number_offset", "number_vocab", "text_offset",
+                 "task_offset", "vocab_size")
 
 
 def build_tokenizers(spaces: Mapping[str, tuple[gym.Space, gym.Space]], config: TokenizerConfig,

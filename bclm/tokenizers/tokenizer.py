@@ -2,8 +2,12 @@
 
 Vocabulary (every id shifted by base_vocab_size, so a pretrained LM's own text vocabulary comes first):
 
-    [pad, bos, eos, act, obs, 3 spare] [value range: value_vocab] [text range] [one token per task]
+    [pad, bos, eos, act, obs, 3 spare] [value range: value_vocab] [number range] [text range] [one token per task]
 
+The value range holds symbols: discrete values and integers encoded exactly. The number range (format 2)
+holds the bins of continuous values, number k meaning "bin k of this dimension's bounds" whatever the
+dimension; being apart from the symbols, these tokens can get embeddings that know their order (see
+bclm.embeddings). Format-1 files have no number range: their bins share the value range.
 Tasks are last so that adding a task never moves a value or text id of an existing model.
 """
 
@@ -20,12 +24,12 @@ import numpy as np
 
 from bclm import atomic
 from bclm.errors import BCLMError
-from bclm.tokenizers.codecs import BOUNDS, MODES, Codec, TextCodec, codec_from_dict, make_codec, train_bpe
+from bclm.tokenizers.codecs import BOUNDS, MODES, BoxCodec, Codec, TextCodec, codec_from_dict, make_codec, train_bpe
 from bclm.tokenizers.spaces import assemble, flatten_leaves, leaf_arrays, space_from_dict, space_to_dict
 
 TOKENIZER_FILE = "bclm_tokenizer.json"
 FORMAT = "bclm-tokenizer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 NUM_SPECIAL = 8
 
 
@@ -51,6 +55,10 @@ class TokenizerConfig:
     text_max_tokens: int = field(default=16, metadata={"help": "Tokens per Text value (truncated/padded)."})
     text_vocab_size: int = field(default=512, metadata={
         "help": "Vocabulary size of the byte-level BPE trained for Text leaves (at least 256)."})
+    numbers: bool = field(default=True, metadata={
+        "help": "Continuous bins get their own 'number' token range (format 2), whose embeddings are a smooth "
+                "function of the bin (model.number_features); false: the format-1 layout, bins in the value "
+                "range as free symbols."})
 
     def __post_init__(self) -> None:
         self.percentiles = tuple(float(p) for p in self.percentiles)  # JSON gives a list back
@@ -80,6 +88,8 @@ class TokenizerConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["percentiles"] = list(self.percentiles)
+        if not self.numbers:
+            del d["numbers"]          # a format-1 file, written as format 1 wrote it
         return d
 
     @classmethod
@@ -88,7 +98,7 @@ class TokenizerConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise BCLMError(f"unknown tokenizer config field(s) {unknown}: expected some of {sorted(known)}")
-        return cls(**d)
+        return cls(**{"numbers": False, **d})     # format 1 predates the number range
 
 
 def _leaf(path: str) -> str:
@@ -167,6 +177,15 @@ class BCTokenizer:
         return self.base_vocab_size + NUM_SPECIAL
 
     @property
+    def number_offset(self) -> int:
+        return self.value_offset + self.config.value_vocab
+
+    @property
+    def number_vocab(self) -> int:
+        """Ids of the number range: one per bin of the finest binning (0 in format 1)."""
+        return max(self.config.obs_bins, self.config.action_bins) if self.config.numbers else 0
+
+    @property
     def has_text(self) -> bool:
         return any(isinstance(c, TextCodec) for c in self.obs_codecs + self.action_codecs)
 
@@ -191,11 +210,11 @@ class BCTokenizer:
     def text_offset(self) -> int:
         if self.text_tokenizer_name is not None:
             return 0
-        return self.value_offset + self.config.value_vocab
+        return self.number_offset + self.number_vocab
 
     @property
     def task_offset(self) -> int:
-        return self.value_offset + self.config.value_vocab + self.text_range_size
+        return self.number_offset + self.number_vocab + self.text_range_size
 
     @property
     def vocab_size(self) -> int:
@@ -232,8 +251,19 @@ class BCTokenizer:
     def prefix(self, task: str) -> np.ndarray:
         return np.array([self.bos_id, self.task_token(task)], dtype=np.int64)
 
-    def _offset(self, codec: Codec) -> int:
-        return self.text_offset if codec.kind == "text" else self.value_offset
+    def _offsets(self, codec: Codec) -> np.ndarray:
+        """(num_tokens,) global id of each of the codec's local id 0: text, number (binned) or value range."""
+        if codec.kind == "text":
+            return np.full(codec.num_tokens, self.text_offset, dtype=np.int64)
+        binned = _binned(codec)
+        return np.where(binned & self.config.numbers, self.number_offset, self.value_offset).astype(np.int64)
+
+    def number_mask(self) -> np.ndarray:
+        """(step_len,) True at the observation tokens of a step that are numbers (continuous bins)."""
+        mask = np.zeros(self.step_len, dtype=bool)
+        if self.config.numbers:
+            mask[:self.obs_len] = np.concatenate([_binned(c) for c in self.obs_codecs]) if self.obs_codecs else []
+        return mask
 
     # --- validation -----------------------------------------------------------------------------
 
@@ -312,7 +342,7 @@ class BCTokenizer:
 
     def _encode(self, codecs: list[Codec], arrays: dict[str, np.ndarray]) -> np.ndarray:
         batch = len(next(iter(arrays.values())))
-        parts = [codec.encode(arrays[codec.path]) + self._offset(codec) for codec in codecs]
+        parts = [codec.encode(arrays[codec.path]) + self._offsets(codec) for codec in codecs]
         return np.concatenate(parts, axis=1) if parts else np.zeros((batch, 0), dtype=np.int64)
 
     def _decode(self, space: gym.Space, codecs: list[Codec], ids: np.ndarray, length: int, what: str) -> Any:
@@ -321,7 +351,7 @@ class BCTokenizer:
             raise BCLMError(f"{what} ids have shape {ids.shape}, expected (batch, {length})")
         leaves, pos = {}, 0
         for codec in codecs:
-            local = ids[:, pos: pos + codec.num_tokens] - self._offset(codec)
+            local = ids[:, pos: pos + codec.num_tokens] - self._offsets(codec)
             leaves[codec.path] = codec.decode(local)
             pos += codec.num_tokens
         return assemble(space, leaves)
@@ -349,8 +379,7 @@ class BCTokenizer:
         return np.concatenate([obs, sep, act], axis=1)
 
     def action_token_ranges(self) -> np.ndarray:
-        rows = [np.stack([np.full(c.num_tokens, self._offset(c)), self._offset(c) + c.sizes()], axis=1)
-                for c in self.action_codecs]
+        rows = [np.stack([self._offsets(c), self._offsets(c) + c.sizes()], axis=1) for c in self.action_codecs]
         return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), dtype=np.int64)
 
     # --- reporting ----------------------------------------------------------------------------
@@ -374,7 +403,7 @@ class BCTokenizer:
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.config.numbers else 1,
             "observation_space": space_to_dict(self.observation_space),
             "action_space": space_to_dict(self.action_space),
             "config": self.config.to_dict(),
@@ -390,7 +419,9 @@ class BCTokenizer:
             "layout": {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id,
                        "act_id": self.act_id, "obs_id": self.obs_id, "value_offset": self.value_offset,
                        "text_offset": self.text_offset, "task_offset": self.task_offset,
-                       "vocab_size": self.vocab_size},
+                       "vocab_size": self.vocab_size,
+                       **({"number_offset": self.number_offset, "number_vocab": self.number_vocab}
+                          if self.config.numbers else {})},
         }
 
     @classmethod
@@ -487,6 +518,11 @@ def _check_contained(space: gym.Space, arr: np.ndarray, path: str, where: str) -
         value = arr[index].item() if isinstance(arr[index], np.generic) else arr[index]
         raise BCLMError(f"{where}: {_leaf(path)} value {value!r} (at index {index}) is outside the "
                         f"space {space}")
+
+
+def _binned(codec: Codec) -> np.ndarray:
+    """(num_tokens,) True where a token is a continuous bin (a Box dimension not encoded exactly)."""
+    return ~codec.exact if isinstance(codec, BoxCodec) else np.zeros(codec.num_tokens, dtype=bool)
 
 
 def _leaf_report(codec: Codec, x: np.ndarray) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -19,7 +20,8 @@ from transformers import PreTrainedModel, get_scheduler
 
 from bclm import atomic
 from bclm import config as cfg
-from bclm.data.sequences import IGNORE_INDEX, PadCollator
+from bclm.data.sequences import IGNORE_INDEX, Jitter, PadCollator
+from bclm.embeddings import attach_number_embedding
 from bclm.envs import get_task
 from bclm.errors import BCLMError
 from bclm.eval.evaluate import evaluate, evaluate_tasks, write_report
@@ -81,6 +83,16 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_task
                                  ("task_tokens", valid.sum(1))):
                 stats[key] = torch.zeros(num_tasks, device=task.device).index_add_(0, task, per_row.float())
     return loss, stats
+
+
+def sized_to_data(optim: OptimConfig, windows: int, processes: int = 1) -> OptimConfig:
+    """`optim` with max_steps set to `epochs` passes over `windows` (capped by max_steps), the warmup at most
+    a tenth of them: a small dataset trains for as long as it needs to, not a fixed number of steps."""
+    if not optim.epochs:
+        return optim
+    per_step = optim.batch_size * optim.grad_accum * processes
+    steps = max(1, min(optim.max_steps, math.ceil(optim.epochs * windows / per_step)))
+    return dataclasses.replace(optim, epochs=0.0, max_steps=steps, warmup_steps=min(optim.warmup_steps, steps // 10))
 
 
 def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
@@ -155,14 +167,18 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         data = prepare_data(recipe, warm_tokenizers)
         names = data.task_names
         tok = data.tokenizers[names[0]]      # the layout (vocabulary, special ids) every task shares
-        model = warm_model or build_model(recipe.model, tok.vocab_size, recipe.data.context_length, tok.bos_id,
+        model = warm_model or build_model(recipe.model, tok.vocab_size, data.context_length, tok.bos_id,
                                           tok.eos_id, tok.pad_id)
+        attach_number_embedding(model, tok.number_offset, tok.number_vocab, recipe.model.number_features,
+                                fresh=warm_model is None)
+    optim = sized_to_data(optim, len(data.train_set), accelerator.num_processes)
     optimizer = make_optimizer(model, optim)
     scheduler = make_scheduler(optimizer, optim)
     sampler = data.sampler(loop.seed)
     loader = torch.utils.data.DataLoader(
         data.train_set, batch_size=optim.batch_size, sampler=sampler,
-        drop_last=len(data.train_set) > optim.batch_size, collate_fn=PadCollator(tok.pad_id),
+        drop_last=len(data.train_set) > optim.batch_size,
+        collate_fn=PadCollator(tok.pad_id, Jitter.of(data.tokenizers.values(), recipe.data.jitter)),
         num_workers=loop.num_workers)
     align_deepspeed(accelerator, optim.grad_clip, optim.grad_accum)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -177,8 +193,9 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         accelerator.print(f"launch: {describe_launch(accelerator)}")
         accelerator.print(f"model: {count_parameters(accelerator.unwrap_model(model)) / 1e6:.2f}M parameters, "
                           f"vocab {tok.vocab_size}, {len(data.train_set)} windows, {len(names)} task(s), "
-                          f"step_len {sorted({data.tokenizers[n].step_len for n in names})}")
-    policy = Policy(accelerator.unwrap_model(model), data.tokenizers, recipe.data.context_length, task=names[0],
+                          f"step_len {sorted({data.tokenizers[n].step_len for n in names})}, context "
+                          f"{data.context_length} tokens; {optim.max_steps} steps of {optim.batch_size} windows")
+    policy = Policy(accelerator.unwrap_model(model), data.tokenizers, data.context_length, task=names[0],
                     metadata=_policy_metadata(data))
     digests: list[str] = []
     stream = _recorded(batches(loader, accelerator, skip=start * optim.grad_accum, sampler=sampler), digests)

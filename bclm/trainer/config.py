@@ -14,7 +14,11 @@ from bclm.tokenizers import TokenizerConfig
 
 @dataclass
 class OptimConfig:
-    max_steps: int = option(2000, "Optimizer steps.")
+    epochs: float = option(
+        50.0, "Training length in passes over the training windows; the step count this gives is capped by "
+              "max_steps (0 = exactly max_steps).")
+    max_steps: int = option(2000, "Optimizer steps: the cap on the steps `epochs` gives, or the length itself "
+                                  "when epochs is 0.")
     batch_size: int = option(32, "Windows per optimizer step (per process, before gradient accumulation).")
     grad_accum: int = option(1, "Micro-batches accumulated per optimizer step.")
     lr: float = option(5e-4, "Peak learning rate of AdamW.")
@@ -30,6 +34,8 @@ class OptimConfig:
         for name in ("max_steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise BCLMError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs < 0:
+            raise BCLMError(f"train.epochs must be >= 0, got {self.epochs}")
         if self.lr <= 0:
             raise BCLMError(f"train.lr must be > 0, got {self.lr}")
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bclm.data.sequences import WindowDataset, tokenize_episodes
+from bclm.data.sequences import DataConfig, WindowDataset, resolve_context, tokenize_episodes
 from bclm.data.store import META_FILE, StepArrays, TrajectoryStore
 from bclm.distributed import launched_world_size
 from bclm.envs import get_task
@@ -42,6 +42,7 @@ class Prepared:
     tasks: list[TaskData]
     train_set: torch.utils.data.Dataset
     val_set: torch.utils.data.Dataset | None
+    context_length: int
 
     @property
     def task_names(self) -> list[str]:
@@ -143,16 +144,17 @@ def prepare_data(recipe: TrainRecipe, tokenizers: dict[str, BCTokenizer] | None 
         tok.check_action(s.action, where=where)
         tok.check_action(take_tree(s.expert_action, s.columns["labeled"]), where=f"{where} (expert_action)")
     fit_tokenizers(tokenizers, {n: (s.observation, s.action) for n, s in zip(names, steps)})
+    context = resolve_context(recipe.data.context_length, [tokenizers[n] for n in names])
     tasks = []
     for index, (entry, name, store, s) in enumerate(zip(entries, names, stores, steps)):
         train_steps, val_steps = split_episodes(s, recipe.data.val_episodes)
-        train, val = (None if part is None else _windows(tokenizers[name], part, recipe, name, index,
+        train, val = (None if part is None else _windows(tokenizers[name], part, recipe.data, context, name, index,
                                                           entry.loss_weight) for part in (train_steps, val_steps))
         env = entry.env or store.meta.get("task") or store.meta["env_id"]
         tasks.append(TaskData(name, env, train, val, entry.weight))
     train_set = _concat([t.train for t in tasks])
     val_set = _concat([t.val for t in tasks]) if recipe.data.val_episodes > 0 else None
-    return Prepared(tokenizers, tasks, train_set, val_set)
+    return Prepared(tokenizers, tasks, train_set, val_set, context)
 
 
 def _concat(sets: list[Any]) -> torch.utils.data.Dataset:
@@ -183,11 +185,11 @@ def take_tree(batch: Any, mask: np.ndarray) -> Any:
     return batch[mask]
 
 
-def _windows(tokenizer: BCTokenizer, steps: StepArrays, recipe: TrainRecipe, task_name: str, task_index: int,
-             loss_weight: float) -> WindowDataset:
+def _windows(tokenizer: BCTokenizer, steps: StepArrays, config: DataConfig, context_length: int, task_name: str,
+             task_index: int, loss_weight: float) -> WindowDataset:
     task = np.full(len(steps), task_name, dtype=object)
     tokens = tokenize_episodes(tokenizer, steps.observation, steps.action, steps.columns["episode"],
                                steps.columns["step"], task, expert_action=steps.expert_action,
                                labeled=steps.columns["labeled"])
-    return WindowDataset(tokens, tokenizer, recipe.data.context_length, recipe.data.stride_fraction,
+    return WindowDataset(tokens, tokenizer, context_length, config.stride_fraction,
                          task_index=task_index, loss_weight=loss_weight)

@@ -1,0 +1,117 @@
+"""Number embeddings: smooth in the bin, exported as a plain checkpoint; older policies load unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_policy
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from bclm.data.sequences import Jitter, PadCollator
+from bclm.embeddings import NumberEmbedding, attach_number_embedding, cosine_basis
+from bclm.policy import Policy
+from bclm.trainer.bc import sized_to_data
+from bclm.trainer.config import OptimConfig
+
+GOLDEN_POLICY = Path(__file__).parent / "golden" / "policy_v1"
+SPACES = (gym.spaces.Box(-2, 2, (4,), np.float32), gym.spaces.Box(-1, 1, (2,), np.float32))
+
+
+def _trained_like(policy: Policy) -> Policy:
+    """Moves every parameter (as training would), so the export cannot pass by matching an initialisation."""
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return policy
+
+
+def test_number_embedding_is_smooth_in_the_bin():
+    emb = NumberEmbedding(torch.randn(300, 32) * 0.02, start=20, size=256, features=16)
+    torch.nn.init.normal_(emb.number_proj, std=0.02)
+    rows = emb(torch.arange(20, 276))
+    near = (rows[1:] - rows[:-1]).norm(dim=1).mean()
+    far = (rows[128:] - rows[:128]).norm(dim=1).mean()
+    assert near < far / 10, (near, far)
+    assert torch.equal(emb(torch.tensor([3])), emb.weight[3:4])           # other ids keep their own rows
+
+
+def test_structured_embedding_exports_a_plain_checkpoint_with_the_same_logits(tmp_path):
+    policy = _trained_like(tiny_policy(*SPACES, context_length=40))
+    assert isinstance(policy.model.get_input_embeddings(), NumberEmbedding)
+    policy.save_pretrained(tmp_path)
+    assert not any("number" in k for k in load_file(tmp_path / "model.safetensors"))
+    assert "auto_map" not in json.loads((tmp_path / "config.json").read_text())
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=False).eval()   # no bclm code
+    assert type(plain.get_input_embeddings()) is torch.nn.Embedding
+    tok = policy.tokenizer
+    obs = SPACES[0].sample()[None].repeat(3, 0) + np.linspace(-1, 1, 3, dtype=np.float32)[:, None]
+    ids = torch.as_tensor(np.concatenate([np.tile(tok.prefix("default"), (3, 1)), tok.encode_observation(obs),
+                                          np.full((3, 1), tok.act_id)], axis=1))
+    assert ((ids >= tok.number_offset) & (ids < tok.number_offset + tok.number_vocab)).any()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, policy.model(input_ids=ids).logits,
+                                   rtol=0, atol=1e-5)
+    # The live model keeps its structure after saving.
+    assert isinstance(policy.model.get_input_embeddings(), NumberEmbedding)
+
+
+def test_a_warm_start_keeps_the_number_rows_it_was_given(tmp_path):
+    policy = _trained_like(tiny_policy(*SPACES, context_length=40))
+    policy.save_pretrained(tmp_path)
+    loaded = Policy.from_pretrained(tmp_path)
+    tok = loaded.tokenizer
+    emb = attach_number_embedding(loaded.model, tok.number_offset, tok.number_vocab, 16, fresh=False)
+    before = policy.model.get_input_embeddings().materialized()
+    torch.testing.assert_close(emb.materialized(), before, rtol=0, atol=1e-6)
+
+
+def test_a_format_1_policy_loads_and_acts_as_it_did():
+    """tests/golden/policy_v1 was saved by bclm before number tokens (tied embeddings, bins as symbols)."""
+    expected = json.loads((GOLDEN_POLICY / "expected_actions.json").read_text())
+    policy = Policy.from_pretrained(GOLDEN_POLICY)
+    assert policy.tokenizer.number_vocab == 0
+    assert type(policy.model.get_input_embeddings()) is torch.nn.Embedding
+    ids = torch.as_tensor(expected["input_ids"])
+    np.testing.assert_array_equal(ids.numpy()[:, 2:-1], policy.tokenizer.encode_observation(
+        np.asarray(expected["observations"][0], np.float32)))
+    with torch.no_grad():
+        logits = policy.model(input_ids=ids).logits[:, -1, policy.tokenizer.value_offset:][:, :2]
+    torch.testing.assert_close(logits, torch.tensor(expected["action_logits"]), rtol=0, atol=1e-5)
+    session = policy.new_session(4)
+    actions = [session.act(np.asarray(o, np.float32)).tolist() for o in expected["observations"]]
+    assert actions == expected["actions"]
+
+
+def test_cosine_basis_is_orthonormal():
+    basis = cosine_basis(64, 64)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(64), rtol=0, atol=1e-5)
+
+
+def test_jitter_moves_only_observation_numbers_and_stays_inside_their_bins():
+    policy = tiny_policy(*SPACES, context_length=40)
+    tok = policy.tokenizer
+    jitter = Jitter.of([tok], 4 / 64)
+    assert (jitter.bins, jitter.low, jitter.high) == (4, tok.number_offset, tok.number_offset + 63)
+    steps = tok.encode_steps(np.tile(SPACES[0].high, (50, 1)), np.zeros((50, 2), np.float32))
+    ids = torch.as_tensor(steps.reshape(-1))
+    mask = torch.as_tensor(np.tile(tok.number_mask(), 50))
+    torch.manual_seed(0)
+    moved = jitter(ids, mask)
+    assert torch.equal(moved[~mask], ids[~mask])                               # actions, separators
+    assert (moved[mask] != ids[mask]).any() and (moved[mask] <= jitter.high).all()
+    assert ((ids[mask] - moved[mask]).abs() <= 4).all()
+    item = {"input_ids": ids, "labels": ids, "number_mask": mask}
+    batch = PadCollator(tok.pad_id, jitter)([item])
+    assert torch.equal(batch["labels"][0], ids)                                # targets stay clean
+
+
+@pytest.mark.parametrize(("epochs", "windows", "expected"), [(50, 1000, 1563), (50, 100_000, 2000), (0, 10, 2000)])
+def test_training_length_follows_the_data(epochs, windows, expected):
+    optim = sized_to_data(OptimConfig(epochs=epochs, max_steps=2000, batch_size=32), windows)
+    assert optim.max_steps == expected and optim.warmup_steps <= max(expected // 10, 100 if not epochs else 0)
