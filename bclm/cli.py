@@ -19,6 +19,7 @@ commands:
   train     behavior cloning from a dataset (YAML recipe + --section.field overrides)
   dagger    DAgger rounds: expert demos, then β-mixture rollouts labeled by the expert, retraining
   eval      scripted evaluation rollouts of a policy, written as a JSON report
+  sweep     learning curves: BC, DAgger, HG-DAgger over label budgets and seeds (mean ± 95% CI, plots)
   demo      the default job: BC vs DAgger at equal expert labels on CartPole-v1, on CPU, in a few minutes
   push      a policy or a dataset to the Hugging Face Hub (--dry-run prints what would be uploaded)
   pull      a dataset from the Hub (any round's revision) into a local bclm dataset
@@ -121,6 +122,30 @@ def _dagger(argv: list[str]) -> int:
     return 0
 
 
+SWEEP_FLAGS = {**DAGGER_FLAGS, "--methods": "--sweep.methods", "--budgets": "--sweep.budgets",
+               "--seeds": "--sweep.seeds", "--jobs": "--sweep.jobs"}
+
+
+def _sweep(argv: list[str]) -> int:
+    from bclm import config as cfg
+    from bclm.sweep import SweepRecipe, run_sweep
+
+    if "-h" in argv or "--help" in argv:
+        print("usage: bclm sweep [RECIPE.yaml] --env ENV --budgets 500,1000,2000 --seeds 3 --output-dir DIR "
+              "[--methods bc,dagger,hg-dagger] [--section.field VALUE ...]\n")
+        print("\n".join(cfg.help_text(SweepRecipe)))
+        return 0
+    recipe_path = argv[0] if argv and not argv[0].startswith("--") else None
+    overrides = [SWEEP_FLAGS.get(a.split("=")[0], a.split("=")[0]) + a[len(a.split("=")[0]):]
+                 for a in (argv[1:] if recipe_path else argv)]
+    recipe = cfg.build_config(SweepRecipe, recipe_path, overrides)
+    run_sweep(recipe)
+    out = Path(recipe.output_dir)
+    print((out / "sweep.md").read_text())
+    print(f"report: {out / 'sweep.json'}; plots: {out / 'success_vs_labels.png'}, {out / 'mistakes_vs_t.png'}")
+    return 0
+
+
 def _eval(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bclm eval", description="Evaluate a policy with seeded rollouts.")
     p.add_argument("--policy", required=True, help="Policy directory (from `bclm train`) or Hub repo id.")
@@ -174,13 +199,14 @@ def report_table(report: dict[str, Any], task: str = "") -> str:
 
 
 def _demo(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bclm demo", description="BC vs DAgger at equal expert labels, CartPole-v1.")
+    p = argparse.ArgumentParser(prog="bclm demo", description="BC vs DAgger: success against expert labels over "
+                                "seeds, CartPole-v1 (a `bclm sweep`; rerun with the same --workdir to resume).")
     p.add_argument("--workdir", default="runs/demo", help="Where the data, policies and reports go.")
-    p.add_argument("--steps", type=int, default=300, help="Training steps per round.")
+    p.add_argument("--seeds", type=int, default=3, help="Seeds per method and budget.")
     args = p.parse_args(argv)
     from bclm.demo import run_demo
 
-    run_demo(Path(args.workdir), steps=args.steps)
+    run_demo(Path(args.workdir), seeds=args.seeds)
     return 0
 
 
@@ -270,7 +296,8 @@ def _import_imitation(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"collect": _collect, "train": _train, "dagger": _dagger, "eval": _eval, "demo": _demo, "push": _push,
+COMMANDS = {"collect": _collect, "train": _train, "dagger": _dagger, "sweep": _sweep, "eval": _eval, "demo": _demo,
+            "push": _push,
             "pull": _pull, "export-lerobot": _export_lerobot, "import-lerobot": _import_lerobot,
             "import-imitation": _import_imitation}
 

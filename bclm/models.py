@@ -31,8 +31,9 @@ class ModelConfig:
     attn_implementation: str = option("sdpa", "Attention kernel: sdpa, eager or flash_attention_2.")
     dropout: float = option(0.0, "Attention dropout (architectures that have it).")
     number_features: int = option(
-        16, "Number tokens (continuous bins) are embedded as a learned map of this many cosine components of "
-            "their bin, a smooth function of the value with a resolution of about bins / N; 0 = free rows.")
+        2, "Number tokens (continuous bins) are embedded as a learned map of this many cosine components of "
+           "their bin: 2 is a linear embedding of cos(π·bin/bins), a monotone function of the value (as JAT embeds "
+           "continuous values linearly); more components bend it, 0 = free rows (the old free-symbol learner).")
 
     def __post_init__(self) -> None:
         if self.number_features < 0:

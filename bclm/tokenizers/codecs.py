@@ -41,7 +41,7 @@ class BoxCodec:
     def __init__(self, path: str, shape: tuple[int, ...], dtype: str, low: np.ndarray, high: np.ndarray,
                  *, bins: int, mode: str = "uniform", mu: float = 100.0, bounds: str = "space",
                  percentiles: tuple[float, float] = (1.0, 99.0), exact: np.ndarray | None = None,
-                 needs_data: bool | None = None, fitted: bool = False):
+                 needs_data: bool | None = None, fitted: bool = False, margin: float = 0.0):
         self.path = path
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
@@ -50,6 +50,7 @@ class BoxCodec:
         self.mu = float(mu)
         self.bounds = bounds
         self.percentiles = (float(percentiles[0]), float(percentiles[1]))
+        self.margin = float(margin)
         self.low = np.asarray(low, dtype=np.float64).ravel().copy()
         self.high = np.asarray(high, dtype=np.float64).ravel().copy()
         self.exact = self._exact_dims() if exact is None else np.asarray(exact, dtype=bool)
@@ -96,8 +97,12 @@ class BoxCodec:
         if not np.isfinite(flat).all():
             raise BCLMError(f"cannot fit {_leaf(self.path)}: the data contains NaN or inf")
         lo, hi = np.percentile(flat, self.percentiles, axis=0)
+        hi = np.maximum(hi, lo)
+        # A margin beyond the data gives states a little past the demonstrations their own bins, so that a
+        # policy drifting out of the demonstrated range still sees how far out it is (clipping would hide it).
+        lo, hi = lo - self.margin * (hi - lo), hi + self.margin * (hi - lo)
         self.low = np.where(self.exact, self.low, lo)
-        self.high = np.where(self.exact, self.high, np.maximum(hi, lo))
+        self.high = np.where(self.exact, self.high, hi)
         self.fitted = True
 
     def _check_ready(self) -> None:
@@ -152,14 +157,15 @@ class BoxCodec:
                 "bins": self.bins, "mode": self.mode, "mu": self.mu, "bounds": self.bounds,
                 "percentiles": list(self.percentiles), "low": floats_to_json(self.low),
                 "high": floats_to_json(self.high), "exact": self.exact.tolist(),
-                "needs_data": self.needs_data, "fitted": self.fitted}
+                "needs_data": self.needs_data, "fitted": self.fitted,
+                **({"margin": self.margin} if self.margin else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> BoxCodec:
         return cls(d["path"], tuple(d["shape"]), d["dtype"], floats_from_json(d["low"]),
                    floats_from_json(d["high"]), bins=d["bins"], mode=d["mode"], mu=d["mu"],
                    bounds=d["bounds"], percentiles=tuple(d["percentiles"]), exact=np.array(d["exact"]),
-                   needs_data=d["needs_data"], fitted=d["fitted"])
+                   needs_data=d["needs_data"], fitted=d["fitted"], margin=d.get("margin", 0.0))
 
 
 # --- integer leaves: mixed-radix packing ---------------------------------------------------------
@@ -423,11 +429,11 @@ Codec = BoxCodec | DiscreteCodec | MultiDiscreteCodec | MultiBinaryCodec | TextC
 
 
 def make_codec(space: gym.Space, path: str, *, bins: int, mode: str, mu: float, bounds: str,
-               percentiles: tuple[float, float], value_vocab: int, group: int, text_max_tokens: int,
+               percentiles: tuple[float, float], margin: float, value_vocab: int, group: int, text_max_tokens: int,
                text_vocab_size: int, text_tokenizer: Any = None) -> Codec:
     if isinstance(space, gym.spaces.Box):
         return BoxCodec.from_space(space, path, bins=bins, mode=mode, mu=mu, bounds=bounds,
-                                   percentiles=percentiles)
+                                   percentiles=percentiles, margin=margin)
     if isinstance(space, gym.spaces.Discrete) and space.n > value_vocab:
         raise BCLMError(f"{_leaf(path)}: Discrete({space.n}) needs more than value_vocab={value_vocab} ids: "
                         "raise `value_vocab`")

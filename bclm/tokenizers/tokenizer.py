@@ -48,6 +48,8 @@ class TokenizerConfig:
         "help": "Where action Box bounds come from: 'space', 'data' or 'auto' (as obs_bounds)."})
     percentiles: tuple[float, float] = field(default=(1.0, 99.0), metadata={
         "help": "Lower and upper data percentiles used as bounds when fitting; values outside are clipped."})
+    margin: float = field(default=0.25, metadata={
+        "help": "Data-fitted bounds are widened by this fraction of their range on each side."})
     value_vocab: int = field(default=1024, metadata={
         "help": "Size of the value-token range shared by all observation and action values (Gato-style)."})
     group: int = field(default=1, metadata={
@@ -75,6 +77,8 @@ class TokenizerConfig:
             if getattr(self, name) not in BOUNDS:
                 raise BCLMError(f"tokenizer config {name}={getattr(self, name)!r}: expected one of "
                                 f"{list(BOUNDS)}")
+        if not 0 <= self.margin <= 10:
+            raise BCLMError(f"tokenizer config margin={self.margin!r}: expected a fraction of the range in [0, 10]")
         if not self.mu > 0:
             raise BCLMError(f"tokenizer config mu={self.mu!r}: expected a positive number")
         lo, hi = self.percentiles if len(self.percentiles) == 2 else (None, None)
@@ -88,8 +92,8 @@ class TokenizerConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["percentiles"] = list(self.percentiles)
-        if not self.numbers:
-            del d["numbers"]          # a format-1 file, written as format 1 wrote it
+        if not self.numbers:          # a format-1 file, written as format 1 wrote it
+            del d["numbers"], d["margin"]
         return d
 
     @classmethod
@@ -98,7 +102,7 @@ class TokenizerConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise BCLMError(f"unknown tokenizer config field(s) {unknown}: expected some of {sorted(known)}")
-        return cls(**{"numbers": False, **d})     # format 1 predates the number range
+        return cls(**{"numbers": False, "margin": 0.0, **d})     # format 1 predates both
 
 
 def _leaf(path: str) -> str:
@@ -146,7 +150,7 @@ class BCTokenizer:
     def _codec(self, space: gym.Space, path: str, bins: int, bounds: str) -> Codec:
         c = self.config
         return make_codec(space, path, bins=bins, mode=c.mode, mu=c.mu, bounds=bounds,
-                          percentiles=c.percentiles, value_vocab=c.value_vocab, group=c.group,
+                          percentiles=c.percentiles, margin=c.margin, value_vocab=c.value_vocab, group=c.group,
                           text_max_tokens=c.text_max_tokens, text_vocab_size=c.text_vocab_size,
                           text_tokenizer=self.text_tokenizer)
 

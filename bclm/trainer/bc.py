@@ -41,6 +41,7 @@ from bclm.trainer.launch import (
 )
 
 CHECKPOINTS = "checkpoints"
+QUANTIZATION_FILE = "quantization_report.json"
 STEP_MARKER = "bclm_step.json"       # written last into a checkpoint: it is complete
 
 
@@ -191,6 +192,8 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         atomic.write_text(out / "recipe.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
         accelerator.init_trackers("tensorboard", config=_flat_scalars(cfg_dict))
         accelerator.print(f"launch: {describe_launch(accelerator)}")
+        atomic.write_json(out / QUANTIZATION_FILE, data.quantization, indent=2)
+        accelerator.print(quantization_summary(data.quantization))
         accelerator.print(f"model: {count_parameters(accelerator.unwrap_model(model)) / 1e6:.2f}M parameters, "
                           f"vocab {tok.vocab_size}, {len(data.train_set)} windows, {len(names)} task(s), "
                           f"step_len {sorted({data.tokenizers[n].step_len for n in names})}, context "
@@ -405,6 +408,20 @@ def _log(accelerator: Accelerator, stats: dict[str, Any], metrics_file: Path) ->
         with metrics_file.open("a") as f:
             f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
                                 for k, v in stats.items()}) + "\n")
+
+
+def quantization_summary(reports: dict[str, dict]) -> str:
+    """One line per task: the largest round-trip error and clip rate of its observations and actions."""
+    lines = []
+    for task, report in reports.items():
+        parts = []
+        for kind in ("observation", "action"):
+            leaves = report[kind].values()
+            err = max((max(leaf.get("max_abs_error", [0.0]) or [0.0]) for leaf in leaves), default=0.0)
+            clip = max((max(leaf.get("clip_fraction", [0.0]) or [0.0]) for leaf in leaves), default=0.0)
+            parts.append(f"{kind}s max error {err:.3g}, clipped {clip:.1%}")
+        lines.append(f"tokenizer ({task}): " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def _flat_scalars(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -19,7 +19,7 @@ class OptimConfig:
               "max_steps (0 = exactly max_steps).")
     max_steps: int = option(2000, "Optimizer steps: the cap on the steps `epochs` gives, or the length itself "
                                   "when epochs is 0.")
-    batch_size: int = option(32, "Windows per optimizer step (per process, before gradient accumulation).")
+    batch_size: int = option(64, "Windows per optimizer step (per process, before gradient accumulation).")
     grad_accum: int = option(1, "Micro-batches accumulated per optimizer step.")
     lr: float = option(5e-4, "Peak learning rate of AdamW.")
     min_lr_ratio: float = option(0.1, "Final learning rate of the cosine schedule, as a fraction of the peak.")

@@ -171,7 +171,7 @@ def round_recipe(recipe: DaggerRecipe, out: Path, round_index: int, tasks: list[
     return train_recipe(recipe, **changes)
 
 
-def _policy_done(path: Path) -> bool:
+def policy_done(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "eval_report.json").is_file()
 
 
@@ -208,7 +208,7 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
                 collect_round(t.spec, t.expert_ref, policy.for_task(t.name) if t.name else policy, t.store, k,
                               beta(k), cfg)
         policy_dir = out / ROUND.format(k)
-        if not _policy_done(policy_dir):
+        if not policy_done(policy_dir):
             train(round_recipe(recipe, out, k, tasks))
         rows.append(_round_row(tasks, k, None if k and cfg.intervener else beta(k), policy_dir))
         if distributed.is_main():
@@ -248,7 +248,7 @@ def bc_baseline(recipe: DaggerRecipe, task: TaskSpec, expert_ref: str, out: Path
         write_expert_shard(store, task, expert_ref, cfg.episodes_per_round, seed=cfg.seed + 7_777_777 + 1000 * k,
                            num_envs=cfg.num_envs, shard=f"part-{k:03d}")
         k += 1
-    if not _policy_done(policy_dir):
+    if not policy_done(policy_dir):
         train(train_recipe(recipe, dataset=str(data_dir), output_dir=str(policy_dir), init_from="",
                            data=dataclasses.replace(recipe.data, shards=[]),
                            eval=dataclasses.replace(recipe.eval, env=task.name, expert=expert_ref)))

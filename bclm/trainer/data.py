@@ -8,7 +8,7 @@ that the loss and the metrics can be split by task.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class Prepared:
     train_set: torch.utils.data.Dataset
     val_set: torch.utils.data.Dataset | None
     context_length: int
+    quantization: dict[str, dict] = field(default_factory=dict)    # task -> the tokenizer's round-trip report
 
     @property
     def task_names(self) -> list[str]:
@@ -154,7 +155,8 @@ def prepare_data(recipe: TrainRecipe, tokenizers: dict[str, BCTokenizer] | None 
         tasks.append(TaskData(name, env, train, val, entry.weight))
     train_set = _concat([t.train for t in tasks])
     val_set = _concat([t.val for t in tasks]) if recipe.data.val_episodes > 0 else None
-    return Prepared(tokenizers, tasks, train_set, val_set, context)
+    quantization = {n: tokenizers[n].quantization_report(s.observation, s.action) for n, s in zip(names, steps)}
+    return Prepared(tokenizers, tasks, train_set, val_set, context, quantization)
 
 
 def _concat(sets: list[Any]) -> torch.utils.data.Dataset:

@@ -1,0 +1,217 @@
+"""`bclm sweep`: learning curves, success against expert labels, for BC, DAgger and HG-DAgger over seeds.
+
+Every cell lives in its own resumable directory, so a killed sweep resumes without redoing finished cells:
+
+    OUT/data/expert-seed-S/      expert episodes, one shard per episode (BC budgets take a prefix of them)
+    OUT/bc/labels-B/seed-S/      a BC policy on the longest prefix of those episodes within B labels
+    OUT/dagger/seed-S/           a DAgger run (`bclm dagger`'s layout), rounds added until the largest budget
+    OUT/sweep.json, sweep.md, success_vs_labels.png, mistakes_vs_t.png
+
+Labels are counted alike for every method: the expert-labeled steps of the data a policy was trained on.
+A method's point at budget B is, per seed, its policy with the most labels that do not exceed B (BC: the
+longest episode prefix; DAgger: the last round within B), so every method is compared at equal labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bclm import atomic
+from bclm.collect import expert_ref_of, open_store, write_expert_shard
+from bclm.config import option
+from bclm.envs import get_task
+from bclm.errors import BCLMError
+from bclm.eval.curves import markdown_table, mean_ci, plot_curves
+from bclm.eval.plots import plot_mistakes
+from bclm.trainer.bc import train
+from bclm.trainer.dagger import DaggerRecipe, policy_done, run_dagger, train_recipe
+
+METHODS = {"bc": "", "dagger": "", "hg-dagger": "expert-gated"}      # method -> DAgger intervener
+
+
+@dataclass
+class SweepConfig:
+    methods: list[str] = option(["bc", "dagger"], f"Methods to compare: {', '.join(METHODS)}.")
+    budgets: list[int] = option([500, 1000, 2000], "Expert-label budgets: the curve's points.")
+    seeds: int = option(3, "Seeds per cell (data, model initialisation and rollouts); the CI is over them.")
+    max_rounds: int = option(20, "DAgger rounds at most, if the largest budget is not reached before.")
+    jobs: int = option(0, "Cells run in parallel processes (0 = one per 2 cores).")
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise BCLMError(f"sweep.methods {self.methods}: expected some of {list(METHODS)}")
+        if not self.budgets or min(self.budgets) < 1:
+            raise BCLMError(f"sweep.budgets {self.budgets}: expected positive label counts")
+        if self.seeds < 1 or self.max_rounds < 1 or self.jobs < 0:
+            raise BCLMError("sweep.seeds and sweep.max_rounds must be >= 1, sweep.jobs >= 0")
+        self.budgets = sorted(set(self.budgets))
+
+
+@dataclass
+class SweepRecipe(DaggerRecipe):
+    sweep: SweepConfig = field(default_factory=SweepConfig, metadata={"help": "sweep"})
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    seed: int
+    budget: int | None = None          # BC cells; a DAgger cell covers every budget with its rounds
+
+    def path(self, out: Path) -> Path:
+        if self.method == "bc":
+            return out / "bc" / f"labels-{self.budget}" / f"seed-{self.seed}"
+        return out / self.method / f"seed-{self.seed}"
+
+
+def cells(config: SweepConfig) -> list[Cell]:
+    out = []
+    for seed in range(config.seeds):
+        for method in config.methods:
+            budgets = config.budgets if method == "bc" else [None]
+            out.extend(Cell(method, seed, b) for b in budgets)
+    return out
+
+
+# --- one cell ----------------------------------------------------------------------------------------
+def expert_episodes(recipe: SweepRecipe, out: Path, seed: int) -> list[tuple[str, int]]:
+    """(shard, labels) of the seed's expert episodes, collected one per shard until the largest budget is passed."""
+    task = get_task(recipe.dagger.env)
+    ref = expert_ref_of(task, recipe.dagger.expert or None)
+    store = open_store(task, expert_store(out, seed))
+    shards, total, i = [], 0, 0
+    while total <= recipe.sweep.budgets[-1]:
+        name = f"ep-{i:05d}"
+        if name not in store.shard_names():
+            write_expert_shard(store, task, ref, 1, seed=recipe.dagger.seed + 1000 * seed + i, num_envs=1, shard=name)
+        labels = len(store.load([name]))
+        shards.append((name, labels))
+        total, i = total + labels, i + 1
+    return shards
+
+
+def within_budget(episodes: list[tuple[str, int]], budget: int) -> tuple[list[str], int]:
+    """The longest prefix of (shard, labels) episodes whose labels stay within `budget` (at least one), and
+    its labels: a larger budget's data holds a smaller one's."""
+    chosen, labels = [episodes[0][0]], episodes[0][1]
+    for name, n in episodes[1:]:
+        if labels + n > budget:
+            break
+        chosen.append(name)
+        labels += n
+    return chosen, labels
+
+
+def expert_store(out: Path, seed: int) -> Path:
+    return out / "data" / f"expert-seed-{seed}"
+
+
+def run_bc_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> dict[str, Any]:
+    chosen, labels = within_budget(expert_episodes(recipe, out, cell.seed), cell.budget)
+    policy_dir = cell.path(out)
+    if not policy_done(policy_dir):
+        task = get_task(recipe.dagger.env)
+        train(train_recipe(recipe, dataset=str(expert_store(out, cell.seed)), output_dir=str(policy_dir),
+                           data=dataclasses.replace(recipe.data, shards=chosen),
+                           loop=dataclasses.replace(recipe.loop, seed=cell.seed),
+                           eval=dataclasses.replace(recipe.eval, env=task.name,
+                                                    expert=recipe.dagger.expert or (task.expert or ""))))
+    report = json.loads((policy_dir / "eval_report.json").read_text())
+    return {"expert_labels": labels, "episodes_trained": len(chosen), **report}
+
+
+def run_dagger_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> list[dict[str, Any]]:
+    """Rounds added one at a time (each call resumes the run on disk) until the largest budget is reached."""
+    cfg = recipe.dagger
+    dagger = dataclasses.replace(cfg, intervener=METHODS[cell.method], bc_baseline=False,
+                                 seed=cfg.seed + 1000 * cell.seed, beta_rounds=cfg.beta_rounds or cfg.rounds)
+    seeded = dataclasses.replace(recipe.loop, seed=cell.seed)
+    rows: list[dict[str, Any]] = []
+    for rounds in range(recipe.sweep.max_rounds + 1):
+        run = dataclasses.replace(recipe, output_dir=str(cell.path(out)), loop=seeded,
+                                  dagger=dataclasses.replace(dagger, rounds=rounds))
+        rows = run_dagger(run)["rounds"]
+        if rows[-1]["expert_labels"] >= recipe.sweep.budgets[-1]:
+            break
+    return rows
+
+
+def run_cell(recipe: SweepRecipe, out: Path, cell: Cell, threads: int = 0) -> dict[str, Any]:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if cell.method == "bc":
+        return {"cell": dataclasses.asdict(cell), "points": [run_bc_cell(recipe, out, cell)]}
+    return {"cell": dataclasses.asdict(cell), "points": run_dagger_cell(recipe, out, cell)}
+
+
+# --- the sweep -----------------------------------------------------------------------------------------
+def run_sweep(recipe: SweepRecipe) -> dict[str, Any]:
+    if not recipe.output_dir:
+        raise BCLMError("output_dir is required (--output-dir DIR)")
+    if not recipe.dagger.env:
+        raise BCLMError("the sweep's task is dagger.env (--dagger.env NAME)")
+    expert_ref_of(get_task(recipe.dagger.env), recipe.dagger.expert or None)     # fail before any work
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = cells(recipe.sweep)
+    jobs = recipe.sweep.jobs or max(1, (os.cpu_count() or 2) // 2)
+    if jobs == 1:
+        results = [run_cell(recipe, out, c) for c in todo]
+    else:
+        threads = max(1, (os.cpu_count() or 2) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(run_cell, [recipe] * len(todo), [out] * len(todo), todo, [threads] * len(todo)))
+    report = {"env": recipe.dagger.env, "budgets": recipe.sweep.budgets, "cells": results,
+              "summary": summarize(results, recipe.sweep)}
+    write_outputs(report, out, recipe.dagger.env)
+    return report
+
+
+def at_budget(points: list[dict[str, Any]], budget: int) -> dict[str, Any] | None:
+    """The point with the most labels within `budget` (None where even the first exceeds it)."""
+    within = [p for p in points if p["expert_labels"] <= budget]
+    return max(within, key=lambda p: p["expert_labels"]) if within else None
+
+
+def summarize(results: list[dict[str, Any]], config: SweepConfig) -> dict[str, list[dict[str, Any]]]:
+    summary: dict[str, list[dict[str, Any]]] = {}
+    for method in config.methods:
+        for budget in config.budgets:
+            runs = [r for r in results if r["cell"]["method"] == method
+                    and r["cell"]["budget"] in (budget, None)]
+            points = [p for p in (at_budget(r["points"], budget) for r in runs) if p is not None]
+            if not points:
+                continue
+            row: dict[str, Any] = {"budget": budget}
+            for key in ("expert_labels", "success_rate", "mean_return", "mistakes_per_episode"):
+                if all(key in p for p in points):
+                    row[key] = {**mean_ci([p[key] for p in points]), "values": [p[key] for p in points]}
+            curves = [p["mistakes_vs_t"] for p in points if p.get("mistakes_vs_t")]
+            if len(curves) == len(points):
+                row["mistakes_vs_t"] = np.mean(curves, axis=0).round(4).tolist()
+            summary.setdefault(method, []).append(row)
+    return summary
+
+
+def write_outputs(report: dict[str, Any], out: Path, env: str) -> None:
+    summary = report["summary"]
+    atomic.write_json(out / "sweep.json", report, indent=2)
+    atomic.write_text(out / "sweep.md", markdown_table(summary))
+    plot_curves(summary, out / "success_vs_labels.png", title=f"{env}: success vs expert labels")
+    curves = [{"name": f"{method}, budget {rows[-1]['budget']:,}", "mistakes_vs_t": rows[-1]["mistakes_vs_t"],
+               "expert_labels": round(rows[-1]["expert_labels"]["mean"])}
+              for method, rows in summary.items() if rows and "mistakes_vs_t" in rows[-1]]
+    if curves:
+        plot_mistakes(curves, out / "mistakes_vs_t.png", title=f"{env}: mistakes vs horizon (mean over seeds)")

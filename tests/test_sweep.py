@@ -1,0 +1,66 @@
+"""`bclm sweep`: learning curves over budgets and seeds, on a user's own env, resumable cell by cell."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import bclm.sweep as sweep_module
+import bclm.trainer.dagger as dagger_module
+from bclm import config as cfg
+from bclm.eval.curves import mean_ci
+from bclm.sweep import SweepRecipe, at_budget, run_sweep
+
+ENV, EXPERT = "tests.custom_env:CustomTarget-v0", "tests.custom_env:expert"
+
+
+def _recipe(out):
+    # Every expert episode of the custom env is 50 steps: budgets of 1, 2 and 3 demonstrations' labels.
+    return cfg.build_config(SweepRecipe, None, [
+        "--output-dir", str(out), "--dagger.env", ENV, "--dagger.expert", EXPERT, "--dagger.initial_episodes", "1",
+        "--dagger.episodes_per_round", "1", "--dagger.num_envs", "1", "--sweep.budgets", "50,100,150",
+        "--sweep.seeds", "2", "--sweep.jobs", "1", "--sweep.max_rounds", "3", "--model.size", "tiny",
+        "--train.max_steps", "20", "--train.batch_size", "16", "--train.lr", "3e-3", "--loop.progress", "false",
+        "--eval.episodes", "4", "--eval.num_envs", "4"])
+
+
+def test_sweep_runs_bc_and_dagger_over_budgets_and_seeds_and_resumes(tmp_path, monkeypatch):
+    report = run_sweep(_recipe(tmp_path))
+    summary = report["summary"]
+    assert set(summary) == {"bc", "dagger"}
+    bc = {row["budget"]: row for row in summary["bc"]}
+    assert sorted(bc) == [50, 100, 150]
+    for budget, row in bc.items():        # labels counted as trained-on expert steps, within the budget
+        assert row["success_rate"]["n"] == 2 and row["expert_labels"]["values"] == [budget, budget]
+    for row in summary["dagger"]:
+        assert all(v <= row["budget"] for v in row["expert_labels"]["values"])
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(summary))
+    for name in ("sweep.md", "success_vs_labels.png", "mistakes_vs_t.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "| bc | 100 |" in (tmp_path / "sweep.md").read_text()
+
+    # Killed after some cells: a finished cell is never trained again.
+    (tmp_path / "sweep.json").unlink()
+    shutil.rmtree(tmp_path / "bc" / "labels-100" / "seed-1")
+    trained = []
+    real_train = sweep_module.train
+    monkeypatch.setattr(sweep_module, "train", lambda r: trained.append(r.output_dir) or real_train(r))
+    monkeypatch.setattr(dagger_module, "train", lambda r: pytest.fail(f"DAgger round retrained: {r.output_dir}"))
+    again = run_sweep(_recipe(tmp_path))
+    assert trained == [str(tmp_path / "bc" / "labels-100" / "seed-1")]
+    assert again["summary"]["dagger"] == summary["dagger"]
+
+
+def test_a_budget_takes_the_point_with_the_most_labels_within_it():
+    points = [{"expert_labels": 50}, {"expert_labels": 90}, {"expert_labels": 140}]
+    assert at_budget(points, 100)["expert_labels"] == 90
+    assert at_budget(points, 40) is None
+
+
+def test_confidence_interval_over_seeds():
+    ci = mean_ci([0.9, 1.0, 0.8])
+    assert ci["mean"] == pytest.approx(0.9) and ci["ci95"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5)
+    assert mean_ci([0.5])["ci95"] == 0.0
