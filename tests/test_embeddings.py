@@ -13,7 +13,7 @@ from conftest import tiny_policy
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from bclm.data.sequences import Jitter, PadCollator
+from bclm.data.sequences import Jitter, PadCollator, jitter_bins
 from bclm.embeddings import NumberEmbedding, attach_number_embedding, cosine_basis
 from bclm.policy import Policy
 from bclm.trainer.bc import sized_to_data
@@ -96,19 +96,32 @@ def test_cosine_basis_is_orthonormal():
 def test_jitter_moves_only_observation_numbers_and_stays_inside_their_bins():
     policy = tiny_policy(*SPACES, context_length=40)
     tok = policy.tokenizer
-    jitter = Jitter.of([tok], 4 / 64)
-    assert (jitter.bins, jitter.low, jitter.high) == (4, tok.number_offset, tok.number_offset + 63)
-    steps = tok.encode_steps(np.tile(SPACES[0].high, (50, 1)), np.zeros((50, 2), np.float32))
-    ids = torch.as_tensor(steps.reshape(-1))
-    mask = torch.as_tensor(np.tile(tok.number_mask(), 50))
+    jitter = Jitter.of([tok])
+    assert (jitter.low, jitter.high) == (tok.number_offset, tok.number_offset + 63)
+    rng = np.random.default_rng(0)
+    steps = tok.encode_steps(rng.uniform(-2, 2, (500, 4)).astype(np.float32), np.zeros((500, 2), np.float32))
+    bins = jitter_bins(tok, steps, 4 / 64)
+    assert bins.tolist() == [4, 4, 4, 4, 0, 0, 0]                # observation numbers only: not ACT, not actions
+    ids = torch.as_tensor(steps[:50].reshape(-1))
+    amplitude = torch.as_tensor(np.tile(bins, 50))
     torch.manual_seed(0)
-    moved = jitter(ids, mask)
-    assert torch.equal(moved[~mask], ids[~mask])                               # actions, separators
+    moved = jitter(ids, amplitude)
+    mask = amplitude > 0
+    assert torch.equal(moved[~mask], ids[~mask])
     assert (moved[mask] != ids[mask]).any() and (moved[mask] <= jitter.high).all()
-    assert ((ids[mask] - moved[mask]).abs() <= 4).all()
-    item = {"input_ids": ids, "labels": ids, "number_mask": mask}
-    batch = PadCollator(tok.pad_id, jitter)([item])
+    assert ((ids[mask] - moved[mask]).abs() <= 4).all() and ((ids[mask] - moved[mask]).abs() == 4).any()
+    batch = PadCollator(tok.pad_id, jitter)([{"input_ids": ids, "labels": ids, "jitter": amplitude}])
     assert torch.equal(batch["labels"][0], ids)                                # targets stay clean
+
+
+def test_jitter_never_moves_a_grid_value_onto_its_neighbour():
+    """Observations on a grid (step 0.5 here: about 5 bins apart) move by at most 2 bins, not the 8 asked."""
+    tok = tiny_policy(*SPACES, context_length=40).tokenizer
+    grid = np.round(np.random.default_rng(0).uniform(-2, 2, (500, 4)) * 2) / 2
+    steps = tok.encode_steps(grid.astype(np.float32), np.zeros((500, 2), np.float32))
+    gaps = np.diff(np.unique(steps[:, 0]))
+    assert np.median(gaps) >= 4
+    assert (jitter_bins(tok, steps, 8 / 64)[:4] < np.median(gaps) / 2).all()
 
 
 @pytest.mark.parametrize(("epochs", "windows", "expected"), [(50, 1000, 1563), (50, 100_000, 2000), (0, 10, 2000)])

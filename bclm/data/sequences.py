@@ -32,7 +32,8 @@ class DataConfig:
     val_episodes: int = option(0, "Episodes held out to measure validation loss and action accuracy.")
     jitter: float = option(
         1 / 32, "Training augmentation: each observation number token (continuous bin) moves by a random whole "
-                "number of bins up to this fraction of the observation bins, either way (0 = off).")
+                "number of bins up to this fraction of the observation bins, either way (0 = off); never by half "
+                "the spacing of a dimension whose data sits on a grid, so no two of its values are confused.")
 
     def __post_init__(self) -> None:
         if not 0 <= self.jitter < 1:
@@ -123,14 +124,15 @@ class WindowDataset(torch.utils.data.Dataset):
     weight and report the loss per task."""
 
     def __init__(self, tokens: EpisodeTokens, tokenizer: BCTokenizer, context_length: int,
-                 stride_fraction: float = 0.5, task_index: int = 0, loss_weight: float = 1.0):
+                 stride_fraction: float = 0.5, task_index: int = 0, loss_weight: float = 1.0,
+                 jitter: np.ndarray | None = None):
         self.tokens = tokens
         self.per_window = steps_per_window(tokenizer, context_length)
         stride = max(1, int(self.per_window * stride_fraction))
         self.index = window_index(tokens.lengths, self.per_window, stride)
         self.bos = tokenizer.bos_id
-        step_mask = tokenizer.number_mask()
-        self.number_mask = step_mask if step_mask.any() else None
+        # (step_len,) how many bins each token of a step may be moved by (see `jitter_bins`)
+        self.jitter = jitter if jitter is not None and jitter.any() else None
         self.task_index = torch.tensor(task_index)
         self.loss_weight = torch.tensor(loss_weight, dtype=torch.float32)
 
@@ -145,33 +147,42 @@ class WindowDataset(torch.utils.data.Dataset):
         labels = np.concatenate([np.full(len(prefix), IGNORE_INDEX), self.tokens.labels[row:row + n].reshape(-1)])
         item = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
                 "task_index": self.task_index, "loss_weight": self.loss_weight}
-        if self.number_mask is not None:
-            item["number_mask"] = torch.from_numpy(np.concatenate([np.zeros(len(prefix), bool),
-                                                                   np.tile(self.number_mask, n)]))
+        if self.jitter is not None:
+            bins = np.concatenate([np.zeros(len(prefix), np.int64), np.tile(self.jitter, n)])
+            item["jitter"] = torch.from_numpy(bins)
         return item
+
+
+def jitter_bins(tokenizer: BCTokenizer, steps: np.ndarray, fraction: float) -> np.ndarray:
+    """(step_len,) the most bins each observation number of a step may move: `fraction` of the bins, but
+    less than half the median spacing of the values a dimension takes in `steps` (N, step_len), so that
+    data on a grid (positions in steps of 0.1, say) never has one of its values moved onto another's."""
+    out = np.zeros(tokenizer.step_len, dtype=np.int64)
+    amplitude = round(fraction * tokenizer.config.obs_bins)
+    for pos in np.flatnonzero(tokenizer.number_mask()) if amplitude else []:
+        values = np.unique(steps[:, pos])
+        gap = float(np.median(np.diff(values))) if len(values) > 1 else 1.0
+        out[pos] = amplitude if gap <= 1 else min(amplitude, int((gap - 1) // 2))
+    return out
 
 
 @dataclass
 class Jitter:
-    """Moves observation number tokens by up to `bins` either way, kept inside [low, high]."""
+    """Moves each token by a random whole number of bins up to its item's `jitter`, within [low, high] (the
+    observation bins of the number range)."""
 
-    bins: int
     low: int
     high: int
 
     @classmethod
-    def of(cls, tokenizers: Iterable[BCTokenizer], fraction: float) -> Jitter | None:
+    def of(cls, tokenizers: Iterable[BCTokenizer]) -> Jitter | None:
         """For the tasks of one vocabulary (they share its number range and bins); None where none has numbers."""
-        with_numbers = [t for t in tokenizers if t.number_mask().any()]
-        if not with_numbers or round(fraction * with_numbers[0].config.obs_bins) < 1:
-            return None
-        tok = with_numbers[0]
-        bins = tok.config.obs_bins
-        return cls(round(fraction * bins), tok.number_offset, tok.number_offset + bins - 1)
+        tok = next((t for t in tokenizers if t.number_mask().any()), None)
+        return None if tok is None else cls(tok.number_offset, tok.number_offset + tok.config.obs_bins - 1)
 
-    def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        shift = torch.randint(-self.bins, self.bins + 1, input_ids.shape)
-        return torch.where(mask, (input_ids + shift).clamp(self.low, self.high), input_ids)
+    def __call__(self, input_ids: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+        shift = torch.floor(torch.rand(input_ids.shape) * (2 * bins + 1)).long() - bins
+        return torch.where(bins > 0, (input_ids + shift).clamp(self.low, self.high), input_ids)
 
 
 class PadCollator:
@@ -190,8 +201,7 @@ class PadCollator:
         for b, it in enumerate(items):
             n = len(it["input_ids"])
             ids = it["input_ids"]
-            input_ids[b, :n] = ids if self.jitter is None or "number_mask" not in it else \
-                self.jitter(ids, it["number_mask"])
+            input_ids[b, :n] = ids if self.jitter is None or "jitter" not in it else self.jitter(ids, it["jitter"])
             labels[b, :n] = it["labels"]
             attention_mask[b, :n] = 1
         # Positions whose next token carries a label: only these need logits (computed here, on the host).

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bclm.data.sequences import DataConfig, WindowDataset, resolve_context, tokenize_episodes
+from bclm.data.sequences import DataConfig, WindowDataset, jitter_bins, resolve_context, tokenize_episodes
 from bclm.data.store import META_FILE, StepArrays, TrajectoryStore
 from bclm.distributed import launched_world_size
 from bclm.envs import get_task
@@ -150,7 +150,8 @@ def prepare_data(recipe: TrainRecipe, tokenizers: dict[str, BCTokenizer] | None 
     for index, (entry, name, store, s) in enumerate(zip(entries, names, stores, steps)):
         train_steps, val_steps = split_episodes(s, recipe.data.val_episodes)
         train, val = (None if part is None else _windows(tokenizers[name], part, recipe.data, context, name, index,
-                                                          entry.loss_weight) for part in (train_steps, val_steps))
+                                                          entry.loss_weight, jitter=part is train_steps)
+                      for part in (train_steps, val_steps))
         env = entry.env or store.meta.get("task") or store.meta["env_id"]
         tasks.append(TaskData(name, env, train, val, entry.weight))
     train_set = _concat([t.train for t in tasks])
@@ -188,10 +189,11 @@ def take_tree(batch: Any, mask: np.ndarray) -> Any:
 
 
 def _windows(tokenizer: BCTokenizer, steps: StepArrays, config: DataConfig, context_length: int, task_name: str,
-             task_index: int, loss_weight: float) -> WindowDataset:
+             task_index: int, loss_weight: float, jitter: bool) -> WindowDataset:
     task = np.full(len(steps), task_name, dtype=object)
     tokens = tokenize_episodes(tokenizer, steps.observation, steps.action, steps.columns["episode"],
                                steps.columns["step"], task, expert_action=steps.expert_action,
                                labeled=steps.columns["labeled"])
-    return WindowDataset(tokens, tokenizer, context_length, config.stride_fraction,
+    bins = jitter_bins(tokenizer, tokens.steps, config.jitter) if jitter else None
+    return WindowDataset(tokens, tokenizer, context_length, config.stride_fraction, jitter=bins,
                          task_index=task_index, loss_weight=loss_weight)
