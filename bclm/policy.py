@@ -12,6 +12,7 @@ only the valid tokens of that action dimension be produced, so every action deco
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,9 @@ class Policy:
         emb = self.model.get_input_embeddings()
         if state_dict is not None and isinstance(emb, NumberEmbedding):
             state_dict = plain_state_dict(state_dict, emb)
-        with plain_embedding(self.model):         # a plain AutoModelForCausalLM checkpoint
+        # A plain AutoModelForCausalLM checkpoint: the number rows written into the table (a gathered state
+        # dict has them already; under ZeRO-3 the live module holds only this rank's shard).
+        with plain_embedding(self.model) if state_dict is None else nullcontext():
             self.model.save_pretrained(str(directory), state_dict=state_dict)
         if self.tokenizer.text_tokenizer is not None:      # a pretrained LM's own text tokenizer
             self.tokenizer.text_tokenizer.save_pretrained(str(directory))

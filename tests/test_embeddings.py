@@ -13,7 +13,7 @@ from conftest import tiny_policy
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from bclm.data.sequences import Jitter, PadCollator, jitter_bins
+from bclm.data.sequences import WindowDataset, jitter_bins, tokenize_episodes
 from bclm.embeddings import NumberEmbedding, attach_number_embedding, cosine_basis
 from bclm.policy import Policy
 from bclm.trainer.bc import sized_to_data
@@ -94,24 +94,26 @@ def test_cosine_basis_is_orthonormal():
 
 
 def test_jitter_moves_only_observation_numbers_and_stays_inside_their_bins():
-    policy = tiny_policy(*SPACES, context_length=40)
-    tok = policy.tokenizer
-    jitter = Jitter.of([tok])
-    assert (jitter.low, jitter.high) == (tok.number_offset, tok.number_offset + 63)
+    tok = tiny_policy(*SPACES, context_length=40).tokenizer
     rng = np.random.default_rng(0)
-    steps = tok.encode_steps(rng.uniform(-2, 2, (500, 4)).astype(np.float32), np.zeros((500, 2), np.float32))
-    bins = jitter_bins(tok, steps, 4 / 64)
+    obs, act = rng.uniform(-2, 2, (60, 4)).astype(np.float32), np.zeros((60, 2), np.float32)
+    bins = jitter_bins(tok, tok.encode_steps(obs, act), 4 / 64)
     assert bins.tolist() == [4, 4, 4, 4, 0, 0, 0]                # observation numbers only: not ACT, not actions
-    ids = torch.as_tensor(steps[:50].reshape(-1))
-    amplitude = torch.as_tensor(np.tile(bins, 50))
-    torch.manual_seed(0)
-    moved = jitter(ids, amplitude)
-    mask = amplitude > 0
-    assert torch.equal(moved[~mask], ids[~mask])
-    assert (moved[mask] != ids[mask]).any() and (moved[mask] <= jitter.high).all()
-    assert ((ids[mask] - moved[mask]).abs() <= 4).all() and ((ids[mask] - moved[mask]).abs() == 4).any()
-    batch = PadCollator(tok.pad_id, jitter)([{"input_ids": ids, "labels": ids, "jitter": amplitude}])
-    assert torch.equal(batch["labels"][0], ids)                                # targets stay clean
+    tokens = tokenize_episodes(tok, obs, act, np.repeat([0, 1], 30), np.tile(np.arange(30), 2),
+                               np.full(60, "default", dtype=object))
+    plain = WindowDataset(tokens, tok, context_length=2 + 3 * tok.step_len)
+    jittered = WindowDataset(tokens, tok, context_length=2 + 3 * tok.step_len, jitter=bins, seed=7)
+    a, b = plain[5], jittered[5]
+    moved = b["input_ids"] != a["input_ids"]
+    mask = torch.as_tensor(np.concatenate([[0, 0], np.tile(bins, 3)]) > 0)
+    assert moved.any() and not (moved & ~mask).any()
+    assert ((b["input_ids"] - a["input_ids"]).abs() <= 4).all()
+    assert (b["input_ids"][mask] >= tok.number_offset).all() and (b["input_ids"][mask] < tok.number_offset + 64).all()
+    assert torch.equal(b["labels"], a["labels"])                              # targets stay clean
+    # A function of (seed, epoch, window): the same in every process and after a resume, new each epoch.
+    assert torch.equal(jittered[5]["input_ids"], b["input_ids"])
+    jittered.set_epoch(1)
+    assert not torch.equal(jittered[5]["input_ids"], b["input_ids"])
 
 
 def test_jitter_never_moves_a_grid_value_onto_its_neighbour():

@@ -214,7 +214,7 @@ def test_infinite_box_bounds_survive_json():
 def test_fit_uses_percentiles_and_reports_clipping():
     obs_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
     act_space = gym.spaces.Discrete(3)
-    tok = BCTokenizer(obs_space, act_space, TokenizerConfig(percentiles=(5.0, 95.0)))
+    tok = BCTokenizer(obs_space, act_space, TokenizerConfig(percentiles=(5.0, 95.0), margin=0.0))
     x = np.stack([np.arange(101), 10 * np.arange(101)], axis=1).astype(np.float32)
     actions = np.arange(101) % 3
     tok.fit(x, actions)
@@ -224,6 +224,9 @@ def test_fit_uses_percentiles_and_reports_clipping():
     decoded = tok.decode_observation(tok.encode_observation(x))
     assert decoded.min(axis=0).tolist() >= [5.0, 50.0] and decoded.max(axis=0).tolist() <= [95.0, 950.0]
     report = tok.quantization_report(x, actions)
+    widened = BCTokenizer(obs_space, act_space, TokenizerConfig(percentiles=(5.0, 95.0), margin=0.25)).fit(x, actions)
+    np.testing.assert_allclose(widened.obs_codecs[0].low, [5.0 - 22.5, 50.0 - 225.0])    # a quarter of the range
+    np.testing.assert_allclose(widened.obs_codecs[0].high, [95.0 + 22.5, 950.0 + 225.0])
     assert report["observation"][""]["clip_fraction"] == pytest.approx([10 / 101, 10 / 101])
     assert report["action"][""]["max_abs_error"] == [0.0]
     # The clipped extreme 0 of dimension 1 decodes to the centre of the lowest bin.
@@ -434,7 +437,9 @@ def golden_tokenizer(numbers: bool = True) -> BCTokenizer:
                            "dir": gym.spaces.Discrete(4, start=1),
                            "cell": gym.spaces.MultiDiscrete([11, 6, 3, 2])})
     act = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-    config = TokenizerConfig(obs_bins=64, action_bins=32, mode="mulaw", group=2, value_vocab=512, numbers=numbers)
+    # Format 1 had no margin: its golden file is the old defaults' fit.
+    config = TokenizerConfig(obs_bins=64, action_bins=32, mode="mulaw", group=2, value_vocab=512, numbers=numbers,
+                             margin=0.25 if numbers else 0.0)
     tok = BCTokenizer(obs, act, config, tasks=["reach", "push"])
     return tok.fit(golden_batch()[0], np.zeros((101, 2), dtype=np.float32))
 

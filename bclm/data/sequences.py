@@ -125,14 +125,17 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __init__(self, tokens: EpisodeTokens, tokenizer: BCTokenizer, context_length: int,
                  stride_fraction: float = 0.5, task_index: int = 0, loss_weight: float = 1.0,
-                 jitter: np.ndarray | None = None):
+                 jitter: np.ndarray | None = None, seed: int = 0):
         self.tokens = tokens
         self.per_window = steps_per_window(tokenizer, context_length)
         stride = max(1, int(self.per_window * stride_fraction))
         self.index = window_index(tokens.lengths, self.per_window, stride)
         self.bos = tokenizer.bos_id
-        # (step_len,) how many bins each token of a step may be moved by (see `jitter_bins`)
+        # (step_len,) how many bins each token of a step may be moved by (see `jitter_bins`), kept inside the
+        # observation bins of the number range.
         self.jitter = jitter if jitter is not None and jitter.any() else None
+        self.number_bounds = (tokenizer.number_offset, tokenizer.number_offset + tokenizer.config.obs_bins - 1)
+        self.seed, self.epoch = seed, 0
         self.task_index = torch.tensor(task_index)
         self.loss_weight = torch.tensor(loss_weight, dtype=torch.float32)
 
@@ -148,9 +151,21 @@ class WindowDataset(torch.utils.data.Dataset):
         item = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
                 "task_index": self.task_index, "loss_weight": self.loss_weight}
         if self.jitter is not None:
-            bins = np.concatenate([np.zeros(len(prefix), np.int64), np.tile(self.jitter, n)])
-            item["jitter"] = torch.from_numpy(bins)
+            item["input_ids"] = torch.from_numpy(self._jittered(input_ids, n, i))
         return item
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _jittered(self, input_ids: np.ndarray, steps: int, i: int) -> np.ndarray:
+        """The window's observation numbers moved by random whole bins. The draw is a function of (seed,
+        epoch, window) alone, so that every process of a distributed run, and a resumed run, moves a window
+        alike (a shared generator would depend on which process drew what before)."""
+        rng = np.random.default_rng((self.seed, self.epoch, int(i)))
+        prefix = len(input_ids) - steps * len(self.jitter)
+        bins = np.concatenate([np.zeros(prefix, np.int64), np.tile(self.jitter, steps)])
+        moved = np.clip(input_ids + rng.integers(-bins, bins + 1), *self.number_bounds)
+        return np.where(bins > 0, moved, input_ids)
 
 
 def jitter_bins(tokenizer: BCTokenizer, steps: np.ndarray, fraction: float) -> np.ndarray:
@@ -166,31 +181,11 @@ def jitter_bins(tokenizer: BCTokenizer, steps: np.ndarray, fraction: float) -> n
     return out
 
 
-@dataclass
-class Jitter:
-    """Moves each token by a random whole number of bins up to its item's `jitter`, within [low, high] (the
-    observation bins of the number range)."""
-
-    low: int
-    high: int
-
-    @classmethod
-    def of(cls, tokenizers: Iterable[BCTokenizer]) -> Jitter | None:
-        """For the tasks of one vocabulary (they share its number range and bins); None where none has numbers."""
-        tok = next((t for t in tokenizers if t.number_mask().any()), None)
-        return None if tok is None else cls(tok.number_offset, tok.number_offset + tok.config.obs_bins - 1)
-
-    def __call__(self, input_ids: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-        shift = torch.floor(torch.rand(input_ids.shape) * (2 * bins + 1)).long() - bins
-        return torch.where(bins > 0, (input_ids + shift).clamp(self.low, self.high), input_ids)
-
-
 class PadCollator:
     """Right-pads a batch to its longest window; padding is masked out and carries no loss."""
 
-    def __init__(self, pad_id: int, jitter: Jitter | None = None):
+    def __init__(self, pad_id: int):
         self.pad_id = pad_id
-        self.jitter = jitter
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         length = max(len(it["input_ids"]) for it in items)
@@ -200,8 +195,7 @@ class PadCollator:
         attention_mask = torch.zeros((batch, length), dtype=torch.long)
         for b, it in enumerate(items):
             n = len(it["input_ids"])
-            ids = it["input_ids"]
-            input_ids[b, :n] = ids if self.jitter is None or "jitter" not in it else self.jitter(ids, it["jitter"])
+            input_ids[b, :n] = it["input_ids"]
             labels[b, :n] = it["labels"]
             attention_mask[b, :n] = 1
         # Positions whose next token carries a label: only these need logits (computed here, on the host).

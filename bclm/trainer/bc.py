@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, get_scheduler
 
 from bclm import atomic
 from bclm import config as cfg
-from bclm.data.sequences import IGNORE_INDEX, Jitter, PadCollator
+from bclm.data.sequences import IGNORE_INDEX, PadCollator
 from bclm.embeddings import attach_number_embedding
 from bclm.envs import get_task
 from bclm.errors import BCLMError
@@ -118,6 +118,9 @@ def batches(loader: torch.utils.data.DataLoader, accelerator: Accelerator, skip:
     while True:
         if sampler is not None:
             sampler.set_epoch(epoch)
+        for dataset in getattr(loader.dataset, "datasets", [loader.dataset]):    # a mixture's, or the one
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         yield from (accelerator.skip_first_batches(loader, within) if within else loader)
@@ -179,7 +182,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     loader = torch.utils.data.DataLoader(
         data.train_set, batch_size=optim.batch_size, sampler=sampler,
         drop_last=len(data.train_set) > optim.batch_size,
-        collate_fn=PadCollator(tok.pad_id, Jitter.of(data.tokenizers.values())),
+        collate_fn=PadCollator(tok.pad_id),
         num_workers=loop.num_workers)
     align_deepspeed(accelerator, optim.grad_clip, optim.grad_accum)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)

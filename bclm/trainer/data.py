@@ -150,7 +150,8 @@ def prepare_data(recipe: TrainRecipe, tokenizers: dict[str, BCTokenizer] | None 
     for index, (entry, name, store, s) in enumerate(zip(entries, names, stores, steps)):
         train_steps, val_steps = split_episodes(s, recipe.data.val_episodes)
         train, val = (None if part is None else _windows(tokenizers[name], part, recipe.data, context, name, index,
-                                                          entry.loss_weight, jitter=part is train_steps)
+                                                          entry.loss_weight, recipe.loop.seed if part is train_steps
+                                                          else None)
                       for part in (train_steps, val_steps))
         env = entry.env or store.meta.get("task") or store.meta["env_id"]
         tasks.append(TaskData(name, env, train, val, entry.weight))
@@ -189,11 +190,12 @@ def take_tree(batch: Any, mask: np.ndarray) -> Any:
 
 
 def _windows(tokenizer: BCTokenizer, steps: StepArrays, config: DataConfig, context_length: int, task_name: str,
-             task_index: int, loss_weight: float, jitter: bool) -> WindowDataset:
+             task_index: int, loss_weight: float, jitter_seed: int | None) -> WindowDataset:
+    """Windows of one task's steps; training windows (a `jitter_seed`) jitter their observation numbers."""
     task = np.full(len(steps), task_name, dtype=object)
     tokens = tokenize_episodes(tokenizer, steps.observation, steps.action, steps.columns["episode"],
                                steps.columns["step"], task, expert_action=steps.expert_action,
                                labeled=steps.columns["labeled"])
-    bins = jitter_bins(tokenizer, tokens.steps, config.jitter) if jitter else None
-    return WindowDataset(tokens, tokenizer, context_length, config.stride_fraction, jitter=bins,
+    bins = jitter_bins(tokenizer, tokens.steps, config.jitter) if jitter_seed is not None else None
+    return WindowDataset(tokens, tokenizer, context_length, config.stride_fraction, jitter=bins, seed=jitter_seed or 0,
                          task_index=task_index, loss_weight=loss_weight)
