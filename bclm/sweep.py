@@ -161,7 +161,7 @@ def run_sweep(recipe: SweepRecipe) -> dict[str, Any]:
     if not recipe.output_dir:
         raise BCLMError("output_dir is required (--output-dir DIR)")
     if not recipe.dagger.env:
-        raise BCLMError("the sweep's task is dagger.env (--dagger.env NAME)")
+        raise BCLMError("the sweep needs a task: --env NAME (dagger.env in a recipe)")
     expert_ref_of(get_task(recipe.dagger.env), recipe.dagger.expert or None)     # fail before any work
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)

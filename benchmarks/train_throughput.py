@@ -3,7 +3,8 @@
 Both sides train the same model config from the same initial weights (a deep copy) on the same batches
 in the same precision, so the ratio measures only what bclm's step adds or saves:
 
-* bclm: `train_step(model, optimizer, scheduler, stream, accelerator, optim)` under
+* bclm: `train_step(model, optimizer, scheduler, stream, accelerator, optim)` on the model as `bclm train`
+  builds it (number embeddings whose rows are computed each step, an untied output head), under
   `accelerate.Accelerator(cpu=True)`, with bclm's AdamW groups and cosine schedule; its loss
   (`action_loss`) sends only the label-carrying positions through the LM head (`logits_to_keep`);
 * bare: `model(input_ids, attention_mask, labels=labels).loss.backward()`, `clip_grad_norm_`,
@@ -45,6 +46,7 @@ import torch
 from accelerate import Accelerator
 
 from bclm.data.sequences import PadCollator, WindowDataset, tokenize_episodes
+from bclm.embeddings import attach_number_embedding
 from bclm.models import ModelConfig, build_model, count_parameters
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
 from bclm.trainer.bc import make_optimizer, make_scheduler, train_step
@@ -170,6 +172,8 @@ def main() -> None:
     model = build_model(ModelConfig(size=args.size), tok.vocab_size, args.context_length, tok.bos_id,
                         tok.eos_id, tok.pad_id)
     bare_model = copy.deepcopy(model)   # identical initial weights on both sides
+    # bclm's side trains what `bclm train` does: number embeddings (computed rows) and an untied head.
+    attach_number_embedding(model, tok.number_offset, tok.number_vocab, ModelConfig().number_features, fresh=True)
     optim = OptimConfig(max_steps=per_side, batch_size=args.batch_size, bf16=args.bf16, warmup_steps=2)
     sides = {"bclm train_step": bclm_stepper(model, optim, args.bf16),
              "bare PyTorch": bare_stepper(bare_model, optim, args.bf16)}

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from bclm.data.sequences import WindowDataset, jitter_bins, tokenize_episodes
 from bclm.embeddings import NumberEmbedding, attach_number_embedding, cosine_basis
 from bclm.policy import Policy
+from bclm.tokenizers import BCTokenizer, TokenizerConfig
 from bclm.trainer.bc import sized_to_data
 from bclm.trainer.config import OptimConfig
 
@@ -118,9 +119,10 @@ def test_jitter_moves_only_observation_numbers_and_stays_inside_their_bins():
 
 def test_jitter_never_moves_a_grid_value_onto_its_neighbour():
     """Observations on a grid (step 0.5 here: about 5 bins apart) move by at most 2 bins, not the 8 asked."""
-    tok = tiny_policy(*SPACES, context_length=40).tokenizer
+    tok = BCTokenizer(*SPACES, TokenizerConfig(obs_bins=64, action_bins=32, mode="uniform", margin=0.25))
     grid = np.round(np.random.default_rng(0).uniform(-2, 2, (500, 4)) * 2) / 2
-    steps = tok.encode_steps(grid.astype(np.float32), np.zeros((500, 2), np.float32))
+    steps = tok.fit(grid, np.zeros((500, 2), np.float32)).encode_steps(grid.astype(np.float32),
+                                                                     np.zeros((500, 2), np.float32))
     gaps = np.diff(np.unique(steps[:, 0]))
     assert np.median(gaps) >= 4
     assert (jitter_bins(tok, steps, 8 / 64)[:4] < np.median(gaps) / 2).all()

@@ -214,7 +214,7 @@ def test_infinite_box_bounds_survive_json():
 def test_fit_uses_percentiles_and_reports_clipping():
     obs_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
     act_space = gym.spaces.Discrete(3)
-    tok = BCTokenizer(obs_space, act_space, TokenizerConfig(percentiles=(5.0, 95.0), margin=0.0))
+    tok = BCTokenizer(obs_space, act_space, TokenizerConfig(percentiles=(5.0, 95.0), margin=0.0, mode="uniform"))
     x = np.stack([np.arange(101), 10 * np.arange(101)], axis=1).astype(np.float32)
     actions = np.arange(101) % 3
     tok.fit(x, actions)
@@ -224,7 +224,8 @@ def test_fit_uses_percentiles_and_reports_clipping():
     decoded = tok.decode_observation(tok.encode_observation(x))
     assert decoded.min(axis=0).tolist() >= [5.0, 50.0] and decoded.max(axis=0).tolist() <= [95.0, 950.0]
     report = tok.quantization_report(x, actions)
-    widened = BCTokenizer(obs_space, act_space, TokenizerConfig(percentiles=(5.0, 95.0), margin=0.25)).fit(x, actions)
+    widened = BCTokenizer(obs_space, act_space, TokenizerConfig(percentiles=(5.0, 95.0), margin=0.25,
+                                                                            mode="uniform")).fit(x, actions)
     np.testing.assert_allclose(widened.obs_codecs[0].low, [5.0 - 22.5, 50.0 - 225.0])    # a quarter of the range
     np.testing.assert_allclose(widened.obs_codecs[0].high, [95.0 + 22.5, 950.0 + 225.0])
     assert report["observation"][""]["clip_fraction"] == pytest.approx([10 / 101, 10 / 101])
@@ -236,7 +237,7 @@ def test_fit_uses_percentiles_and_reports_clipping():
 
 def test_auto_bounds_use_space_when_finite():
     act_space = gym.spaces.Box(-2.0, 2.0, (3,), np.float32)
-    tok = BCTokenizer(gym.spaces.Discrete(2), act_space)  # action_bounds defaults to "auto"
+    tok = BCTokenizer(gym.spaces.Discrete(2), act_space, TokenizerConfig(mode="uniform"))  # action_bounds "auto"
     act = np.array([[-2.0, 0.0, 2.0]], dtype=np.float32)
     np.testing.assert_allclose(tok.decode_action(tok.encode_action(act)), act, atol=4 / 256)
 
@@ -439,7 +440,7 @@ def golden_tokenizer(numbers: bool = True) -> BCTokenizer:
     act = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
     # Format 1 had no margin: its golden file is the old defaults' fit.
     config = TokenizerConfig(obs_bins=64, action_bins=32, mode="mulaw", group=2, value_vocab=512, numbers=numbers,
-                             margin=0.25 if numbers else 0.0)
+                             margin=3.0 if numbers else 0.0)
     tok = BCTokenizer(obs, act, config, tasks=["reach", "push"])
     return tok.fit(golden_batch()[0], np.zeros((101, 2), dtype=np.float32))
 

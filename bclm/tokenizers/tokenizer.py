@@ -37,9 +37,9 @@ NUM_SPECIAL = 8
 class TokenizerConfig:
     obs_bins: int = field(default=256, metadata={"help": "Bins per continuous observation dimension."})
     action_bins: int = field(default=256, metadata={"help": "Bins per continuous action dimension."})
-    mode: str = field(default="uniform", metadata={
-        "help": "Continuous binning: 'uniform', or 'mulaw' (Gato-style companding, finer bins near the "
-                "centre of the bounds)."})
+    mode: str = field(default="mulaw", metadata={
+        "help": "Continuous binning: 'mulaw' (Gato-style companding: fine bins near the centre of the bounds, "
+                "coarse ones in the margin beyond the data), or 'uniform'."})
     mu: float = field(default=100.0, metadata={"help": "mu of the mu-law companding (mode 'mulaw')."})
     obs_bounds: str = field(default="data", metadata={
         "help": "Where observation Box bounds come from: 'space', 'data' (training-data percentiles), or "
@@ -48,8 +48,9 @@ class TokenizerConfig:
         "help": "Where action Box bounds come from: 'space', 'data' or 'auto' (as obs_bounds)."})
     percentiles: tuple[float, float] = field(default=(1.0, 99.0), metadata={
         "help": "Lower and upper data percentiles used as bounds when fitting; values outside are clipped."})
-    margin: float = field(default=0.25, metadata={
-        "help": "Data-fitted bounds are widened by this fraction of their range on each side."})
+    margin: float = field(default=3.0, metadata={
+        "help": "Data-fitted bounds are widened by this many times their range on each side, so that states "
+                "past the demonstrations keep distinct (coarser, with mulaw) bins instead of clipping."})
     value_vocab: int = field(default=1024, metadata={
         "help": "Size of the value-token range shared by all observation and action values (Gato-style)."})
     group: int = field(default=1, metadata={

@@ -181,8 +181,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     sampler = data.sampler(loop.seed)
     loader = torch.utils.data.DataLoader(
         data.train_set, batch_size=optim.batch_size, sampler=sampler,
-        drop_last=len(data.train_set) > optim.batch_size,
-        collate_fn=PadCollator(tok.pad_id),
+        drop_last=len(data.train_set) > optim.batch_size, collate_fn=PadCollator(tok.pad_id),
         num_workers=loop.num_workers)
     align_deepspeed(accelerator, optim.grad_clip, optim.grad_accum)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
