@@ -90,19 +90,29 @@ DAGGER_FLAGS = {"--env": "--dagger.env", "--expert": "--dagger.expert", "--round
                 "--initial-episodes": "--dagger.initial_episodes", "--beta": "--dagger.beta"}
 
 
-def _dagger(argv: list[str]) -> int:
+def _recipe_with_flags(cls: type, argv: list[str], flags: dict[str, str], usage: str) -> Any:
+    """[RECIPE.yaml] then overrides, the short `flags` spelled out (`--env X` is `--dagger.env X`); None after
+    printing the help."""
     from bclm import config as cfg
-    from bclm.trainer.dagger import DaggerRecipe
 
     if "-h" in argv or "--help" in argv:
-        print("usage: bclm dagger [RECIPE.yaml] --env ENV [--expert EXPERT] --rounds K --episodes-per-round N "
-              "--output-dir DIR [--section.field VALUE ...]\n")
-        print("\n".join(cfg.help_text(DaggerRecipe)))
-        return 0
+        print(usage + "\n")
+        print("\n".join(cfg.help_text(cls)))
+        return None
     recipe_path = argv[0] if argv and not argv[0].startswith("--") else None
-    overrides = [DAGGER_FLAGS.get(a.split("=")[0], a.split("=")[0]) + a[len(a.split("=")[0]):]
+    overrides = [flags.get(a.split("=")[0], a.split("=")[0]) + a[len(a.split("=")[0]):]
                  for a in (argv[1:] if recipe_path else argv)]
-    recipe = cfg.build_config(DaggerRecipe, recipe_path, overrides)
+    return cfg.build_config(cls, recipe_path, overrides)
+
+
+def _dagger(argv: list[str]) -> int:
+    from bclm.trainer.dagger import DaggerRecipe
+
+    recipe = _recipe_with_flags(DaggerRecipe, argv, DAGGER_FLAGS, "usage: bclm dagger [RECIPE.yaml] --env ENV "
+                                "[--expert EXPERT] --rounds K --episodes-per-round N --output-dir DIR "
+                                "[--section.field VALUE ...]")
+    if recipe is None:
+        return 0
     from bclm.distributed import is_main
     from bclm.eval.evaluate import format_table
     from bclm.trainer.dagger import run_dagger
@@ -127,18 +137,13 @@ SWEEP_FLAGS = {**DAGGER_FLAGS, "--methods": "--sweep.methods", "--budgets": "--s
 
 
 def _sweep(argv: list[str]) -> int:
-    from bclm import config as cfg
     from bclm.sweep import SweepRecipe, run_sweep
 
-    if "-h" in argv or "--help" in argv:
-        print("usage: bclm sweep [RECIPE.yaml] --env ENV --budgets 500,1000,2000 --seeds 3 --output-dir DIR "
-              "[--methods bc,dagger,hg-dagger] [--section.field VALUE ...]\n")
-        print("\n".join(cfg.help_text(SweepRecipe)))
+    recipe = _recipe_with_flags(SweepRecipe, argv, SWEEP_FLAGS, "usage: bclm sweep [RECIPE.yaml] --env ENV --budgets "
+                                "500,1000,2000 --seeds 3 --output-dir DIR [--methods bc,dagger,hg-dagger] "
+                                "[--section.field VALUE ...]")
+    if recipe is None:
         return 0
-    recipe_path = argv[0] if argv and not argv[0].startswith("--") else None
-    overrides = [SWEEP_FLAGS.get(a.split("=")[0], a.split("=")[0]) + a[len(a.split("=")[0]):]
-                 for a in (argv[1:] if recipe_path else argv)]
-    recipe = cfg.build_config(SweepRecipe, recipe_path, overrides)
     run_sweep(recipe)
     out = Path(recipe.output_dir)
     print((out / "sweep.md").read_text())

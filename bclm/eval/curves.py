@@ -7,11 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+
+from bclm.eval.plots import plt, save_figure  # pyplot with the Agg backend (files only)
 
 # Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (then the normal's 1.96): a table,
 # so that a confidence interval does not pull in scipy.
@@ -44,14 +42,7 @@ def plot_curves(summary: dict[str, list[dict[str, Any]]], path: str | Path, titl
     ax.set_xscale("log")
     ax.set_xlabel("expert labels")
     ax.set_ylabel(f"{ylabel} (mean, 95% CI over seeds)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, title, path)
 
 
 def markdown_table(summary: dict[str, list[dict[str, Any]]]) -> str:

@@ -21,8 +21,13 @@ def plot_mistakes(curves: list[dict[str, Any]], path: str | Path, title: str = "
         ax.plot(range(1, len(ys) + 1), ys, label=label, linewidth=2)
     ax.set_xlabel("time step t")
     ax.set_ylabel("mistakes up to t (mean over episodes;\na failed episode errs every remaining step)")
-    ax.set_title(title or "Mistakes vs horizon")
-    ax.grid(alpha=0.3)
+    return save_figure(fig, ax, title or "Mistakes vs horizon", path)
+
+
+def save_figure(fig: plt.Figure, ax: plt.Axes, title: str, path: str | Path) -> Path:
+    """Title, grid and legend on `ax`, then `fig` written to `path` and closed."""
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
     path = Path(path)
