@@ -38,8 +38,14 @@ def plot_curves(summary: dict[str, list[dict[str, Any]]], path: str | Path, titl
         half = np.array([p[key]["ci95"] for p in pts])
         n = min(p[key]["n"] for p in pts)
         ax.plot(x, mean, marker="o", linewidth=2, label=f"{method} ({n} seeds)")
-        ax.fill_between(x, mean - half, mean + half, alpha=0.2)
+        low, high = mean - half, mean + half
+        if key == "success_rate":                 # a rate's interval stops at 0 and 1
+            low, high = low.clip(0, 1), high.clip(0, 1)
+        ax.fill_between(x, low, high, alpha=0.2)
     ax.set_xscale("log")
+    budgets = sorted({p["budget"] for points in summary.values() for p in points})
+    ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
+    ax.minorticks_off()
     ax.set_xlabel("expert labels")
     ax.set_ylabel(f"{ylabel} (mean, 95% CI over seeds)")
     return save_figure(fig, ax, title, path)
