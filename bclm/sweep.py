@@ -166,6 +166,9 @@ def run_sweep(recipe: SweepRecipe) -> dict[str, Any]:
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     todo = cells(recipe.sweep)
+    if "bc" in recipe.sweep.methods:      # collected here, once: BC cells of one seed run in parallel processes
+        for seed in range(recipe.sweep.seeds):
+            expert_episodes(recipe, out, seed)
     jobs = recipe.sweep.jobs or max(1, (os.cpu_count() or 2) // 2)
     if jobs == 1:
         results = [run_cell(recipe, out, c) for c in todo]
