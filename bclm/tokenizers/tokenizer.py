@@ -79,7 +79,7 @@ class TokenizerConfig:
                 raise BCLMError(f"tokenizer config {name}={getattr(self, name)!r}: expected one of "
                                 f"{list(BOUNDS)}")
         if not 0 <= self.margin <= 10:
-            raise BCLMError(f"tokenizer config margin={self.margin!r}: expected a fraction of the range in [0, 10]")
+            raise BCLMError(f"tokenizer config margin={self.margin!r}: expected a multiple of the range in [0, 10]")
         if not self.mu > 0:
             raise BCLMError(f"tokenizer config mu={self.mu!r}: expected a positive number")
         lo, hi = self.percentiles if len(self.percentiles) == 2 else (None, None)
@@ -93,8 +93,10 @@ class TokenizerConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["percentiles"] = list(self.percentiles)
-        if not self.numbers:          # a format-1 file, written as format 1 wrote it
-            del d["numbers"], d["margin"]
+        # Fields format 1 did not have are left out at their format-1 values, so such files read back as written.
+        for name, old in (("numbers", False), ("margin", 0.0)):
+            if d[name] == old:
+                del d[name]
         return d
 
     @classmethod
