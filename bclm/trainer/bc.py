@@ -39,17 +39,21 @@ from bclm.trainer.launch import (
     make_accelerator,
     whole_models,
 )
+from bclm.trainer.ordinal import OrdinalTargets, ordinal_targets
 
 CHECKPOINTS = "checkpoints"
 QUANTIZATION_FILE = "quantization_report.json"
 STEP_MARKER = "bclm_step.json"       # written last into a checkpoint: it is complete
+_PLAIN = OrdinalTargets(0, 1, 0.0)   # plain cross-entropy
 
 
 # --- small steps -------------------------------------------------------------------------------------
 def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_tasks: int = 1,
-                accelerator: Accelerator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                accelerator: Accelerator | None = None, ordinal: OrdinalTargets | None = None,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy over action tokens (each window's tokens times its task's loss weight, over the number
-    of action tokens), with the counts behind action-token accuracy, per task when `num_tasks` > 1.
+    of action tokens), with the counts behind action-token accuracy, per task when `num_tasks` > 1. With
+    `ordinal`, continuous action tokens are scored against HL-Gauss targets instead of one-hot ones.
 
     Windows share one layout, so the positions that carry labels are (nearly) the same in every row:
     only those positions go through the LM head (`logits_to_keep`), which saves most of its compute.
@@ -65,8 +69,7 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_task
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
     logits = out.logits.float()                                     # (B, K, V)
     chosen = targets[:, keep]                                       # (B, K)
-    token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), chosen, ignore_index=IGNORE_INDEX,
-                                                   reduction="none")   # (B, K), 0 where ignored
+    token_loss = (ordinal or _PLAIN).token_loss(logits, chosen)    # (B, K), 0 where ignored
     valid = chosen != IGNORE_INDEX
     weight = batch.get("loss_weight")
     weighted = token_loss if weight is None else token_loss * weight.to(token_loss.dtype)[:, None]
@@ -176,6 +179,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         attach_number_embedding(model, tok.number_offset, tok.number_vocab, recipe.model.number_features,
                                 fresh=warm_model is None)
     optim = sized_to_data(optim, len(data.train_set), accelerator.num_processes)
+    ordinal = ordinal_targets(tok, optim.ordinal_sigma)
     optimizer = make_optimizer(model, optim)
     scheduler = make_scheduler(optimizer, optim)
     sampler = data.sampler(loop.seed)
@@ -210,7 +214,8 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     model.train()
     t0, tokens_seen, window, window_steps = time.perf_counter(), 0.0, {}, 0
     for step in range(start + 1, optim.max_steps + 1):
-        for k, v in train_step(model, optimizer, scheduler, stream, accelerator, optim, len(names)).items():
+        for k, v in train_step(model, optimizer, scheduler, stream, accelerator, optim, len(names),
+                                   ordinal).items():
             window[k] = window[k] + v if k in window else v
         window_steps += 1
         if step == start + 1:
@@ -223,7 +228,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
             stats.update(step=step, lr=scheduler.get_last_lr()[0],
                          tokens_per_s=tokens_seen / max(time.perf_counter() - t0, 1e-9))
             if data.val_set is not None:
-                stats.update(validate(model, data.val_set, tok.pad_id, accelerator, names))
+                stats.update(validate(model, data.val_set, tok.pad_id, accelerator, names, ordinal=ordinal))
             _log(accelerator, stats, metrics_file)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['action_accuracy']:.3f}")
         if loop.eval_every and step % loop.eval_every == 0 and step < optim.max_steps:
@@ -263,14 +268,15 @@ def _export(accelerator: Accelerator, model: torch.nn.Module, policy: Policy, ou
 
 
 def train_step(model, optimizer, scheduler, stream: Iterator[dict], accelerator: Accelerator,
-               optim: OptimConfig, num_tasks: int = 1) -> dict[str, torch.Tensor]:
+               optim: OptimConfig, num_tasks: int = 1, ordinal: OrdinalTargets | None = None,
+               ) -> dict[str, torch.Tensor]:
     """One optimizer step over `grad_accum` micro-batches; returns tensors (no device sync)."""
     totals: dict[str, torch.Tensor] = {}
     for _ in range(optim.grad_accum):
         batch = next(stream)
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss, stats = action_loss(model, batch, num_tasks, accelerator)
+                loss, stats = action_loss(model, batch, num_tasks, accelerator, ordinal)
             accelerator.backward(loss)
             if accelerator.sync_gradients and optim.grad_clip > 0:
                 norm = accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
@@ -306,7 +312,8 @@ def summarize_stats(totals: dict[str, torch.Tensor], steps: int, task_names: lis
 
 @torch.no_grad()
 def validate(model, dataset: torch.utils.data.Dataset, pad_id: int, accelerator: Accelerator,
-             task_names: list[str] | None = None, batch_size: int = 64) -> dict[str, float]:
+             task_names: list[str] | None = None, batch_size: int = 64, ordinal: OrdinalTargets | None = None,
+             ) -> dict[str, float]:
     """Loss and action accuracy over held-out windows (per task too, with several tasks)."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=PadCollator(pad_id))
@@ -314,7 +321,7 @@ def validate(model, dataset: torch.utils.data.Dataset, pad_id: int, accelerator:
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            _, stats = action_loss(model, batch, len(task_names or []), accelerator)
+            _, stats = action_loss(model, batch, len(task_names or []), accelerator, ordinal)
         stats["loss"] = stats["loss"] * stats["action_tokens"]       # token-weighted over batches
         for k, v in stats.items():
             totals[k] = totals[k] + v if k in totals else v

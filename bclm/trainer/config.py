@@ -24,6 +24,9 @@ class OptimConfig:
     lr: float = option(5e-4, "Peak learning rate of AdamW.")
     min_lr_ratio: float = option(0.1, "Final learning rate of the cosine schedule, as a fraction of the peak.")
     warmup_steps: int = option(100, "Linear warmup steps.")
+    ordinal_sigma: float = option(
+        0.0, "Width in bins of the HL-Gauss target of continuous action tokens: cross-entropy against a Gaussian "
+             "over the neighbouring bins, so near misses cost little (0 = plain cross-entropy).")
     weight_decay: float = option(0.1, "AdamW weight decay (not applied to norms and biases).")
     betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas.")
     grad_clip: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
@@ -36,6 +39,8 @@ class OptimConfig:
                 raise BCLMError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.epochs < 0:
             raise BCLMError(f"train.epochs must be >= 0, got {self.epochs}")
+        if not self.ordinal_sigma >= 0:
+            raise BCLMError(f"train.ordinal_sigma must be >= 0 (bins), got {self.ordinal_sigma}")
         if self.lr <= 0:
             raise BCLMError(f"train.lr must be > 0, got {self.lr}")
 
