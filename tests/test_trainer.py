@@ -57,10 +57,57 @@ def test_training_lowers_loss_and_changes_every_parameter(dataset, tmp_path, mon
         assert not torch.equal(p0, p1), f"{name} did not change"
     logs = _losses(tmp_path / "p")
     assert logs[-1]["loss"] < 0.5 * logs[0]["loss"]
-    assert "val_loss" in logs[-1] and "val_action_accuracy" in logs[-1]
+    val = _validations(tmp_path / "p")
+    assert val[-1]["step"] == 40 and "val_action_accuracy" in val[-1]
+    assert val[-1]["val_loss"] < val[0]["val_loss"]
     assert logs[-1]["action_accuracy"] > 0.8
     report = json.loads((tmp_path / "p" / "eval_report.json").read_text())
     assert report["episodes"] == 2
+
+
+def _validations(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"val_loss"' in x]
+
+
+def test_the_exported_policy_has_the_best_validation_weights_and_a_resume_keeps_them(dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    from bclm.trainer.best import BEST_FILE
+
+    out = tmp_path / "p"
+    # A learning rate far too high for the last steps makes the final weights worse than earlier ones.
+    args = ("--train.max_steps", "30", "--data.val_episodes", "3", "--loop.val_every", "5",
+            "--loop.keep_best", "val_loss", "--train.lr", "3e-2", "--train.min_lr_ratio", "1",
+            "--loop.save_every", "25")
+    policy = train(_recipe(dataset, out, *args))
+    val = _validations(out)
+    best = min(val, key=lambda v: (v["val_loss"], -v["step"]))
+    assert best["step"] == 25                             # not the last weights (seen in this run: 1.00 at 30)
+    weights = load_file(out / BEST_FILE)
+    from safetensors import safe_open
+    with safe_open(str(out / BEST_FILE), framework="pt") as f:
+        assert int(f.metadata()["step"]) == best["step"]
+    live = policy.model.state_dict()
+    assert all(torch.equal(live[k], v) for k, v in weights.items())
+    # A resume from step 25 (the final policy lost) validates only step 30, and exports the recorded best.
+    for name in ("config.json", "model.safetensors", "metrics.jsonl"):
+        (out / name).unlink()
+    again = train(_recipe(dataset, out, *args))
+    assert [v["step"] for v in _validations(out)] == [30]
+    assert all(torch.equal(again.model.state_dict()[k], v) for k, v in weights.items())
+
+
+def test_by_default_a_tenth_of_the_episodes_is_held_out_spread_over_the_dataset(dataset):
+    from bclm.data.store import TrajectoryStore
+    from bclm.trainer.data import split_episodes
+
+    steps = TrajectoryStore(dataset).arrays()
+    train_part, held = split_episodes(steps, -1)          # 12 episodes: 1 held out, the last
+    assert len(train_part.columns["episode"]) + len(held.columns["episode"]) == len(steps.columns["episode"])
+    assert set(held.columns["episode"]) == {steps.columns["episode"].max()}
+    _, held3 = split_episodes(steps, 3)
+    assert len(set(held3.columns["episode"])) == 3 and steps.columns["episode"].min() in held3.columns["episode"]
+    assert split_episodes(steps, 0)[1] is None
 
 
 def test_action_loss_ignores_observation_tokens():

@@ -29,13 +29,17 @@ class DataConfig:
     stride_fraction: float = option(
         0.5, "Distance between window starts within an episode, as a fraction of the steps per window.")
     shards: list[str] = option([], "Shards of the dataset to train on (empty = all).")
-    val_episodes: int = option(0, "Episodes held out to measure validation loss and action accuracy.")
+    val_episodes: int = option(
+        -1, "Episodes held out (spread over the dataset) to measure validation loss and action accuracy, and to "
+            "keep the best weights (loop.keep_best); -1 = a tenth of them when there are at least 10, else none.")
     jitter: float = option(
         1 / 32, "Training augmentation: each observation number token (continuous bin) moves by a random whole "
                 "number of bins up to this fraction of the observation bins, either way (0 = off); never by half "
                 "the spacing of a dimension whose data sits on a grid, so no two of its values are confused.")
 
     def __post_init__(self) -> None:
+        if self.val_episodes < -1:
+            raise BCLMError(f"data.val_episodes must be >= 0, or -1 for a tenth, got {self.val_episodes}")
         if not 0 <= self.jitter < 1:
             raise BCLMError(f"data.jitter must be in [0, 1), got {self.jitter}")
         if self.context_length and self.context_length < 8:

@@ -29,6 +29,7 @@ from bclm.hub.cards import CARD_FILE, policy_card
 from bclm.models import build_model, count_parameters
 from bclm.policy import Policy
 from bclm.tokenizers import BCTokenizer
+from bclm.trainer.best import KeepBest
 from bclm.trainer.config import OptimConfig, TrainRecipe
 from bclm.trainer.data import EpochSampler, Prepared, prepare_data, task_entries
 from bclm.trainer.launch import (
@@ -211,6 +212,8 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     bar = tqdm(total=optim.max_steps, initial=start, desc="train", disable=not (loop.progress and
                                                                                  accelerator.is_main_process))
     metrics_file = out / "metrics.jsonl"
+    val_every = loop.val_every or max(1, optim.max_steps // 20)
+    keeper = _keeper(recipe, data, out, zero3, accelerator)
     model.train()
     t0, tokens_seen, window, window_steps = time.perf_counter(), 0.0, {}, 0
     for step in range(start + 1, optim.max_steps + 1):
@@ -227,16 +230,17 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
             window, window_steps = {}, 0
             stats.update(step=step, lr=scheduler.get_last_lr()[0],
                          tokens_per_s=tokens_seen / max(time.perf_counter() - t0, 1e-9))
-            if data.val_set is not None:
-                stats.update(validate(model, data.val_set, tok.pad_id, accelerator, names, ordinal=ordinal))
             _log(accelerator, stats, metrics_file)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['action_accuracy']:.3f}")
+        if data.val_set is not None and (step % val_every == 0 or step == optim.max_steps):
+            _validate(model, data, accelerator, step, metrics_file, ordinal, keeper)
         if loop.eval_every and step % loop.eval_every == 0 and step < optim.max_steps:
             _evaluate_and_log(policy, data, recipe, step, accelerator, out, metrics_file)
         if loop.save_every and step % loop.save_every == 0 and step < optim.max_steps:
             save_checkpoint(accelerator, out, step)
         bar.update(1)
     bar.close()
+    _restore_best(accelerator, model, keeper)
     policy = _export(accelerator, model, policy, out, zero3)
     if accelerator.is_main_process:
         _evaluate_and_log(policy, data, recipe, optim.max_steps, accelerator, out, metrics_file, final=True)
@@ -330,6 +334,31 @@ def validate(model, dataset: torch.utils.data.Dataset, pad_id: int, accelerator:
     out = summarize_stats(totals, 1, task_names, prefix="val_")
     out["val_loss"] = float(totals["loss"]) / tokens
     return out
+
+
+def _validate(model, data: Prepared, accelerator: Accelerator, step: int, metrics_file: Path,
+              ordinal: OrdinalTargets | None, keeper: KeepBest | None) -> None:
+    tok = data.tokenizers[data.task_names[0]]
+    stats = validate(model, data.val_set, tok.pad_id, accelerator, data.task_names, ordinal=ordinal)
+    if keeper is not None:
+        keeper.update(accelerator.unwrap_model(model), stats, step, accelerator.is_main_process)
+    _log(accelerator, {"step": step, **stats}, metrics_file)
+
+
+def _keeper(recipe: TrainRecipe, data: Prepared, out: Path, zero3: bool, accelerator: Accelerator) -> KeepBest | None:
+    if data.val_set is None or not recipe.loop.keep_best:
+        return None
+    if zero3:       # each rank holds a shard of every weight: there is no whole model to keep
+        accelerator.print("loop.keep_best is ignored under ZeRO-3: the last weights are exported")
+        return None
+    return KeepBest(out, recipe.loop.keep_best)
+
+
+def _restore_best(accelerator: Accelerator, model: torch.nn.Module, keeper: KeepBest | None) -> None:
+    accelerator.wait_for_everyone()            # the main process wrote the file
+    if keeper is not None and keeper.restore(accelerator.unwrap_model(model)):
+        accelerator.print(f"exporting the weights of step {keeper.step}, the best {keeper.metric} "
+                          f"({keeper.value:.4f})")
 
 
 def _policy_metadata(data: Prepared) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from bclm.errors import BCLMError
 from bclm.eval.evaluate import EvalConfig
 from bclm.models import ModelConfig
 from bclm.tokenizers import TokenizerConfig
+from bclm.trainer.best import HIGHER_IS_BETTER
 
 
 @dataclass
@@ -50,9 +51,22 @@ class LoopConfig:
     seed: int = option(0, "Seed for model initialisation and data order.")
     log_every: int = option(25, "Log loss and action accuracy every N steps (tensorboard + metrics.jsonl).")
     eval_every: int = option(0, "Evaluation rollouts every N steps (0 = only at the end).")
+    val_every: int = option(0, "Validate on the held-out episodes every N steps (0 = 20 times per run).")
+    keep_best: str = option(
+        "val_action_accuracy", "With held-out episodes, export the weights with the best value of this "
+                               "(val_action_accuracy or val_loss) rather than the last ones ('' = the last).")
     save_every: int = option(0, "Save a resumable checkpoint every N steps (0 = only the final policy).")
     num_workers: int = option(0, "DataLoader worker processes.")
     progress: bool = option(True, "Show a progress bar.")
+
+    def __post_init__(self) -> None:
+        if self.keep_best not in ("", *HIGHER_IS_BETTER):
+            raise BCLMError(f"loop.keep_best must be one of {['', *HIGHER_IS_BETTER]}, got {self.keep_best!r}")
+        if self.log_every < 1:
+            raise BCLMError(f"loop.log_every must be >= 1, got {self.log_every}")
+        for name in ("val_every", "eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise BCLMError(f"loop.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass

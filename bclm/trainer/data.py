@@ -156,7 +156,8 @@ def prepare_data(recipe: TrainRecipe, tokenizers: dict[str, BCTokenizer] | None 
         env = entry.env or store.meta.get("task") or store.meta["env_id"]
         tasks.append(TaskData(name, env, train, val, entry.weight))
     train_set = _concat([t.train for t in tasks])
-    val_set = _concat([t.val for t in tasks]) if recipe.data.val_episodes > 0 else None
+    val_parts = [t.val for t in tasks if t.val is not None]
+    val_set = _concat(val_parts) if val_parts else None
     quantization = {n: tokenizers[n].quantization_report(s.observation, s.action) for n, s in zip(names, steps)}
     return Prepared(tokenizers, tasks, train_set, val_set, context, quantization)
 
@@ -166,12 +167,17 @@ def _concat(sets: list[Any]) -> torch.utils.data.Dataset:
 
 
 def split_episodes(steps: StepArrays, val_episodes: int) -> tuple[StepArrays, StepArrays | None]:
-    if val_episodes <= 0:
-        return steps, None
+    """(training, held-out) steps: `val_episodes` whole episodes spread evenly from the last one back (so a
+    DAgger dataset gives every round's share, not only its newest, most informative episodes); -1 = a tenth."""
     episodes = np.unique(steps.columns["episode"])
+    if val_episodes < 0:
+        val_episodes = len(episodes) // 10
+    if val_episodes == 0:
+        return steps, None
     if val_episodes >= len(episodes):
         raise BCLMError(f"data.val_episodes={val_episodes} leaves no training episode ({len(episodes)} in all)")
-    is_val = np.isin(steps.columns["episode"], episodes[-val_episodes:])
+    held = episodes[np.round(np.linspace(len(episodes) - 1, 0, val_episodes)).astype(int)]
+    is_val = np.isin(steps.columns["episode"], held)
     return _select(steps, ~is_val), _select(steps, is_val)
 
 
