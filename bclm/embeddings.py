@@ -9,6 +9,11 @@ bins. Neighbouring bins start and stay close, and an unseen bin sits between its
 Everything else (symbols, special, text and task tokens) keeps its ordinary embedding row, so the module is
 an `nn.Embedding` whose number rows are computed. At save time the computed rows are written into the
 table (`plain_embedding`), so a checkpoint is a plain `AutoModelForCausalLM` that loads without bclm.
+
+With number slots (tokenizer format 3) the range is `slots` blocks of N ids, one per continuous dimension,
+and each block has its own map: the embedding of bin k of dimension d is a smooth function of k along a
+direction of d's own, so summing tokens over positions (what attention does) weighs each dimension
+separately, as an MLP's first layer does.
 torch, transformers and accelerate have no embedding of this kind, hence this small module.
 """
 
@@ -21,6 +26,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from bclm.tokenizers import BCTokenizer
+
 NUMBER_PROJ = "number_proj"
 
 
@@ -32,24 +39,48 @@ def cosine_basis(size: int, features: int) -> torch.Tensor:
     return (basis / basis.norm(dim=0, keepdim=True)).float()
 
 
-class NumberEmbedding(nn.Embedding):
-    """An embedding table whose rows [start, start + size) are `basis @ number_proj`."""
+def value_basis(positions: torch.Tensor, features: int) -> torch.Tensor:
+    """(slots, width, features) per-slot basis: a constant, the bin's position in its dimension's data
+    (linear in the value, so a value past the demonstrations lands past them along the same direction), then
+    cosines of the bin index for finer shape."""
+    slots, width = positions.shape
+    cols = [torch.ones(slots, width, dtype=torch.float64), positions.double()]
+    cosines = cosine_basis(width, max(features - 1, 1)).double()[:, 1:] * math.sqrt(width)   # entries ~ ±1
+    cols += [cosines[:, f].expand(slots, width) for f in range(cosines.shape[1])]
+    return torch.stack(cols[:features], dim=-1).float()
 
-    def __init__(self, table: torch.Tensor, start: int, size: int, features: int):
+
+def number_rows(basis: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """(slots * width, dim) rows from the (width, F) shared or (slots, width, F) per-slot basis and the
+    (slots, F, dim) projections."""
+    spec = "wf,sfd->swd" if basis.ndim == 2 else "swf,sfd->swd"
+    return torch.einsum(spec, basis, proj).reshape(-1, proj.shape[-1])
+
+
+class NumberEmbedding(nn.Embedding):
+    """An embedding table whose rows [start, start + size) are `slots` blocks of `basis @ number_proj[slot]`."""
+
+    def __init__(self, table: torch.Tensor, start: int, size: int, features: int, slots: int = 1,
+                 positions: torch.Tensor | None = None):
         super().__init__(table.shape[0], table.shape[1], _weight=table.detach().clone(),
                          device=table.device, dtype=table.dtype)
-        self.start, self.size = int(start), int(size)
-        features = min(int(features), self.size)
-        self.register_buffer("number_basis", cosine_basis(self.size, features).to(table.device, table.dtype),
-                             persistent=False)
+        if size % slots:
+            raise ValueError(f"number range of {size} ids is not {slots} equal slots")
+        self.start, self.size, self.slots = int(start), int(size), int(slots)
+        width = self.size // self.slots
+        features = min(int(features), width)
+        basis = cosine_basis(width, features) if positions is None else value_basis(positions, features)
+        self.register_buffer("number_basis", basis.to(table.device, table.dtype), persistent=False)
         # Least squares onto the basis: a warm start keeps the smooth part of the rows it was given
-        # (all of it when they came from a NumberEmbedding of the same size and features).
-        rows = table.detach()[self.start:self.start + self.size].float()
-        self.number_proj = nn.Parameter((self.number_basis.float().T @ rows).to(table.dtype))
+        # (all of it when they came from a NumberEmbedding of the same basis).
+        rows = table.detach()[self.start:self.start + self.size].float().view(self.slots, width, -1)
+        per_slot = basis.expand(self.slots, width, features).float()
+        proj = torch.linalg.lstsq(per_slot, rows).solution                                # (slots, F, dim)
+        self.number_proj = nn.Parameter(proj.to(table.device, table.dtype).clone())   # lstsq returns a view
 
     def numbers(self) -> torch.Tensor:
         """(size, dim) the number rows."""
-        return self.number_basis @ self.number_proj
+        return number_rows(self.number_basis, self.number_proj)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         out = super().forward(input_ids)
@@ -65,7 +96,8 @@ class NumberEmbedding(nn.Embedding):
 
 
 def attach_number_embedding(model: nn.Module, start: int, size: int, features: int,
-                            fresh: bool) -> NumberEmbedding | None:
+                            fresh: bool, slots: int = 1, positions: torch.Tensor | None = None,
+                            ) -> NumberEmbedding | None:
     """Give `model` number embeddings (unless `features` or `size` is 0); the output head is untied first,
     so that predicted logits stay free while inputs are smooth, and the exported model computes exactly
     what the live one does. `fresh`: the number rows start as a small random smooth function."""
@@ -75,11 +107,19 @@ def attach_number_embedding(model: nn.Module, start: int, size: int, features: i
     if isinstance(current, NumberEmbedding):
         return current
     untie(model)
-    emb = NumberEmbedding(current.weight, start, size, features)
+    emb = NumberEmbedding(current.weight, start, size, features, slots, positions)
     if fresh:
         nn.init.normal_(emb.number_proj, std=getattr(model.config, "initializer_range", 0.02))
     model.set_input_embeddings(emb)
     return emb
+
+
+def attach_for(model: nn.Module, tokenizer: BCTokenizer, features: int, fresh: bool) -> NumberEmbedding | None:
+    """`attach_number_embedding` laid out as `tokenizer`'s number range: its slots, and with a slot per
+    dimension (format 3) the value basis of each dimension's bins."""
+    positions = torch.as_tensor(tokenizer.number_positions()) if tokenizer.config.number_slots else None
+    return attach_number_embedding(model, tokenizer.number_offset, tokenizer.number_vocab, features, fresh,
+                                   slots=max(tokenizer.number_slots, 1), positions=positions)
 
 
 def untie(model: nn.Module) -> None:
@@ -114,7 +154,6 @@ def plain_state_dict(state_dict: dict[str, torch.Tensor], emb: NumberEmbedding) 
         proj = out.pop(key)
         table_key = key[: -len(NUMBER_PROJ)] + "weight"
         table = out[table_key].clone()
-        basis = emb.number_basis.to(proj.device, proj.dtype)
-        table[emb.start:emb.start + emb.size] = basis @ proj
+        table[emb.start:emb.start + emb.size] = number_rows(emb.number_basis.to(proj.device, proj.dtype), proj)
         out[table_key] = table
     return out

@@ -31,9 +31,10 @@ class ModelConfig:
     attn_implementation: str = option("sdpa", "Attention kernel: sdpa, eager or flash_attention_2.")
     dropout: float = option(0.0, "Attention dropout (architectures that have it).")
     number_features: int = option(
-        2, "Number tokens (continuous bins) are embedded as a learned map of this many cosine components of "
-           "their bin: 2 is a linear embedding of cos(π·bin/bins), a monotone function of the value (as JAT embeds "
-           "continuous values linearly); more components bend it, 0 = free rows (the old free-symbol learner).")
+        2, "Number tokens (continuous bins) are embedded as a learned map of this many basis functions of their "
+           "bin. With a slot per dimension (tokenizer format 3): a constant, the bin's value relative to the data "
+           "(so 2 is linear in the value, as an MLP's input and JAT's embedding are), then cosines of the bin; with "
+           "one shared slot (format 2): cosines of the bin. 0 = free rows (the old free-symbol learner).")
 
     def __post_init__(self) -> None:
         if self.number_features < 0:

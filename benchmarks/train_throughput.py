@@ -46,7 +46,7 @@ import torch
 from accelerate import Accelerator
 
 from bclm.data.sequences import PadCollator, WindowDataset, tokenize_episodes
-from bclm.embeddings import attach_number_embedding
+from bclm.embeddings import attach_for
 from bclm.models import ModelConfig, build_model, count_parameters
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
 from bclm.trainer.bc import make_optimizer, make_scheduler, train_step
@@ -173,7 +173,7 @@ def main() -> None:
                         tok.eos_id, tok.pad_id)
     bare_model = copy.deepcopy(model)   # identical initial weights on both sides
     # bclm's side trains what `bclm train` does: number embeddings (computed rows) and an untied head.
-    attach_number_embedding(model, tok.number_offset, tok.number_vocab, ModelConfig().number_features, fresh=True)
+    attach_for(model, tok, ModelConfig().number_features, fresh=True)
     optim = OptimConfig(max_steps=per_side, batch_size=args.batch_size, bf16=args.bf16, warmup_steps=2)
     sides = {"bclm train_step": bclm_stepper(model, optim, args.bf16),
              "bare PyTorch": bare_stepper(bare_model, optim, args.bf16)}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bclm.embeddings import attach_number_embedding
+from bclm.embeddings import attach_for
 from bclm.models import ModelConfig, build_model
 from bclm.policy import Policy
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
@@ -32,7 +32,7 @@ def tiny_policy(obs_space: gym.Space, act_space: gym.Space, context_length: int 
     torch.manual_seed(seed)
     model = build_model(ModelConfig(size="tiny", attn_implementation=attn), tok.vocab_size, context_length,
                         tok.bos_id, tok.eos_id, tok.pad_id).eval()
-    attach_number_embedding(model, tok.number_offset, tok.number_vocab, number_features, fresh=True)
+    attach_for(model, tok, number_features, fresh=True)
     return Policy(model, tok, context_length)
 
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from bclm.data.sequences import WindowDataset, jitter_bins, tokenize_episodes
-from bclm.embeddings import NumberEmbedding, attach_number_embedding, cosine_basis
+from bclm.embeddings import NumberEmbedding, attach_for, cosine_basis
 from bclm.policy import Policy
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
 from bclm.trainer.bc import sized_to_data
@@ -67,7 +67,7 @@ def test_a_warm_start_keeps_the_number_rows_it_was_given(tmp_path):
     policy.save_pretrained(tmp_path)
     loaded = Policy.from_pretrained(tmp_path)
     tok = loaded.tokenizer
-    emb = attach_number_embedding(loaded.model, tok.number_offset, tok.number_vocab, 16, fresh=False)
+    emb = attach_for(loaded.model, tok, 16, fresh=False)
     before = policy.model.get_input_embeddings().materialized()
     torch.testing.assert_close(emb.materialized(), before, rtol=0, atol=1e-6)
 
@@ -109,7 +109,8 @@ def test_jitter_moves_only_observation_numbers_and_stays_inside_their_bins():
     mask = torch.as_tensor(np.concatenate([[0, 0], np.tile(bins, 3)]) > 0)
     assert moved.any() and not (moved & ~mask).any()
     assert ((b["input_ids"] - a["input_ids"]).abs() <= 4).all()
-    assert (b["input_ids"][mask] >= tok.number_offset).all() and (b["input_ids"][mask] < tok.number_offset + 64).all()
+    slot_start = torch.as_tensor(np.concatenate([[0, 0], np.tile(tok.number_slot_starts(), 3)]))[mask]
+    assert ((b["input_ids"][mask] >= slot_start) & (b["input_ids"][mask] < slot_start + 64)).all()  # own slot
     assert torch.equal(b["labels"], a["labels"])                              # targets stay clean
     # A function of (seed, epoch, window): the same in every process and after a resume, new each epoch.
     assert torch.equal(jittered[5]["input_ids"], b["input_ids"])
@@ -132,3 +133,30 @@ def test_jitter_never_moves_a_grid_value_onto_its_neighbour():
 def test_training_length_follows_the_data(epochs, windows, expected):
     optim = sized_to_data(OptimConfig(epochs=epochs, max_steps=2000, batch_size=32), windows)
     assert optim.max_steps == expected and optim.warmup_steps <= max(expected // 10, 100 if not epochs else 0)
+
+
+def test_with_a_slot_per_dimension_each_bin_embeds_at_its_value_along_its_dimension_s_own_direction():
+    import gymnasium as gym
+
+    from bclm.tokenizers import BCTokenizer, TokenizerConfig
+
+    tok = BCTokenizer(gym.spaces.Box(-np.inf, np.inf, (2,), np.float32), gym.spaces.Box(-1, 1, (1,), np.float32),
+                      TokenizerConfig(obs_bins=64, action_bins=32, value_vocab=128))
+    rng = np.random.default_rng(0)
+    obs = np.stack([rng.uniform(-1, 1, 500), rng.uniform(0, 10, 500)], 1).astype(np.float32)
+    tok.fit(obs, rng.uniform(-1, 1, (500, 1)).astype(np.float32))
+    positions = tok.number_positions()                                  # (3 slots, 64 ids)
+    codec = tok.obs_codecs[0]
+    values = codec.decode(np.tile(np.arange(64)[:, None], (1, 2)))      # each bin's value, per dimension
+    lo, hi = np.percentile(obs, [1, 99], axis=0)
+    np.testing.assert_allclose(positions[:2].T, (values - (lo + hi) / 2) / ((hi - lo) / 2), rtol=1e-4, atol=1e-4)
+    assert positions[:2].min() < -5 and positions[:2].max() > 5         # the margin: far past the data, linearly
+    emb = NumberEmbedding(torch.zeros(tok.vocab_size, 8), tok.number_offset, tok.number_vocab, features=2,
+                          slots=tok.number_slots, positions=torch.as_tensor(positions))
+    torch.nn.init.normal_(emb.number_proj)
+    rows = emb.numbers().view(3, 64, 8)
+    for s in range(2):                       # a line per dimension: the row moves with the value, nothing else
+        step = (rows[s] - rows[s, 32]) / torch.as_tensor(positions[s] - positions[s, 32]).float()[:, None]
+        keep = torch.as_tensor(positions[s] != positions[s, 32])
+        torch.testing.assert_close(step[keep], emb.number_proj[s, 1].expand(int(keep.sum()), 8))
+    assert not torch.allclose(emb.number_proj[0, 1], emb.number_proj[1, 1])   # directions of their own

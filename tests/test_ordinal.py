@@ -64,3 +64,14 @@ def test_training_with_ordinal_targets_lowers_the_loss_on_continuous_actions(tmp
     assert losses[-1] < 0.7 * losses[0]
     recipe = cfg.build_config(TrainRecipe, out / "recipe.yaml", [])
     assert recipe.train.ordinal_sigma == 2.0                              # kept with the run
+
+
+def test_with_a_slot_per_dimension_the_target_stays_in_the_token_s_own_slot():
+    width = 16                                      # 2 slots of 16 ids from OFFSET; 12 bins used in each
+    logits = torch.zeros(1, 2, VOCAB)
+    logits[..., OFFSET + width + 4] = 5.0           # sure of bin 4 of slot 1
+    targets = torch.tensor([[OFFSET + width + 5, OFFSET + 5]])      # a near miss in slot 1; bin 5 of slot 0
+    plain = _plain(logits, targets)
+    ordinal = OrdinalTargets(OFFSET, 12, 1.0, slots=2, width=width).token_loss(logits, targets)
+    assert ordinal[0, 0] < plain[0, 0] - 1
+    assert torch.isclose(ordinal[0, 1], plain[0, 1])               # another dimension's bin is no neighbour

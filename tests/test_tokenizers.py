@@ -27,7 +27,8 @@ from bclm.tokenizers import (
 )
 from bclm.tokenizers.codecs import BoxCodec
 
-GOLDEN = Path(__file__).parent / "golden" / "tokenizer_v2.json"
+GOLDEN = Path(__file__).parent / "golden" / "tokenizer_v3.json"
+GOLDEN_V2 = Path(__file__).parent / "golden" / "tokenizer_v2.json"
 GOLDEN_V1 = Path(__file__).parent / "golden" / "tokenizer_v1.json"
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -314,7 +315,7 @@ def test_text_with_hf_tokenizer():
     base = PreTrainedTokenizerFast(tokenizer_object=train_bpe(MISSIONS, 300), pad_token="<pad>")
     tok = BCTokenizer(gym.spaces.Text(64), gym.spaces.Discrete(3), text_tokenizer=base)
     assert tok.base_vocab_size == len(base) and tok.text_offset == 0
-    assert tok.pad_id == len(base) and tok.vocab_size == len(base) + 8 + 1024 + 256 + 1
+    assert tok.pad_id == len(base) and tok.vocab_size == len(base) + 8 + 1024 + 1      # no continuous dimension
     ids = tok.encode_observation(MISSIONS)
     assert ids.max() < len(base)
     assert list(tok.decode_observation(ids)) == MISSIONS
@@ -433,14 +434,14 @@ def golden_batch() -> tuple[dict, np.ndarray]:
     return obs_batch, np.linspace(-1, 1, 202, dtype=np.float32).reshape(101, 2)
 
 
-def golden_tokenizer(numbers: bool = True) -> BCTokenizer:
+def golden_tokenizer(numbers: bool = True, slots: bool = True) -> BCTokenizer:
     obs = gym.spaces.Dict({"pos": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
                            "dir": gym.spaces.Discrete(4, start=1),
                            "cell": gym.spaces.MultiDiscrete([11, 6, 3, 2])})
     act = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
     # Format 1 had no margin: its golden file is the old defaults' fit.
     config = TokenizerConfig(obs_bins=64, action_bins=32, mode="mulaw", group=2, value_vocab=512, numbers=numbers,
-                             margin=3.0 if numbers else 0.0)
+                             margin=3.0 if numbers else 0.0, number_slots=slots)
     tok = BCTokenizer(obs, act, config, tasks=["reach", "push"])
     return tok.fit(golden_batch()[0], np.zeros((101, 2), dtype=np.float32))
 
@@ -468,9 +469,19 @@ def test_format_1_files_still_load_and_encode_as_before():
     obs, act = golden_batch()
     steps = loaded.encode_steps(obs, act)
     assert steps.max() < loaded.value_offset + 512                 # everything in the value range, as in v1
-    v2 = golden_tokenizer()
+    v2 = golden_tokenizer(slots=False)
     assert v2.vocab_size == loaded.vocab_size + 64                # + one number per bin of the finest binning
     np.testing.assert_array_equal(v2.decode_action(v2.encode_action(act)), loaded.decode_action(steps[:, -2:]))
+
+
+def test_format_2_files_still_load_with_one_shared_number_slot():
+    v2 = json.loads(GOLDEN_V2.read_text())
+    loaded = BCTokenizer.from_dict(v2)
+    assert loaded.to_dict() == v2 and loaded.number_slots == 1 and loaded.number_vocab == 64
+    assert loaded == golden_tokenizer(slots=False)
+    obs, act = golden_batch()
+    numbers = loaded.encode_steps(obs, act)[:, [3, 4, 5, 7, 8]]
+    assert ((numbers >= loaded.number_offset) & (numbers < loaded.number_offset + 64)).all()
 
 
 def test_continuous_bins_are_numbers_and_symbols_stay_values():
@@ -481,8 +492,13 @@ def test_continuous_bins_are_numbers_and_symbols_stay_values():
     # pos (3 binned dims) and the 2 action dims are numbers; dir and the packed cells are symbols.
     assert numbers.all(axis=0).tolist() == [False, False, False, True, True, True, False, True, True]
     assert tok.number_mask().tolist() == [False, False, False, True, True, True, False, False, False]
+    # One slot of 64 ids per continuous dimension, in step order: pos 0..2, then the two action dimensions.
+    assert tok.number_slots == 5 and tok.number_vocab == 5 * 64
+    slot = (steps[:, numbers.all(axis=0)] - tok.number_offset) // 64
+    assert (slot == [0, 1, 2, 3, 4]).all()
+    assert tok.number_slot_starts()[3:6].tolist() == [tok.number_offset + 64 * k for k in range(3)]
     lo, hi = tok.action_token_ranges().T
-    assert (lo == tok.number_offset).all() and (hi == tok.number_offset + 32).all()
+    assert lo.tolist() == [tok.number_offset + 192, tok.number_offset + 256] and (hi - lo == 32).all()
 
 
 if __name__ == "__main__":

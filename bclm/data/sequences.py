@@ -136,9 +136,10 @@ class WindowDataset(torch.utils.data.Dataset):
         self.index = window_index(tokens.lengths, self.per_window, stride)
         self.bos = tokenizer.bos_id
         # (step_len,) how many bins each token of a step may be moved by (see `jitter_bins`), kept inside the
-        # observation bins of the number range.
+        # observation bins of its dimension's number slot.
         self.jitter = jitter if jitter is not None and jitter.any() else None
-        self.number_bounds = (tokenizer.number_offset, tokenizer.number_offset + tokenizer.config.obs_bins - 1)
+        self.slot_starts = tokenizer.number_slot_starts()
+        self.obs_bins = tokenizer.config.obs_bins
         self.seed, self.epoch = seed, 0
         self.task_index = torch.tensor(task_index)
         self.loss_weight = torch.tensor(loss_weight, dtype=torch.float32)
@@ -168,7 +169,8 @@ class WindowDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, int(i)))
         prefix = len(input_ids) - steps * len(self.jitter)
         bins = np.concatenate([np.zeros(prefix, np.int64), np.tile(self.jitter, steps)])
-        moved = np.clip(input_ids + rng.integers(-bins, bins + 1), *self.number_bounds)
+        low = np.concatenate([np.zeros(prefix, np.int64), np.tile(self.slot_starts, steps)])
+        moved = np.clip(input_ids + rng.integers(-bins, bins + 1), low, low + self.obs_bins - 1)
         return np.where(bins > 0, moved, input_ids)
 
 

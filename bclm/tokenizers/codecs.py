@@ -138,6 +138,16 @@ class BoxCodec:
         ids = np.where(self.exact, np.rint(flat - self.low), ids)
         return np.clip(ids, 0, self.sizes() - 1).astype(np.int64)
 
+    def bin_positions(self) -> np.ndarray:
+        """(num_tokens, bins) where each bin's value sits relative to the data: 0 at the centre of the bounds,
+        ±1 at the edges of the data (the bounds less the margin), growing linearly in the value beyond them."""
+        self._check_ready()
+        ids = np.broadcast_to(np.arange(self.bins), (self.num_tokens, self.bins)).T       # (bins, num_tokens)
+        values = self.decode(ids).reshape(self.bins, -1).T.astype(np.float64)
+        half = (self.high - self.low) / 2 / ((1 + 2 * self.margin) if self.needs_data else 1.0)
+        return np.divide(values - ((self.low + self.high) / 2)[:, None], half[:, None],
+                         out=np.zeros_like(values), where=half[:, None] > 0)
+
     def decode(self, ids: np.ndarray) -> np.ndarray:
         self._check_ready()
         ids = np.clip(np.asarray(ids, dtype=np.int64), 0, self.sizes() - 1).astype(np.float64)

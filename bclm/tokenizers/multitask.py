@@ -47,6 +47,9 @@ def build_tokenizers(spaces: Mapping[str, tuple[gym.Space, gym.Space]], config: 
     if len(tokenizers) > 1 and any(t.needs_bpe for t in tokenizers.values()):
         for tok in tokenizers.values():
             tok.reserve_text = True
+    slots = max(t.own_number_slots for t in tokenizers.values())
+    for tok in tokenizers.values():
+        tok.reserve_slots = slots if len(tokenizers) > 1 else 0
     check_shared_layout(tokenizers)
     return tokenizers
 

@@ -29,7 +29,7 @@ from bclm.tokenizers.spaces import assemble, flatten_leaves, leaf_arrays, space_
 
 TOKENIZER_FILE = "bclm_tokenizer.json"
 FORMAT = "bclm-tokenizer"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 NUM_SPECIAL = 8
 
 
@@ -62,6 +62,10 @@ class TokenizerConfig:
         "help": "Continuous bins get their own 'number' token range (format 2), whose embeddings are a smooth "
                 "function of the bin (model.number_features); false: the format-1 layout, bins in the value "
                 "range as free symbols."})
+    number_slots: bool = field(default=True, metadata={
+        "help": "Each continuous dimension gets its own slot of number ids (format 3), so a token says which "
+                "dimension it is as well as its bin: the model can add dimensions up with a weight each, as an "
+                "MLP's first layer does; false: every dimension shares one slot (format 2)."})
 
     def __post_init__(self) -> None:
         self.percentiles = tuple(float(p) for p in self.percentiles)  # JSON gives a list back
@@ -94,9 +98,11 @@ class TokenizerConfig:
         d = asdict(self)
         d["percentiles"] = list(self.percentiles)
         # Fields format 1 did not have are left out at their format-1 values, so such files read back as written.
-        for name, old in (("numbers", False), ("margin", 0.0)):
+        for name, old in (("numbers", False), ("margin", 0.0), ("number_slots", False)):
             if d[name] == old:
                 del d[name]
+        if not self.numbers:
+            d.pop("number_slots", None)
         return d
 
     @classmethod
@@ -105,7 +111,7 @@ class TokenizerConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise BCLMError(f"unknown tokenizer config field(s) {unknown}: expected some of {sorted(known)}")
-        return cls(**{"numbers": False, "margin": 0.0, **d})     # format 1 predates both
+        return cls(**{"numbers": False, "margin": 0.0, "number_slots": False, **d})   # older formats lack them
 
 
 def _leaf(path: str) -> str:
@@ -115,7 +121,8 @@ def _leaf(path: str) -> str:
 class BCTokenizer:
     def __init__(self, observation_space: gym.Space, action_space: gym.Space,
                  config: TokenizerConfig | None = None, tasks: Sequence[str] = ("default",),
-                 base_vocab_size: int = 0, text_tokenizer: Any = None, reserve_text: bool = False):
+                 base_vocab_size: int = 0, text_tokenizer: Any = None, reserve_text: bool = False,
+                 reserve_slots: int = 0):
         self.observation_space = observation_space
         self.action_space = action_space
         self.config = config if config is not None else TokenizerConfig()
@@ -126,6 +133,8 @@ class BCTokenizer:
         # A task without text in a multi-task vocabulary still reserves the shared text range, so that
         # every task's tokenizer places its task tokens at the same ids (see bclm.tokenizers.multitask).
         self.reserve_text = bool(reserve_text)
+        # Likewise number slots: a task with fewer continuous dimensions reserves the set's largest count.
+        self.reserve_slots = int(reserve_slots)
         self.obs_leaves = flatten_leaves(observation_space)
         self.action_leaves = flatten_leaves(action_space)
         cfg = self.config
@@ -188,9 +197,27 @@ class BCTokenizer:
         return self.value_offset + self.config.value_vocab
 
     @property
-    def number_vocab(self) -> int:
-        """Ids of the number range: one per bin of the finest binning (0 in format 1)."""
+    def number_width(self) -> int:
+        """Ids per number slot: one per bin of the finest binning (0 in format 1)."""
         return max(self.config.obs_bins, self.config.action_bins) if self.config.numbers else 0
+
+    @property
+    def own_number_slots(self) -> int:
+        """Slots this tokenizer's own spaces need: one per continuous dimension (format 3), or 1 (format 2)."""
+        if not self.config.numbers:
+            return 0
+        if not self.config.number_slots:
+            return 1
+        return int(sum(_binned(c).sum() for c in self.obs_codecs + self.action_codecs))
+
+    @property
+    def number_slots(self) -> int:
+        return max(self.own_number_slots, self.reserve_slots)
+
+    @property
+    def number_vocab(self) -> int:
+        """Ids of the number range: `number_slots` slots of `number_width` ids (0 in format 1)."""
+        return self.number_slots * self.number_width
 
     @property
     def has_text(self) -> bool:
@@ -262,8 +289,39 @@ class BCTokenizer:
         """(num_tokens,) global id of each of the codec's local id 0: text, number (binned) or value range."""
         if codec.kind == "text":
             return np.full(codec.num_tokens, self.text_offset, dtype=np.int64)
-        binned = _binned(codec)
-        return np.where(binned & self.config.numbers, self.number_offset, self.value_offset).astype(np.int64)
+        binned = _binned(codec) & self.config.numbers
+        slot = 0
+        if self.config.number_slots:
+            # Continuous dimensions take slots in step order: observation codecs, then action codecs.
+            before = 0
+            for other in self.obs_codecs + self.action_codecs:
+                if other is codec:
+                    break
+                before += int(_binned(other).sum())
+            slot = before + np.cumsum(binned) - 1
+        return np.where(binned, self.number_offset + slot * self.number_width, self.value_offset).astype(np.int64)
+
+    def number_positions(self) -> np.ndarray:
+        """(number_slots, number_width) each bin's value relative to its dimension's data (`bin_positions`),
+        0 on ids a slot does not use; slots only (format 3): a shared slot has no one dimension to measure."""
+        out = np.zeros((self.number_slots, self.number_width))
+        slot = 0
+        for codec in self.obs_codecs + self.action_codecs:
+            binned = _binned(codec)
+            if binned.any():
+                positions = codec.bin_positions()[binned]
+                out[slot:slot + len(positions), :positions.shape[1]] = positions
+                slot += len(positions)
+        return out
+
+    def number_slot_starts(self) -> np.ndarray:
+        """(step_len,) the first id of each observation number token's slot (0 elsewhere): jitter stays in it."""
+        starts = np.zeros(self.step_len, dtype=np.int64)
+        mask = self.number_mask()
+        if mask.any():
+            offsets = np.concatenate([self._offsets(c) for c in self.obs_codecs])
+            starts[:self.obs_len] = np.where(mask[:self.obs_len], offsets, 0)
+        return starts
 
     def number_mask(self) -> np.ndarray:
         """(step_len,) True at the observation tokens of a step that are numbers (continuous bins)."""
@@ -410,7 +468,7 @@ class BCTokenizer:
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION if self.config.numbers else 1,
+            "format_version": (FORMAT_VERSION if self.config.number_slots else 2) if self.config.numbers else 1,
             "observation_space": space_to_dict(self.observation_space),
             "action_space": space_to_dict(self.action_space),
             "config": self.config.to_dict(),
@@ -420,6 +478,7 @@ class BCTokenizer:
             "fitted": self.fitted,
             # Only in multi-task files (older readers never see it where it matters).
             **({"reserve_text": True} if self.reserve_text else {}),
+            **({"reserve_slots": self.reserve_slots} if self.reserve_slots > self.own_number_slots else {}),
             "codecs": {"observation": [c.to_dict() for c in self.obs_codecs],
                        "action": [c.to_dict() for c in self.action_codecs]},
             # Derived, but written out so that the file alone documents the id layout.
@@ -427,7 +486,8 @@ class BCTokenizer:
                        "act_id": self.act_id, "obs_id": self.obs_id, "value_offset": self.value_offset,
                        "text_offset": self.text_offset, "task_offset": self.task_offset,
                        "vocab_size": self.vocab_size,
-                       **({"number_offset": self.number_offset, "number_vocab": self.number_vocab}
+                       **({"number_offset": self.number_offset, "number_vocab": self.number_vocab,
+                           **({"number_slots": self.number_slots} if self.config.number_slots else {})}
                           if self.config.numbers else {})},
         }
 
@@ -439,7 +499,7 @@ class BCTokenizer:
                   TokenizerConfig.from_dict(d["config"]), tasks=d["tasks"],
                   base_vocab_size=d["base_vocab_size"],
                   text_tokenizer=text_tokenizer if hf_name is not None else None,
-                  reserve_text=bool(d.get("reserve_text", False)))
+                  reserve_text=bool(d.get("reserve_text", False)), reserve_slots=int(d.get("reserve_slots", 0)))
         tok.obs_codecs = [codec_from_dict(c, tok.text_tokenizer) for c in d["codecs"]["observation"]]
         tok.action_codecs = [codec_from_dict(c, tok.text_tokenizer) for c in d["codecs"]["action"]]
         tok.fitted = bool(d["fitted"])

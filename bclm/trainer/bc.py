@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, get_scheduler
 from bclm import atomic
 from bclm import config as cfg
 from bclm.data.sequences import IGNORE_INDEX, PadCollator
-from bclm.embeddings import attach_number_embedding
+from bclm.embeddings import attach_for
 from bclm.envs import get_task
 from bclm.errors import BCLMError
 from bclm.eval.evaluate import evaluate, evaluate_tasks, write_report
@@ -177,8 +177,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         tok = data.tokenizers[names[0]]      # the layout (vocabulary, special ids) every task shares
         model = warm_model or build_model(recipe.model, tok.vocab_size, data.context_length, tok.bos_id,
                                           tok.eos_id, tok.pad_id)
-        attach_number_embedding(model, tok.number_offset, tok.number_vocab, recipe.model.number_features,
-                                fresh=warm_model is None)
+        attach_for(model, tok, recipe.model.number_features, fresh=warm_model is None)
     optim = sized_to_data(optim, len(data.train_set), accelerator.num_processes)
     ordinal = ordinal_targets(tok, optim.ordinal_sigma)
     optimizer = make_optimizer(model, optim)

@@ -28,10 +28,12 @@ def hl_gauss_table(bins: int, sigma: float) -> torch.Tensor:
 
 
 class OrdinalTargets:
-    """Token loss with HL-Gauss targets on the number range [offset, offset + bins)."""
+    """Token loss with HL-Gauss targets on number tokens: `slots` slots of `width` ids from `offset`, each slot
+    one continuous dimension whose first `bins` ids are its bins."""
 
-    def __init__(self, offset: int, bins: int, sigma: float):
+    def __init__(self, offset: int, bins: int, sigma: float, slots: int = 1, width: int = 0):
         self.offset, self.bins, self.sigma = offset, bins, sigma
+        self.slots, self.width = slots, width or bins
         self.table = hl_gauss_table(bins, sigma)
 
     def token_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -41,10 +43,13 @@ class OrdinalTargets:
                                                  reduction="none")
         if self.sigma <= 0:
             return loss
-        number = (targets >= self.offset) & (targets < self.offset + self.bins)
-        # The soft target lives on the number range; the other logits enter through the normaliser only.
-        log_p = logits.log_softmax(-1)[..., self.offset:self.offset + self.bins]           # (B, K, bins)
-        soft = self.table.to(logits.device)[(targets - self.offset).clamp(0, self.bins - 1)]
+        local = targets - self.offset
+        number = (local >= 0) & (local < self.slots * self.width) & (local % self.width < self.bins)
+        slot_start = self.offset + local.clamp(min=0) // self.width * self.width              # (B, K)
+        ids = slot_start[..., None] + torch.arange(self.bins, device=logits.device)          # (B, K, bins)
+        # The soft target lives on the token's own slot; the other logits enter through the normaliser only.
+        log_p = logits.log_softmax(-1).gather(-1, ids.clamp(max=logits.shape[-1] - 1))
+        soft = self.table.to(logits.device)[(local % self.width).clamp(0, self.bins - 1)]
         return torch.where(number, -(soft * log_p).sum(-1), loss)
 
 
@@ -53,4 +58,5 @@ def ordinal_targets(tokenizer: BCTokenizer, sigma: float) -> OrdinalTargets | No
     tokenizer without number tokens (format 1, where bins are free symbols with no order to respect)."""
     if sigma <= 0 or not tokenizer.number_vocab:
         return None
-    return OrdinalTargets(tokenizer.number_offset, tokenizer.config.action_bins, sigma)
+    return OrdinalTargets(tokenizer.number_offset, tokenizer.config.action_bins, sigma, tokenizer.number_slots,
+                          tokenizer.number_width)
