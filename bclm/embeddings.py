@@ -76,7 +76,8 @@ class NumberEmbedding(nn.Embedding):
         rows = table.detach()[self.start:self.start + self.size].float().view(self.slots, width, -1)
         per_slot = basis.expand(self.slots, width, features).float()
         proj = torch.linalg.lstsq(per_slot, rows).solution                                # (slots, F, dim)
-        self.number_proj = nn.Parameter(proj.to(table.device, table.dtype).clone())   # lstsq returns a view
+        # lstsq returns a strided view of a larger buffer: a compact copy of its own (DeepSpeed views its bytes).
+        self.number_proj = nn.Parameter(proj.to(table.device, table.dtype).clone(memory_format=torch.contiguous_format))
 
     def numbers(self) -> torch.Tensor:
         """(size, dim) the number rows."""

@@ -47,7 +47,11 @@ def _args(dataset: Path, out: Path, batch: int) -> list[str]:
 
 def _losses(out: Path) -> dict[int, dict]:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r for r in rows if "loss" in r}
+    logged = {r["step"]: r for r in rows if "loss" in r}
+    for r in rows:                       # a logged step's validation line joins its training line
+        if "val_loss" in r and r["step"] in logged:
+            logged[r["step"]].update(r)
+    return logged
 
 
 def launch(config: str, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -127,7 +131,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_losses(dataset, tmp_path)
     import signal
     import time
 
-    steps = ["--train.max_steps", "160", "--loop.save_every", "40", "--loop.log_every", "20",
+    steps = ["--train.max_steps", "160", "--loop.save_every", "40", "--loop.log_every", "20", "--loop.val_every", "20",
              "--train.batch_size", "16", "--eval.episodes", "1"]
     straight = tmp_path / "straight"
     train(cfg.build_config(TrainRecipe, None, [*_args(dataset, straight, 16), *steps]))

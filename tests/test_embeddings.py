@@ -158,5 +158,6 @@ def test_with_a_slot_per_dimension_each_bin_embeds_at_its_value_along_its_dimens
     for s in range(2):                       # a line per dimension: the row moves with the value, nothing else
         step = (rows[s] - rows[s, 32]) / torch.as_tensor(positions[s] - positions[s, 32]).float()[:, None]
         keep = torch.as_tensor(positions[s] != positions[s, 32])
-        torch.testing.assert_close(step[keep], emb.number_proj[s, 1].expand(int(keep.sum()), 8))
+        torch.testing.assert_close(step[keep], emb.number_proj[s, 1].expand(int(keep.sum()), 8), atol=1e-4,
+                                   rtol=1e-3)
     assert not torch.allclose(emb.number_proj[0, 1], emb.number_proj[1, 1])   # directions of their own

@@ -177,7 +177,10 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         tok = data.tokenizers[names[0]]      # the layout (vocabulary, special ids) every task shares
         model = warm_model or build_model(recipe.model, tok.vocab_size, data.context_length, tok.bos_id,
                                           tok.eos_id, tok.pad_id)
-        attach_for(model, tok, recipe.model.number_features, fresh=warm_model is None)
+        # The task with the most continuous dimensions lays out every number slot (a bin's value relative to
+        # its data, the basis, is a function of the bin index, margin and companding, alike across tasks).
+        widest = max(data.tokenizers.values(), key=lambda t: t.own_number_slots)
+        attach_for(model, widest, recipe.model.number_features, fresh=warm_model is None)
     optim = sized_to_data(optim, len(data.train_set), accelerator.num_processes)
     ordinal = ordinal_targets(tok, optim.ordinal_sigma)
     optimizer = make_optimizer(model, optim)

@@ -1,7 +1,7 @@
 """Keep the best weights seen on the validation split, so the exported policy is the best, not the last.
 
 Behavior cloning overfits small datasets: validation action accuracy peaks and then falls while the
-training loss keeps going down. The best weights so far are one safetensors file in OUTPUT_DIR, with the
+training loss keeps going down. The best weights so far are one safetensors file under OUTPUT_DIR, with the
 step and the figure in its metadata, written to a temporary name and renamed: a crash leaves the previous
 best or the new one, and a resumed run goes on comparing against it.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 
-BEST_FILE = "best_weights.safetensors"
+BEST_FILE = "checkpoints/best.safetensors"   # beside the resumable checkpoints: never uploaded or loaded
 HIGHER_IS_BETTER = {"val_action_accuracy": True, "val_loss": False}
 
 
@@ -45,12 +45,15 @@ class KeepBest:
             return
         self.step, self.value = step, value
         if main:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.tmp")
-            save_model(model, str(tmp), metadata={"step": str(step), "value": repr(value), "metric": self.metric})
+            # Copies: DeepSpeed's parameters are views into one flat buffer, which safetensors will not write.
+            weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+            save_file(weights, str(tmp), metadata={"step": str(step), "value": repr(value), "metric": self.metric})
             os.replace(tmp, self.path)
 
     def restore(self, model: torch.nn.Module) -> int:
         """Load the best weights into `model`; the step they are from (0: none recorded, model unchanged)."""
         if self.step:
-            load_model(model, str(self.path), device=str(next(model.parameters()).device))
+            model.load_state_dict(load_file(str(self.path), device=str(next(model.parameters()).device)))
         return self.step
