@@ -32,7 +32,8 @@ def demo_recipe(output_dir: Path, seeds: int = 3) -> SweepRecipe:
         # are cut at 250 steps, where a policy that still balances has shown its drift.
         dagger=DaggerConfig(env=DEMO_TASK, initial_episodes=1, episodes_per_round=1, num_envs=1, beta="constant",
                             beta_value=0.0, rollout_max_steps=250),
-        sweep=SweepConfig(methods=["bc", "dagger"], budgets=[500, 1000], seeds=seeds, max_rounds=4, jobs=1),
+        # Two cells at a time, a thread each: a tiny model does not keep two threads busy.
+        sweep=SweepConfig(methods=["bc", "dagger"], budgets=[500, 1000], seeds=seeds, max_rounds=4, jobs=2),
     )
 
 
