@@ -14,6 +14,7 @@ With number slots (tokenizer format 3) the range is `slots` blocks of N ids, one
 and each block has its own map: the embedding of bin k of dimension d is a smooth function of k along a
 direction of d's own, so summing tokens over positions (what attention does) weighs each dimension
 separately, as an MLP's first layer does.
+
 torch, transformers and accelerate have no embedding of this kind, hence this small module.
 """
 
@@ -73,11 +74,14 @@ class NumberEmbedding(nn.Embedding):
         self.register_buffer("number_basis", basis.to(table.device, table.dtype), persistent=False)
         # Least squares onto the basis: a warm start keeps the smooth part of the rows it was given
         # (all of it when they came from a NumberEmbedding of the same basis).
-        rows = table.detach()[self.start:self.start + self.size].float().view(self.slots, width, -1)
-        per_slot = basis.expand(self.slots, width, features).float()
-        proj = torch.linalg.lstsq(per_slot, rows).solution                                # (slots, F, dim)
+        # On the CPU in float64 with an SVD driver: a reserved slot's basis (no dimension behind it) is rank
+        # deficient, which the GPU's only driver cannot solve.
+        rows = table.detach()[self.start:self.start + self.size].cpu().double().view(self.slots, width, -1)
+        per_slot = basis.expand(self.slots, width, features).double()
+        proj = torch.linalg.lstsq(per_slot, rows, driver="gelsd").solution                # (slots, F, dim)
         # lstsq returns a strided view of a larger buffer: a compact copy of its own (DeepSpeed views its bytes).
-        self.number_proj = nn.Parameter(proj.to(table.device, table.dtype).clone(memory_format=torch.contiguous_format))
+        proj = proj.to(table.device, table.dtype).clone(memory_format=torch.contiguous_format)
+        self.number_proj = nn.Parameter(proj)
 
     def numbers(self) -> torch.Tensor:
         """(size, dim) the number rows."""
