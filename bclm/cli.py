@@ -82,7 +82,7 @@ def load_train_recipe(path: str | None, overrides: list[str]) -> Any:
     from bclm.trainer.dagger import DaggerRecipe, train_recipe
 
     recipe = cfg.build_config(DaggerRecipe, path, overrides)
-    return train_recipe(recipe, overwrite=recipe.overwrite)
+    return train_recipe(recipe)
 
 
 DAGGER_FLAGS = {"--env": "--dagger.env", "--expert": "--dagger.expert", "--rounds": "--dagger.rounds",

@@ -9,6 +9,7 @@ for a hundred lines. Help text lives once, in each field's metadata, and `--help
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -95,6 +96,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise BCLMError(f"{where}: expected {tp.__name__}, got {value!r}") from None
         if tp is int and isinstance(value, float) and value != int(value):
             raise BCLMError(f"{where}: expected an integer, got {value!r}")
+        if not math.isfinite(out):
+            raise BCLMError(f"{where}: expected a finite number, got {value!r}")
         return out
     if tp is str:
         return str(value)
@@ -172,7 +175,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise BCLMError(f"recipe {path} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise BCLMError(f"recipe {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise BCLMError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:

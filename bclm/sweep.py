@@ -33,7 +33,7 @@ from bclm.errors import BCLMError
 from bclm.eval.curves import markdown_table, mean_ci, plot_curves
 from bclm.eval.plots import plot_mistakes
 from bclm.trainer.bc import train
-from bclm.trainer.dagger import DaggerRecipe, policy_done, run_dagger, train_recipe
+from bclm.trainer.dagger import DaggerRecipe, needs_training, run_dagger, train_recipe
 
 METHODS = {"bc": "", "dagger": "", "hg-dagger": "expert-gated"}      # method -> DAgger intervener
 
@@ -119,7 +119,7 @@ def expert_store(out: Path, seed: int) -> Path:
 def run_bc_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> dict[str, Any]:
     chosen, labels = within_budget(expert_episodes(recipe, out, cell.seed), cell.budget)
     policy_dir = cell.path(out)
-    if not policy_done(policy_dir):
+    if needs_training(recipe, policy_dir):
         task = get_task(recipe.dagger.env)
         train(train_recipe(recipe, dataset=str(expert_store(out, cell.seed)), output_dir=str(policy_dir),
                            data=dataclasses.replace(recipe.data, shards=chosen),

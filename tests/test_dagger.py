@@ -75,6 +75,40 @@ def test_rounds_on_disk_with_provenance_and_resume_after_a_crash(tmp_path, monke
     assert all("mistake_rate" in r and "success_rate" in r for r in rows)
 
 
+def test_a_round_killed_in_its_final_save_resumes_and_overwrite_trains_again(tmp_path):
+    from bclm.hub.cards import CARD_FILE
+    from bclm.policy import POLICY_FILE
+    from bclm.trainer.rundir import DONE_MARKER
+
+    out = tmp_path / "run"
+    rows = run_dagger(_recipe(out, 1))["rounds"]
+    # Killed in round 1's final save, after transformers wrote config.json; and in a shard write of round 2.
+    for name in (DONE_MARKER, "model.safetensors", POLICY_FILE, "eval_report.json", CARD_FILE):
+        (out / "round-001" / name).unlink()
+    (out / "data" / ".tmp-round-002-0badf00d").mkdir()
+    again = run_dagger(_recipe(out, 2))["rounds"]
+    assert [r["round"] for r in again] == [0, 1, 2]
+    for key in ("success_rate", "mean_return", "expert_labels", "mistake_rate"):
+        assert [r[key] for r in again[:2]] == [r[key] for r in rows], key        # round 1 trained again alike
+    assert not list((out / "data").glob(".tmp-*"))
+    # --overwrite trains every round again on the data it has (no new collection).
+    weights = (out / "round-000" / "model.safetensors").stat().st_mtime_ns
+    shards = TrajectoryStore(out / "data").shard_names()
+    run_dagger(_recipe(out, 2, "--overwrite", "true"))
+    assert (out / "round-000" / "model.safetensors").stat().st_mtime_ns != weights
+    assert TrajectoryStore(out / "data").shard_names() == shards
+    # Reports never go backwards: a damaged shard or a lost round result is named, and nothing rewritten.
+    report = (out / "dagger_report.json").read_bytes()
+    (out / "round-001" / "eval_report.json").unlink()
+    with pytest.raises(BCLMError, match="round-001/eval_report.json is missing"):
+        run_dagger(_recipe(out, 2))
+    arrow = next((out / "data" / "round-001").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:100])
+    with pytest.raises(BCLMError, match="round-001 is damaged"):
+        run_dagger(_recipe(out, 2))
+    assert (out / "dagger_report.json").read_bytes() == report
+
+
 def test_dagger_cli_with_custom_env(tmp_path):
     from tests.test_cli import bclm
 

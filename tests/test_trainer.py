@@ -11,9 +11,10 @@ from bclm import config as cfg
 from bclm.collect import collect
 from bclm.envs import get_task
 from bclm.errors import BCLMError
-from bclm.policy import Policy
-from bclm.trainer.bc import action_loss, latest_checkpoint, train
+from bclm.policy import POLICY_FILE, Policy
+from bclm.trainer.bc import action_loss, train
 from bclm.trainer.config import TrainRecipe
+from bclm.trainer.rundir import DONE_MARKER, latest_checkpoint
 
 ENV = "tests.custom_env:CustomTarget-v0"
 
@@ -89,11 +90,12 @@ def test_the_exported_policy_has_the_best_validation_weights_and_a_resume_keeps_
         assert int(f.metadata()["step"]) == best["step"]
     live = policy.model.state_dict()
     assert all(torch.equal(live[k], v) for k, v in weights.items())
-    # A resume from step 25 (the final policy lost) validates only step 30, and exports the recorded best.
-    for name in ("config.json", "model.safetensors", "metrics.jsonl"):
+    # A run killed during its final save (no done marker, half a policy) resumes from step 25: it validates
+    # step 30 again, logs each step once, and exports the recorded best.
+    for name in (DONE_MARKER, "model.safetensors", POLICY_FILE):
         (out / name).unlink()
     again = train(_recipe(dataset, out, *args))
-    assert [v["step"] for v in _validations(out)] == [30]
+    assert [v["step"] for v in _validations(out)] == [v["step"] for v in val]
     assert all(torch.equal(again.model.state_dict()[k], v) for k, v in weights.items())
 
 
@@ -130,14 +132,26 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(dataset, tmp_path):
     out = tmp_path / "p"
     train(_recipe(dataset, out, "--train.max_steps", "10", "--loop.save_every", "5"))
     assert latest_checkpoint(out).name == "step-5"
-    # Simulate a crash after the checkpoint: the final policy was never written.
-    for name in ("config.json", "model.safetensors"):
+    def logged():
+        return [(m["step"], m["loss"], m["action_accuracy"]) for m in _losses(out)]
+
+    before = logged()
+    # A crash after transformers wrote config.json, before the weights: not finished, not stuck.
+    for name in (DONE_MARKER, "model.safetensors", POLICY_FILE, "eval_report.json"):
         (out / name).unlink()
-    (out / "metrics.jsonl").unlink()
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"loss": 1.0, "st')                      # a log line cut short by the kill
     train(_recipe(dataset, out, "--train.max_steps", "10", "--loop.save_every", "5"))
-    steps = [m["step"] for m in _losses(out)]
-    assert steps == [10], steps                # resumed at step 5: only step 10 was logged again
+    assert logged() == before                  # resumed at step 5: each step logged once, the same losses
     Policy.from_pretrained(out)
+    with pytest.raises(BCLMError, match="already holds a finished policy"):
+        train(_recipe(dataset, out, "--train.max_steps", "10"))
+
+
+def test_checkpoints_rotate_to_the_newest_ones(dataset, tmp_path):
+    out = tmp_path / "p"
+    train(_recipe(dataset, out, "--train.max_steps", "12", "--loop.save_every", "2", "--loop.keep_checkpoints", "2"))
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-10", "step-8"]
 
 
 @pytest.mark.parametrize("marker", ["", '{"st', "[]"])

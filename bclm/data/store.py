@@ -201,6 +201,8 @@ class TrajectoryStore:
         if ds.features != self.features:
             raise BCLMError(f"shard {name}: columns {list(ds.features)} do not match the store's spaces "
                             f"({list(self.features)})")
+        for stale in self.path.glob(f".tmp-{name}-*"):     # an earlier write of this shard, killed midway
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = self.path / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
         try:
             ds.save_to_disk(str(tmp))
@@ -246,7 +248,12 @@ class TrajectoryStore:
             shard_path = self.path / name
             if not (shard_path / "dataset_info.json").is_file():
                 raise BCLMError(f"shard {shard_path} not found or incomplete")
-            ds = datasets.load_from_disk(str(shard_path))
+            try:
+                ds = datasets.load_from_disk(str(shard_path))
+            except (OSError, ValueError) as e:        # pyarrow's ArrowInvalid is a ValueError
+                reason = (str(e).splitlines() or [type(e).__name__])[0]
+                raise BCLMError(f"shard {shard_path} is damaged ({reason}): restore it, or delete it to collect "
+                                "it again") from None
             if ds.features != self.features:
                 raise BCLMError(
                     f"shard {shard_path}: its columns do not match the spaces in {self.path / META_FILE}")

@@ -41,10 +41,18 @@ from bclm.trainer.launch import (
     whole_models,
 )
 from bclm.trainer.ordinal import OrdinalTargets, ordinal_targets
+from bclm.trainer.rundir import (
+    METRICS_FILE,
+    STEP_MARKER,
+    latest_checkpoint,
+    mark_finished,
+    run_finished,
+    save_checkpoint,
+    trim_metrics,
+    unmark_finished,
+)
 
-CHECKPOINTS = "checkpoints"
 QUANTIZATION_FILE = "quantization_report.json"
-STEP_MARKER = "bclm_step.json"       # written last into a checkpoint: it is complete
 _PLAIN = OrdinalTargets(0, 1, 0.0)   # plain cross-entropy
 
 
@@ -145,18 +153,15 @@ def check_output_dir(recipe: TrainRecipe) -> Path:
         raise BCLMError("output_dir is required (--output-dir DIR)")
     task_entries(recipe)                  # a dataset or a mixture, checked before anything is written
     out = Path(recipe.output_dir)
-    if (out / "config.json").exists() and not recipe.overwrite:
-        raise BCLMError(f"{out} already holds a trained policy; choose another --output-dir "
-                        "(or pass --overwrite true to replace it)")
+    if out.exists() and not out.is_dir():
+        raise BCLMError(f"--output-dir {out} is a file, not a directory: choose another --output-dir")
+    if run_finished(out):
+        if not recipe.overwrite:
+            raise BCLMError(f"{out} already holds a finished policy; choose another --output-dir "
+                            "(or pass --overwrite true to train it again)")
+        unmark_finished(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    # A marker that cannot be parsed counts as absent: that checkpoint was interrupted.
-    complete = [p for p in ckpts if isinstance(atomic.read_json(p / STEP_MARKER), dict)]
-    return complete[-1] if complete else None
 
 
 # --- the loop ----------------------------------------------------------------------------------------
@@ -213,7 +218,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     stream = _recorded(batches(loader, accelerator, skip=start * optim.grad_accum, sampler=sampler), digests)
     bar = tqdm(total=optim.max_steps, initial=start, desc="train", disable=not (loop.progress and
                                                                                  accelerator.is_main_process))
-    metrics_file = out / "metrics.jsonl"
+    metrics_file = out / METRICS_FILE
     val_every = loop.val_every or max(1, optim.max_steps // 20)
     keeper = _keeper(recipe, data, out, zero3, accelerator)
     model.train()
@@ -239,7 +244,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         if loop.eval_every and step % loop.eval_every == 0 and step < optim.max_steps:
             _evaluate_and_log(policy, data, recipe, step, accelerator, out, metrics_file)
         if loop.save_every and step % loop.save_every == 0 and step < optim.max_steps:
-            save_checkpoint(accelerator, out, step)
+            save_checkpoint(accelerator, out, step, loop.keep_checkpoints)
         bar.update(1)
     bar.close()
     _restore_best(accelerator, model, keeper)
@@ -248,6 +253,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
         _evaluate_and_log(policy, data, recipe, optim.max_steps, accelerator, out, metrics_file, final=True)
         # A model card with the evaluation, so the directory is ready for the Hub (`bclm push`).
         policy_card(out).save(out / CARD_FILE)
+        mark_finished(out, optim.max_steps)
     # Every rank returns only once the policy and its report are on disk. The process group stays up
     # (DAgger trains again in it); `launch.shutdown` ends it when the command is done.
     accelerator.wait_for_everyone()
@@ -392,24 +398,18 @@ def _scalars(report: dict[str, Any], prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": v for k, v in report.items() if isinstance(v, int | float) and k != "seed"}
 
 
-def save_checkpoint(accelerator: Accelerator, out: Path, step: int) -> Path:
-    path = out / CHECKPOINTS / f"step-{step}"
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        # Written last: a checkpoint without this marker was interrupted and is never resumed from.
-        atomic.write_json(path / STEP_MARKER, {"step": step})
-    accelerator.wait_for_everyone()
-    return path
-
-
 def _maybe_resume(accelerator: Accelerator, out: Path) -> int:
     ckpt = latest_checkpoint(out)
     if ckpt is None:
+        if accelerator.is_main_process:
+            trim_metrics(out, 0)
         return 0
     accelerator.load_state(str(ckpt))
-    step = atomic.read_json(ckpt / STEP_MARKER)["step"]
+    step = int(atomic.read_json(ckpt / STEP_MARKER)["step"])
+    if accelerator.is_main_process:
+        trim_metrics(out, step)
     accelerator.print(f"resumed from {ckpt} (step {step})")
-    return int(step)
+    return step
 
 
 def _recorded(stream: Iterator[dict], digests: list[str]) -> Iterator[dict]:

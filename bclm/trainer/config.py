@@ -42,8 +42,11 @@ class OptimConfig:
             raise BCLMError(f"train.epochs must be >= 0, got {self.epochs}")
         if not self.ordinal_sigma >= 0:
             raise BCLMError(f"train.ordinal_sigma must be >= 0 (bins), got {self.ordinal_sigma}")
-        if self.lr <= 0:
+        if not self.lr > 0:
             raise BCLMError(f"train.lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0 or (not self.epochs and self.warmup_steps >= self.max_steps):
+            raise BCLMError(f"train.warmup_steps must be >= 0 and below train.max_steps ({self.max_steps}) when "
+                            f"train.epochs is 0, got {self.warmup_steps}")
 
 
 @dataclass
@@ -56,6 +59,7 @@ class LoopConfig:
         "val_action_accuracy", "With held-out episodes, export the weights with the best value of this "
                                "(val_action_accuracy or val_loss) rather than the last ones ('' = the last).")
     save_every: int = option(0, "Save a resumable checkpoint every N steps (0 = only the final policy).")
+    keep_checkpoints: int = option(2, "Keep the newest N checkpoints and delete older ones (0 = keep all).")
     num_workers: int = option(0, "DataLoader worker processes.")
     progress: bool = option(True, "Show a progress bar.")
 
@@ -64,7 +68,7 @@ class LoopConfig:
             raise BCLMError(f"loop.keep_best must be one of {['', *HIGHER_IS_BETTER]}, got {self.keep_best!r}")
         if self.log_every < 1:
             raise BCLMError(f"loop.log_every must be >= 1, got {self.log_every}")
-        for name in ("val_every", "eval_every", "save_every"):
+        for name in ("val_every", "eval_every", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise BCLMError(f"loop.{name} must be >= 0, got {getattr(self, name)}")
 

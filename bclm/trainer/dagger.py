@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bclm import distributed
+from bclm import atomic, distributed
 from bclm.collect import expert_ref_of, open_store, write_expert_shard, write_gathered
 from bclm.config import option
 from bclm.data.store import TrajectoryStore
@@ -31,6 +31,7 @@ from bclm.trainer.bc import train
 from bclm.trainer.config import TaskEntry, TrainRecipe
 from bclm.trainer.data import task_entries
 from bclm.trainer.launch import init_processes, whole_models
+from bclm.trainer.rundir import run_finished
 
 ROUND = "round-{:03d}"
 
@@ -118,7 +119,7 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
 def train_recipe(recipe: DaggerRecipe, **changes: Any) -> TrainRecipe:
     """The training part of a DAgger recipe, with `changes` (every round and baseline trains alike)."""
     fields = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(TrainRecipe)}
-    fields.update({"overwrite": False, **changes})
+    fields.update(changes)
     return TrainRecipe(**fields)
 
 
@@ -171,8 +172,23 @@ def round_recipe(recipe: DaggerRecipe, out: Path, round_index: int, tasks: list[
     return train_recipe(recipe, **changes)
 
 
-def policy_done(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "eval_report.json").is_file()
+def needs_training(recipe: TrainRecipe, policy_dir: Path) -> bool:
+    """A round's (or cell's) policy is trained unless it is finished; with `overwrite`, trained again (its data
+    is kept: shards are never overwritten)."""
+    return recipe.overwrite or not run_finished(policy_dir)
+
+
+def check_finished_rounds(tasks: list[DaggerTask], out: Path, rounds: int) -> None:
+    """Refuse, before anything is rewritten, a run whose data or finished rounds are damaged: the report
+    would otherwise be rewritten with fewer rounds than it had."""
+    for t in tasks:
+        if t.store.shard_names():
+            t.store.load()                                  # names a damaged shard
+    for k in range(rounds + 1):
+        report = out / ROUND.format(k) / "eval_report.json"
+        if run_finished(report.parent) and not isinstance(atomic.read_json(report), dict):
+            raise BCLMError(f"{report} is missing or damaged, though round {k} finished: restore it, or delete "
+                            f"{report.parent} to train that round again")
 
 
 def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
@@ -192,6 +208,7 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
                         "in one process, not under a multi-process launch")
     init_processes()            # under `accelerate launch`: every rank rolls out its share of each round
     tasks = dagger_tasks(recipe, out)
+    check_finished_rounds(tasks, out, cfg.rounds)
     beta = beta_schedule(cfg)
     rows = []
     for k in range(cfg.rounds + 1):
@@ -208,7 +225,7 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
                 collect_round(t.spec, t.expert_ref, policy.for_task(t.name) if t.name else policy, t.store, k,
                               beta(k), cfg)
         policy_dir = out / ROUND.format(k)
-        if not policy_done(policy_dir):
+        if needs_training(recipe, policy_dir):
             train(round_recipe(recipe, out, k, tasks))
         rows.append(_round_row(tasks, k, None if k and cfg.intervener else beta(k), policy_dir))
         if distributed.is_main():
@@ -248,7 +265,7 @@ def bc_baseline(recipe: DaggerRecipe, task: TaskSpec, expert_ref: str, out: Path
         write_expert_shard(store, task, expert_ref, cfg.episodes_per_round, seed=cfg.seed + 7_777_777 + 1000 * k,
                            num_envs=cfg.num_envs, shard=f"part-{k:03d}")
         k += 1
-    if not policy_done(policy_dir):
+    if needs_training(recipe, policy_dir):
         train(train_recipe(recipe, dataset=str(data_dir), output_dir=str(policy_dir), init_from="",
                            data=dataclasses.replace(recipe.data, shards=[]),
                            eval=dataclasses.replace(recipe.eval, env=task.name, expert=expert_ref)))
@@ -257,7 +274,7 @@ def bc_baseline(recipe: DaggerRecipe, task: TaskSpec, expert_ref: str, out: Path
 
 
 def _round_row(tasks: list[DaggerTask], k: int, beta: float | None, policy_dir: Path) -> dict[str, Any]:
-    report = json.loads((policy_dir / "eval_report.json").read_text())
+    report = atomic.read_json(policy_dir / "eval_report.json")
     if tasks[0].name is None:
         return {"round": k, "beta": beta, **report, **_labels(tasks[0].store, k)}
     per_task = {t.name: {**report["tasks"][t.name], **_labels(t.store, k)} for t in tasks}
