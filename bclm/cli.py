@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bclm import interrupt
 from bclm.errors import BCLMError
 
 USAGE = """usage: bclm <command> [options]
@@ -331,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         print(f"bclm: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    interrupt.install()
     try:
         code = command(argv[1:])
         _end_process_group()
@@ -339,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
         # One line whatever the message holds (numpy prints spaces over several lines).
         print(f"bclm {argv[0]}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # What was done is on disk (collected chunks, checkpoints, finished rounds and cells).
+        print(f"\nbclm {argv[0]}: interrupted; what was finished is kept, and the same command continues from "
+              "it", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

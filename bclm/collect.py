@@ -1,11 +1,13 @@
-"""Expert demonstrations into a trajectory store (shard `round-000`)."""
+"""Expert demonstrations into a trajectory store: shard `round-000`, then `round-000-0001`, ... of `CHUNK`
+episodes each, so that an interrupt loses at most one chunk and the same command continues the count."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-from bclm import distributed
+from bclm import atomic, distributed
 from bclm.data.store import META_FILE, TrajectoryStore
 from bclm.envs import TaskSpec, load_expert, make_env
 from bclm.errors import BCLMError
@@ -21,12 +23,16 @@ def expert_ref_of(task: TaskSpec, expert_ref: str | None) -> str:
     return ref
 
 
-def create_store(task: TaskSpec, output: str | Path) -> TrajectoryStore:
+CHUNK = 100                 # episodes per shard of `bclm collect`: what an interrupt can lose at most
+CHUNK_SEEDS = 1_000_003     # chunk c seeds its envs from seed + c * CHUNK_SEEDS
+
+
+def create_store(task: TaskSpec, output: str | Path, origin: dict[str, Any] | None = None) -> TrajectoryStore:
     """A new, empty store for the task's spaces (refuses a directory that already holds something)."""
     env = make_env(task)
     try:
         return TrajectoryStore.create(output, env.observation_space, env.action_space, env_id=task.env_id,
-                                      task=task.name)
+                                      task=task.name, origin=origin)
     finally:
         env.close()
 
@@ -41,13 +47,12 @@ def open_store(task: TaskSpec, output: str | Path) -> TrajectoryStore:
 
 
 def write_expert_shard(store: TrajectoryStore, task: TaskSpec, expert_ref: str, episodes: int, *, seed: int,
-                       num_envs: int, shard: str = "round-000", progress: bool = False) -> dict[str, Any]:
+                       num_envs: int, shard: str = "round-000", progress: bool = False) -> RolloutResult:
     """Roll out the expert for `episodes` seeded episodes and store every step as `shard`."""
     actor = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, name=expert_ref)
     share = run_episodes(task, actor, episodes, num_envs=num_envs, seed=seed, progress=progress,
                          env_ids=distributed.env_share(num_envs))
-    result = write_gathered(store, shard, share, round_index=0, source="expert")
-    return {"steps": sum(ep.length for ep in result.episodes), **summarize(result.episodes)}
+    return write_gathered(store, shard, share, round_index=0, source="expert")
 
 
 def write_gathered(store: TrajectoryStore, shard: str, share: RolloutResult, **write_args: Any) -> RolloutResult:
@@ -60,10 +65,39 @@ def write_gathered(store: TrajectoryStore, shard: str, share: RolloutResult, **w
     return result
 
 
+def chunk_name(c: int) -> str:
+    return "round-000" if c == 0 else f"round-000-{c:04d}"
+
+
+def collect_store(task: TaskSpec, output: str | Path, request: dict[str, Any]) -> TrajectoryStore:
+    """The store of an interrupted run of the same request (to continue), else a new one. A store left with
+    no shard by a failed run holds nothing of value and is made again."""
+    path = Path(output)
+    meta = atomic.read_json(path / META_FILE) if path.is_dir() else None
+    if isinstance(meta, dict):
+        if meta.get("collect") == request:
+            return TrajectoryStore(path)
+        if {p.name for p in path.iterdir()} == {META_FILE}:
+            (path / META_FILE).unlink()
+    return create_store(task, output, origin={"collect": request})
+
+
 def collect(task: TaskSpec, expert_ref: str | None, episodes: int, output: str | Path, *, seed: int = 0,
             num_envs: int = 8, progress: bool = False) -> dict[str, Any]:
-    """Expert demonstrations into a new dataset; returns a summary."""
+    """Expert demonstrations into a new dataset, committed in chunks: rerun after an interrupt, the same call
+    continues where it stopped, with the data an uninterrupted run would have. Returns a summary of the
+    episodes collected by this call (`episodes`) and the dataset's total (`episodes_in_dataset`)."""
+    if episodes < 1:
+        raise BCLMError(f"--episodes {episodes}: expected at least 1")
     ref = expert_ref_of(task, expert_ref)
-    store = create_store(task, output)
-    summary = write_expert_shard(store, task, ref, episodes, seed=seed, num_envs=num_envs, progress=progress)
-    return {"dataset": str(store.path), "env": task.name, "expert": ref, "seed": seed, **summary}
+    request = {"env": task.name, "expert": ref, "episodes": episodes, "seed": seed, "num_envs": num_envs}
+    store = collect_store(task, output, request)
+    chunks = [chunk_name(c) for c in range(math.ceil(episodes / CHUNK))]
+    now = []
+    for c, name in enumerate(chunks):
+        if name not in store.shard_names():
+            now += write_expert_shard(store, task, ref, min(CHUNK, episodes - c * CHUNK), seed=seed + c * CHUNK_SEEDS,
+                                      num_envs=num_envs, shard=name, progress=progress).episodes
+    summary = {"steps": sum(ep.length for ep in now), **summarize(now)} if now else {"episodes": 0}
+    return {"dataset": str(store.path), "env": task.name, "expert": ref, "seed": seed,
+            "episodes_in_dataset": store.next_episode_id(), **summary}

@@ -100,7 +100,7 @@ def test_a_round_killed_in_its_final_save_resumes_and_overwrite_trains_again(tmp
     # Reports never go backwards: a damaged shard or a lost round result is named, and nothing rewritten.
     report = (out / "dagger_report.json").read_bytes()
     (out / "round-001" / "eval_report.json").unlink()
-    with pytest.raises(BCLMError, match="round-001/eval_report.json is missing"):
+    with pytest.raises(BCLMError, match=r"round-001/eval_report\.json is missing"):
         run_dagger(_recipe(out, 2))
     arrow = next((out / "data" / "round-001").glob("*.arrow"))
     arrow.write_bytes(arrow.read_bytes()[:100])

@@ -18,7 +18,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
-from bclm import atomic
+from bclm import atomic, interrupt
 from bclm import config as cfg
 from bclm.data.sequences import IGNORE_INDEX, PadCollator
 from bclm.embeddings import attach_for
@@ -223,29 +223,34 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     keeper = _keeper(recipe, data, out, zero3, accelerator)
     model.train()
     t0, tokens_seen, window, window_steps = time.perf_counter(), 0.0, {}, 0
-    for step in range(start + 1, optim.max_steps + 1):
-        for k, v in train_step(model, optimizer, scheduler, stream, accelerator, optim, len(names),
-                                   ordinal).items():
-            window[k] = window[k] + v if k in window else v
-        window_steps += 1
-        if step == start + 1:
-            _write_launch(accelerator, out, digests)
-        if step % loop.log_every == 0 or step == optim.max_steps:
-            window = _across_processes(accelerator, window)
-            tokens_seen += float(window.pop("tokens"))
-            stats = summarize_stats(window, window_steps, names)
-            window, window_steps = {}, 0
-            stats.update(step=step, lr=scheduler.get_last_lr()[0],
-                         tokens_per_s=tokens_seen / max(time.perf_counter() - t0, 1e-9))
-            _log(accelerator, stats, metrics_file)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['action_accuracy']:.3f}")
-        if data.val_set is not None and (step % val_every == 0 or step == optim.max_steps):
-            _validate(model, data, accelerator, step, metrics_file, ordinal, keeper)
-        if loop.eval_every and step % loop.eval_every == 0 and step < optim.max_steps:
-            _evaluate_and_log(policy, data, recipe, step, accelerator, out, metrics_file)
-        if loop.save_every and step % loop.save_every == 0 and step < optim.max_steps:
-            save_checkpoint(accelerator, out, step, loop.keep_checkpoints)
-        bar.update(1)
+    with interrupt.deferred() as term:      # SIGTERM: finish the step, write a checkpoint, stop
+        for step in range(start + 1, optim.max_steps + 1):
+            for k, v in train_step(model, optimizer, scheduler, stream, accelerator, optim, len(names),
+                                       ordinal).items():
+                window[k] = window[k] + v if k in window else v
+            window_steps += 1
+            if step == start + 1:
+                _write_launch(accelerator, out, digests)
+            if step % loop.log_every == 0 or step == optim.max_steps:
+                window = _across_processes(accelerator, window)
+                tokens_seen += float(window.pop("tokens"))
+                stats = summarize_stats(window, window_steps, names)
+                window, window_steps = {}, 0
+                stats.update(step=step, lr=scheduler.get_last_lr()[0],
+                             tokens_per_s=tokens_seen / max(time.perf_counter() - t0, 1e-9))
+                _log(accelerator, stats, metrics_file)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['action_accuracy']:.3f}")
+            if data.val_set is not None and (step % val_every == 0 or step == optim.max_steps):
+                _validate(model, data, accelerator, step, metrics_file, ordinal, keeper)
+            if loop.eval_every and step % loop.eval_every == 0 and step < optim.max_steps:
+                _evaluate_and_log(policy, data, recipe, step, accelerator, out, metrics_file)
+            if loop.save_every and step % loop.save_every == 0 and step < optim.max_steps:
+                save_checkpoint(accelerator, out, step, loop.keep_checkpoints)
+            bar.update(1)
+            if _preempted(accelerator, term) and step < optim.max_steps:
+                if not (loop.save_every and step % loop.save_every == 0):
+                    save_checkpoint(accelerator, out, step, loop.keep_checkpoints)
+                raise KeyboardInterrupt
     bar.close()
     _restore_best(accelerator, model, keeper)
     policy = _export(accelerator, model, policy, out, zero3)
@@ -396,6 +401,14 @@ def _evaluate_and_log(policy: Policy, data: Prepared, recipe: TrainRecipe, step:
 
 def _scalars(report: dict[str, Any], prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": v for k, v in report.items() if isinstance(v, int | float) and k != "seed"}
+
+
+def _preempted(accelerator: Accelerator, term: Any) -> bool:
+    """Whether any process got a SIGTERM (all of them must write the checkpoint together)."""
+    if accelerator.num_processes == 1:
+        return term.requested
+    flag = torch.tensor([float(term.requested)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 def _maybe_resume(accelerator: Accelerator, out: Path) -> int:

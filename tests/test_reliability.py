@@ -1,0 +1,82 @@
+"""Interrupts keep the work: Ctrl-C in collect keeps its finished chunks, SIGTERM in training writes a
+checkpoint, and the same command then continues to the result an uninterrupted run gives."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bclm.data.store import TrajectoryStore
+from bclm.trainer.rundir import latest_checkpoint, run_finished
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = "tests.custom_env:CustomTarget-v0"
+EXPERT = "tests.custom_env:expert"
+
+
+def _start(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.Popen([sys.executable, "-m", "bclm", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _interrupt_when(proc: subprocess.Popen, ready, sig: int, timeout: float = 300) -> tuple[int, str]:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the command never reached the point to interrupt"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def _one_line(err: str) -> str:
+    # Progress bars redraw with carriage returns; what is left must be one line.
+    lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and "%|" not in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_ctrl_c_in_collect_keeps_the_chunks_and_the_same_command_completes_them(tmp_path):
+    args = ("collect", "--env", ENV, "--expert", EXPERT, "--episodes", "350", "--num-envs", "2", "--output")
+    proc = _start(*args, "data", cwd=tmp_path)
+    code, err = _interrupt_when(proc, lambda: (tmp_path / "data" / "round-000-0001").is_dir(), signal.SIGINT)
+    assert code == 130 and "interrupted" in _one_line(err)
+    kept = TrajectoryStore(tmp_path / "data").shard_names()
+    assert "round-000" in kept and len(kept) < 4
+    done = _start(*args, "data", cwd=tmp_path)
+    assert done.wait(300) == 0, done.communicate()
+    whole = _start(*args, "whole", cwd=tmp_path)
+    assert whole.wait(300) == 0, whole.communicate()
+    resumed, uninterrupted = TrajectoryStore(tmp_path / "data").arrays(), TrajectoryStore(tmp_path / "whole").arrays()
+    assert len(set(resumed.columns["episode"])) == 350
+    assert np.array_equal(np.asarray(resumed.observation), np.asarray(uninterrupted.observation))
+    assert np.array_equal(np.asarray(resumed.action), np.asarray(uninterrupted.action))
+    for name in ("episode", "step", "reward"):
+        assert np.array_equal(resumed.columns[name], uninterrupted.columns[name]), name
+
+
+def test_sigterm_in_training_writes_a_checkpoint_and_the_same_command_finishes(tmp_path):
+    from bclm.collect import collect
+    from bclm.envs import get_task
+
+    collect(get_task(ENV), EXPERT, 12, tmp_path / "data", seed=0)
+    args = ("train", "--dataset", "data", "--output-dir", "out", "--model.size", "tiny", "--train.max_steps", "300",
+            "--train.epochs", "0", "--train.batch_size", "8", "--loop.log_every", "5", "--loop.progress", "false",
+            "--eval.episodes", "2")
+    proc = _start(*args, cwd=tmp_path)
+    code, err = _interrupt_when(proc, lambda: (tmp_path / "out" / "metrics.jsonl").is_file(), signal.SIGTERM)
+    assert code == 130 and "interrupted" in _one_line(err)
+    assert latest_checkpoint(tmp_path / "out") is not None and not run_finished(tmp_path / "out")
+    again = _start(*args, cwd=tmp_path)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0 and "resumed from" in out, err
+    assert run_finished(tmp_path / "out")
