@@ -6,11 +6,17 @@ marker, report or metadata file that a resumed run reads as complete.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import uuid
 from pathlib import Path
 from typing import Any
+
+from bclm.errors import BCLMError
+
+_NAMED = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+          errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -22,9 +28,25 @@ def write_text(path: str | Path, text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in _NAMED:
+            raise BCLMError(f"cannot write {path}: {_NAMED[e.errno]}") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """Before long work: `path` can be written as a file (not a directory, in a writable folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise BCLMError(f"{what} {path} is a directory: expected a file path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise BCLMError(f"{what} {path}: {folder} is not a writable directory")
 
 
 def write_json(path: str | Path, body: Any, **dump: Any) -> Path:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bclm import interrupt
+from bclm import atomic, interrupt
 from bclm.errors import BCLMError
 
 USAGE = """usage: bclm <command> [options]
@@ -171,6 +171,8 @@ def _eval(argv: list[str]) -> int:
     from bclm.eval.evaluate import EvalConfig, evaluate, evaluate_tasks, write_report
     from bclm.policy import Policy
 
+    if args.output:
+        atomic.check_writable(args.output, "--output")      # before the evaluation, not after it
     policy = Policy.from_pretrained(args.policy, revision=args.revision)
     config = EvalConfig(episodes=args.episodes, num_envs=args.num_envs, seed=args.seed, expert=args.expert,
                         greedy=not args.sample, async_envs=args.async_envs)

@@ -114,6 +114,12 @@ def test_bad_training_input_is_one_line_with_exit_2_and_writes_nothing(custom_ru
     assert not (tmp_path / "out").exists() and (tmp_path / "a_file").read_text() == "mine"
 
 
+def test_eval_output_that_is_a_directory_is_refused_before_evaluating(custom_run, tmp_path):
+    msg = _error(bclm("eval", "--policy", str(custom_run / "policy"), "--env", ENV, "--episodes", "1",
+                      "--output", str(tmp_path), cwd=tmp_path))
+    assert "is a directory" in msg and str(tmp_path) in msg
+
+
 def test_collect_refuses_existing_dataset(custom_run):
     before = sorted(p.name for p in (custom_run / "data").iterdir())
     msg = _error(bclm("collect", "--env", ENV, "--expert", EXPERT, "--episodes", "2", "--output", "data",
