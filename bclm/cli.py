@@ -37,7 +37,8 @@ def _collect(argv: list[str]) -> int:
     p.add_argument("--env", required=True, help="Task name or gymnasium id (also module:EnvId-v0).")
     p.add_argument("--expert", default="", help="Expert: builtin name or module:callable (default: the task's).")
     p.add_argument("--episodes", type=int, required=True, help="Episodes to record.")
-    p.add_argument("--output", required=True, help="New dataset directory (must not exist or be empty).")
+    p.add_argument("--output", required=True, help="New dataset directory (must not exist or be empty; the same "
+                                                    "command continues an interrupted collection in it).")
     p.add_argument("--seed", type=int, default=0, help="Seed of env 0; env i uses seed + i.")
     p.add_argument("--num-envs", type=int, default=8, help="Environments stepped together.")
     args = p.parse_args(argv)
