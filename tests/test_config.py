@@ -40,10 +40,21 @@ def test_unknown_recipe_key_names_key_and_file(tmp_path, text, needle):
     (["--model.size", "huge"], "huge"),
     (["--train.lr"], "needs a value"),
     (["stray"], "stray"),
+    (["--train.lr", "nan"], "train.lr: expected a finite number"),
+    (["--train.grad_clip", "inf"], "train.grad_clip: expected a finite number"),
+    (["--train.epochs", "0", "--train.max_steps", "50", "--train.warmup_steps", "100"], "train.warmup_steps"),
+    (["--loop.keep_checkpoints", "-1"], "loop.keep_checkpoints"),
 ])
 def test_bad_overrides_are_named(args, needle):
     with pytest.raises(BCLMError, match=needle):
         cfg.build_config(TrainRecipe, None, args)
+
+
+def test_a_recipe_that_is_not_utf8_is_named(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(b"train:\n  lr: 1e-3 \xff\xfe\n")
+    with pytest.raises(BCLMError, match=r"r\.yaml is not UTF-8"):
+        cfg.build_config(TrainRecipe, recipe, [])
 
 
 def test_help_lists_every_field_with_its_help():
