@@ -82,6 +82,24 @@ def check_weights(directory: Path) -> None:
                             "download or copy it again") from None
 
 
+def check_shapes(directory: Path, config: Any) -> None:
+    """Refuse weights whose shapes are not what `config` builds, in one line (transformers prints a report of
+    every mismatch before it raises)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):                 # shapes only: no memory, no initialisation
+        expected = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():                  # noqa: SIM118 (safe_open is not iterable)
+                shape, want = tuple(f.get_slice(key).get_shape()), expected.get(key)
+                if want is not None and shape != want:
+                    raise BCLMError(f"{path}: {key} has shape {list(shape)}, but {directory / 'config.json'} builds "
+                                    f"{list(want)}: the config does not belong to these weights")
+
+
 def tokenizer_digest(path: Path) -> str:
     """SHA-256 of a tokenizer file's JSON content (key order and whitespace do not count)."""
     try:

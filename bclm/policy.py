@@ -21,7 +21,14 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
 from bclm import atomic
-from bclm.artifacts import CONFIG_DIGEST, check_tokenizer_pair, check_weights, policy_directory, tokenizer_digest
+from bclm.artifacts import (
+    CONFIG_DIGEST,
+    check_shapes,
+    check_tokenizer_pair,
+    check_weights,
+    policy_directory,
+    tokenizer_digest,
+)
 from bclm.embeddings import NumberEmbedding, plain_embedding, plain_state_dict
 from bclm.errors import BCLMError
 from bclm.tokenizers import TOKENIZER_FILE, BCTokenizer, leaf_arrays, load_tokenizers, save_tokenizers
@@ -128,19 +135,30 @@ class Policy:
             raise BCLMError(f"{directory / POLICY_FILE}: format_version {meta['format_version']} is newer "
                             f"than this bclm reads ({POLICY_FORMAT_VERSION})")
         check_weights(directory)
-        config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
+        try:
+            config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
+        except (OSError, ValueError) as e:           # truncated or hand-edited JSON, unknown model_type
+            raise BCLMError(f"{directory / 'config.json'} cannot be read: {_first_line(e)}") from None
+        check_shapes(directory, config)
         check_tokenizer_pair(directory / TOKENIZER_FILE, config)
         has_text_tokenizer = (directory / "tokenizer_config.json").is_file()
         tokenizers = load_tokenizers(directory, text_tokenizer=AutoTokenizer.from_pretrained(
             str(directory), trust_remote_code=False) if has_text_tokenizer else None)
-        model = AutoModelForCausalLM.from_pretrained(str(directory), config=config, use_safetensors=True,
-                                                     trust_remote_code=False)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(directory), config=config, use_safetensors=True,
+                                                         trust_remote_code=False)
+        except (OSError, RuntimeError, ValueError) as e:   # e.g. weights whose shapes are not the config's
+            raise BCLMError(f"{directory}: the weights do not load with its config.json: {_first_line(e)}") from None
         model.to(device).eval()
         context_length = int(meta.pop("context_length"))
         task = meta.pop("task", "default")
         for key in ("format", "format_version"):
             meta.pop(key, None)
         return cls(model, tokenizers, context_length, task=task, metadata=meta)
+
+
+def _first_line(e: Exception) -> str:
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
 
 
 def _batch_size(tokenizer: BCTokenizer, observations: Any) -> int:

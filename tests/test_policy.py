@@ -79,6 +79,22 @@ def test_policy_dir_without_tokenizer_is_a_clear_error(tmp_path, box_discrete_po
         Policy.from_pretrained(tmp_path / "p")
 
 
+def test_a_truncated_or_foreign_config_is_one_clear_error(tmp_path, box_discrete_policy):
+    import json
+
+    box_discrete_policy.save_pretrained(tmp_path / "p")
+    config = tmp_path / "p" / "config.json"
+    text = config.read_text()
+    config.write_text(text[: len(text) // 2])                         # a copy cut short
+    with pytest.raises(BCLMError, match=r"config\.json cannot be read"):
+        Policy.from_pretrained(tmp_path / "p")
+    body = json.loads(text)
+    body["intermediate_size"] *= 2                                  # a config.json from another model
+    config.write_text(json.dumps(body))
+    with pytest.raises(BCLMError, match=r"has shape \[.*\], but .*config\.json builds"):
+        Policy.from_pretrained(tmp_path / "p")
+
+
 def test_nan_observation_is_rejected(box_discrete_policy):
     obs = np.zeros((2, 3), np.float32)
     obs[1, 2] = np.nan
