@@ -137,6 +137,18 @@ def test_windows_train_on_expert_labels_over_executed_history(tmp_path):
     np.testing.assert_array_equal(tok.decode_action(lab[:, -1:].numpy()), [2] * n)               # expert
 
 
+def test_nan_observations_are_refused_when_collected(tmp_path):
+    obs_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    store = TrajectoryStore.create(tmp_path / "d", obs_space, gym.spaces.Discrete(3), env_id="Toy-v0", task="toy")
+    obs = np.zeros((4, 2), np.float32)
+    obs[2, 1] = np.nan
+    ep = EpisodeRecord(observation={"": obs}, action={"": np.zeros(4, np.int64)}, expert_action=None,
+                       reward=np.zeros(4, np.float32), terminated=True, truncated=False, task="toy", success=False)
+    with pytest.raises(BCLMError, match=r"NaN or infinite observation \(episode 0, step 2\)"):
+        store.write_shard("round-000", [ep])
+    assert store.shard_names() == []
+
+
 def test_mistake_curve_charges_every_step_after_a_failure():
     from bclm.eval.metrics import cumulative_mistakes
 

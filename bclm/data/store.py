@@ -118,6 +118,21 @@ def _stack_leaves(prefix: str, space: gym.Space, leaves: list[dict[str, np.ndarr
     return out
 
 
+def _check_finite_observations(columns: dict[str, Any], store: Path) -> None:
+    """Refuse NaN or infinite observations when they are collected, naming where the env produced them, rather
+    than storing them for training to refuse later."""
+    for name, values in columns.items():
+        if not name.startswith("observation") or isinstance(values, list) or \
+                not np.issubdtype(values.dtype, np.floating):
+            continue
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise BCLMError(f"{store}: the env returned a NaN or infinite {name} (episode "
+                            f"{int(columns['episode'][row])}, step {int(columns['step'][row])}); nothing of "
+                            "this shard was written")
+
+
 class TrajectoryStore:
     """A directory of trajectory shards that share one observation and action space."""
 
@@ -236,6 +251,7 @@ class TrajectoryStore:
             "beta": np.concatenate([np.full(ep.length, ep.beta, np.float32) for ep in episodes]),
             "policy_revision": [policy_revision] * n,
         }
+        _check_finite_observations(columns, self.path)
         return columns
 
     def load(self, shards: Sequence[str] | None = None) -> datasets.Dataset:
