@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
-from bclm import atomic
+from bclm import atomic, failpoints
 from bclm.artifacts import (
     CONFIG_DIGEST,
     check_shapes,
@@ -113,6 +113,7 @@ class Policy:
         # dict has them already; under ZeRO-3 the live module holds only this rank's shard).
         with plain_embedding(self.model) if state_dict is None else nullcontext():
             self.model.save_pretrained(str(directory), state_dict=state_dict)
+        failpoints.point("weights")
         if self.tokenizer.text_tokenizer is not None:      # a pretrained LM's own text tokenizer
             self.tokenizer.text_tokenizer.save_pretrained(str(directory))
         meta = {"format": "bclm-policy", "format_version": POLICY_FORMAT_VERSION,

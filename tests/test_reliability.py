@@ -82,3 +82,57 @@ def test_sigterm_in_training_writes_a_checkpoint_and_the_same_command_finishes(t
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0 and "resumed from" in out, err
     assert run_finished(tmp_path / "out")
+
+
+DAGGER = ("dagger", "--output-dir", "run", "--dagger.env", ENV, "--dagger.expert", EXPERT, "--dagger.rounds", "1",
+          "--dagger.initial_episodes", "4", "--dagger.episodes_per_round", "3", "--dagger.num_envs", "3",
+          "--model.size", "tiny", "--data.context_length", "14", "--train.epochs", "0", "--train.max_steps", "15",
+          "--train.lr", "3e-3", "--train.warmup_steps", "3", "--train.batch_size", "16", "--loop.save_every", "5",
+          "--loop.log_every", "5", "--loop.progress", "false", "--eval.episodes", "2", "--eval.num_envs", "2")
+
+
+def _dagger(cwd: Path, failpoint: str = "") -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if failpoint:
+        env["BCLM_FAILPOINT"] = failpoint
+    return subprocess.Popen([sys.executable, "-m", "bclm", *DAGGER], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _outcome(run: Path) -> dict:
+    """What must not depend on where the run was killed: its report, every logged loss, its data."""
+    import json
+
+    rounds = json.loads((run / "dagger_report.json").read_text())["rounds"]
+    keys = ("round", "success_rate", "mean_return", "expert_labels", "mistake_rate")
+    losses = {r: [(m["step"], m["loss"]) for m in map(json.loads, (run / r / "metrics.jsonl").read_text().splitlines())
+                  if "loss" in m] for r in ("round-000", "round-001")}
+    steps = TrajectoryStore(run / "data").arrays()
+    return {"report": [{k: row[k] for k in keys} for row in rounds], "losses": losses,
+            "data": (np.asarray(steps.observation).tobytes(), np.asarray(steps.action).tobytes())}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("uninterrupted")
+    proc = _dagger(work)
+    assert proc.wait(600) == 0, proc.communicate()
+    return _outcome(work / "run")
+
+
+# Each phase of `train` and `dagger`, in the order a run reaches them (round 0 trains 15 steps with
+# checkpoints at 5 and 10; round 1's steps are `step` 16-30, its shard the second `shard`).
+PHASES = ["shard:1", "prepared:1", "step:3", "checkpoint:1", "checkpointed:1", "step:12", "weights:1", "exported:1",
+          "evaluated:1", "carded:1", "round-reported:1", "shard:2", "step:20", "weights:2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_kill_9_in_any_phase_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, phase):
+    killed = _dagger(tmp_path, phase)
+    killed.communicate(timeout=600)
+    assert killed.returncode == -signal.SIGKILL, f"the run never reached {phase}"
+    again = _dagger(tmp_path)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert _outcome(tmp_path / "run") == uninterrupted

@@ -26,7 +26,7 @@ import datasets
 import gymnasium as gym
 import numpy as np
 
-from bclm import atomic
+from bclm import atomic, failpoints
 from bclm.errors import BCLMError
 from bclm.tokenizers import assemble, flatten_leaves, space_from_dict, space_to_dict
 
@@ -221,6 +221,7 @@ class TrajectoryStore:
         tmp = self.path / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
         try:
             ds.save_to_disk(str(tmp))
+            failpoints.point("shard")
             os.replace(tmp, final)
         finally:
             if tmp.exists():

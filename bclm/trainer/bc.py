@@ -18,7 +18,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
-from bclm import atomic, interrupt
+from bclm import atomic, failpoints, interrupt
 from bclm import config as cfg
 from bclm.data.sequences import IGNORE_INDEX, PadCollator
 from bclm.embeddings import attach_for
@@ -178,6 +178,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     with whole_models():
         warm_model, warm_tokenizers = initial_model(recipe)
         data = prepare_data(recipe, warm_tokenizers)
+        failpoints.point("prepared")
         names = data.task_names
         tok = data.tokenizers[names[0]]      # the layout (vocabulary, special ids) every task shares
         model = warm_model or build_model(recipe.model, tok.vocab_size, data.context_length, tok.bos_id,
@@ -229,6 +230,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
                                        ordinal).items():
                 window[k] = window[k] + v if k in window else v
             window_steps += 1
+            failpoints.point("step")
             if step == start + 1:
                 _write_launch(accelerator, out, digests)
             if step % loop.log_every == 0 or step == optim.max_steps:
@@ -255,9 +257,12 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     _restore_best(accelerator, model, keeper)
     policy = _export(accelerator, model, policy, out, zero3)
     if accelerator.is_main_process:
+        failpoints.point("exported")
         _evaluate_and_log(policy, data, recipe, optim.max_steps, accelerator, out, metrics_file, final=True)
+        failpoints.point("evaluated")
         # A model card with the evaluation, so the directory is ready for the Hub (`bclm push`).
         policy_card(out).save(out / CARD_FILE)
+        failpoints.point("carded")
         mark_finished(out, optim.max_steps)
     # Every rank returns only once the policy and its report are on disk. The process group stays up
     # (DAgger trains again in it); `launch.shutdown` ends it when the command is done.

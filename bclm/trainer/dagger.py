@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bclm import atomic, distributed
+from bclm import atomic, distributed, failpoints
 from bclm.collect import expert_ref_of, open_store, write_expert_shard, write_gathered
 from bclm.config import option
 from bclm.data.store import TrajectoryStore
@@ -230,6 +230,7 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
         rows.append(_round_row(tasks, k, None if k and cfg.intervener else beta(k), policy_dir))
         if distributed.is_main():
             write_report(_report(tasks, rows), out / "dagger_report.json")
+            failpoints.point("round-reported")
     report = _report(tasks, rows)
     if tasks[0].name is not None:
         return report

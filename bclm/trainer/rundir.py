@@ -14,7 +14,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from bclm import atomic
+from bclm import atomic, failpoints
 from bclm.hub.cards import CARD_FILE
 from bclm.policy import POLICY_FILE
 
@@ -59,9 +59,11 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int = 
     interrupted ones older than this one go."""
     path = out / CHECKPOINTS / f"step-{step}"
     accelerator.save_state(str(path))
+    failpoints.point("checkpoint")
     if accelerator.is_main_process:
         # Written last: a checkpoint without this marker was interrupted and is never resumed from.
         atomic.write_json(path / STEP_MARKER, {"step": step})
+        failpoints.point("checkpointed")
         complete = checkpoints(out)
         stale = complete[:-keep] if keep else []
         stale += [p for p in (out / CHECKPOINTS).glob("step-*") if p not in complete
