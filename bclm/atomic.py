@@ -15,7 +15,8 @@ from typing import Any
 
 from bclm.errors import BCLMError
 
-_NAMED = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+# Write failures a user can act on, named for them (the bare OSError comes from deep inside a writer).
+NAMED_ERRNO = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
           errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}
 
 
@@ -29,8 +30,8 @@ def write_text(path: str | Path, text: str) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        if e.errno in _NAMED:
-            raise BCLMError(f"cannot write {path}: {_NAMED[e.errno]}") from None
+        if e.errno in NAMED_ERRNO:
+            raise BCLMError(f"cannot write {path}: {NAMED_ERRNO[e.errno]}") from None
         raise
     finally:
         tmp.unlink(missing_ok=True)

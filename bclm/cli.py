@@ -344,6 +344,13 @@ def main(argv: list[str] | None = None) -> int:
         # One line whatever the message holds (numpy prints spaces over several lines).
         print(f"bclm {argv[0]}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in atomic.NAMED_ERRNO:
+            raise
+        # Every writer (checkpoints, shards, tensorboard, reports) fails alike on a full or read-only disk.
+        where = f" {e.filename}" if e.filename else ""
+        print(f"bclm {argv[0]}: error: cannot write{where}: {atomic.NAMED_ERRNO[e.errno]}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         # What was done is on disk (collected chunks, checkpoints, finished rounds and cells).
         print(f"\nbclm {argv[0]}: interrupted; what was finished is kept, and the same command continues from "

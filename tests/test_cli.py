@@ -187,3 +187,18 @@ def test_lerobot_round_trip_and_push_dry_run_from_the_command_line(custom_run):
     assert r.returncode == 0, r.stderr
     assert "to https://huggingface.co/someone/custom (revision main, private)" in r.stdout
     assert "model.safetensors" in r.stdout and "checkpoints" not in r.stdout
+
+
+def test_a_full_disk_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from bclm.cli import main
+    from bclm.data.store import TrajectoryStore
+
+    def full(self, name, ds):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path / name))
+    monkeypatch.setattr(TrajectoryStore, "write_dataset", full)
+    code = main(["collect", "--env", ENV, "--expert", EXPERT, "--episodes", "2", "--output", str(tmp_path / "d")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
+    assert code == 2 and len(err) == 1, err
+    assert "the disk is full" in err[0] and str(tmp_path / "d" / "round-000") in err[0]
