@@ -99,6 +99,23 @@ def test_the_exported_policy_has_the_best_validation_weights_and_a_resume_keeps_
     assert all(torch.equal(again.model.state_dict()[k], v) for k, v in weights.items())
 
 
+def test_keep_best_auto_chooses_on_accuracy_for_discrete_actions_and_keeps_the_last_for_continuous_ones():
+    import gymnasium as gym
+    import numpy as np
+
+    from bclm.tokenizers import BCTokenizer, TokenizerConfig
+    from bclm.trainer.bc import best_metric
+
+    obs_space, rng = gym.spaces.Box(-1, 1, (2,), np.float32), np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (50, 2)).astype(np.float32)
+    discrete = BCTokenizer(obs_space, gym.spaces.Discrete(3), TokenizerConfig()).fit(obs, rng.integers(0, 3, 50))
+    box = gym.spaces.Box(-2, 2, (1,), np.float32)
+    continuous = BCTokenizer(obs_space, box, TokenizerConfig()).fit(obs, rng.uniform(-2, 2, (50, 1)).astype(np.float32))
+    assert best_metric("auto", {"a": discrete}) == "val_action_accuracy"
+    assert best_metric("auto", {"a": discrete, "b": continuous}) == ""
+    assert best_metric("val_loss", {"b": continuous}) == "val_loss"
+
+
 def test_by_default_a_tenth_of_the_episodes_is_held_out_spread_over_the_dataset(dataset):
     from bclm.data.store import TrajectoryStore
     from bclm.trainer.data import split_episodes

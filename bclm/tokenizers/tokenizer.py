@@ -211,6 +211,11 @@ class BCTokenizer:
         return int(sum(_binned(c).sum() for c in self.obs_codecs + self.action_codecs))
 
     @property
+    def continuous_actions(self) -> bool:
+        """Whether any action dimension is binned (a continuous value), rather than every one exact."""
+        return any(_binned(c).any() for c in self.action_codecs)
+
+    @property
     def number_slots(self) -> int:
         return max(self.own_number_slots, self.reserve_slots)
 

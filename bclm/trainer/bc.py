@@ -363,13 +363,21 @@ def _validate(model, data: Prepared, accelerator: Accelerator, step: int, metric
     _log(accelerator, {"step": step, **stats}, metrics_file)
 
 
+def best_metric(setting: str, tokenizers: dict[str, BCTokenizer]) -> str:
+    """The validation metric `loop.keep_best` chooses on ('' = keep the last weights); see its help for 'auto'."""
+    if setting != "auto":
+        return setting
+    return "" if any(t.continuous_actions for t in tokenizers.values()) else "val_action_accuracy"
+
+
 def _keeper(recipe: TrainRecipe, data: Prepared, out: Path, zero3: bool, accelerator: Accelerator) -> KeepBest | None:
-    if data.val_set is None or not recipe.loop.keep_best:
+    metric = best_metric(recipe.loop.keep_best, data.tokenizers)
+    if data.val_set is None or not metric:
         return None
     if zero3:       # each rank holds a shard of every weight: there is no whole model to keep
         accelerator.print("loop.keep_best is ignored under ZeRO-3: the last weights are exported")
         return None
-    return KeepBest(out, recipe.loop.keep_best)
+    return KeepBest(out, metric)
 
 
 def _restore_best(accelerator: Accelerator, model: torch.nn.Module, keeper: KeepBest | None) -> None:
