@@ -29,10 +29,8 @@ def write_text(path: str | Path, text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        if e.errno in NAMED_ERRNO:
-            raise BCLMError(f"cannot write {path}: {NAMED_ERRNO[e.errno]}") from None
-        raise
+    except OSError as e:           # named for the file being written, not its temporary (the CLI reports it)
+        raise OSError(e.errno, e.strerror, str(path)) from e
     finally:
         tmp.unlink(missing_ok=True)
     return path

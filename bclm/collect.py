@@ -93,9 +93,9 @@ def collect(task: TaskSpec, expert_ref: str | None, episodes: int, output: str |
     request = {"env": task.name, "expert": ref, "episodes": episodes, "seed": seed, "num_envs": num_envs}
     store = collect_store(task, output, request)
     chunks = [chunk_name(c) for c in range(math.ceil(episodes / CHUNK))]
-    now = []
+    done, now = set(store.shard_names()), []
     for c, name in enumerate(chunks):
-        if name not in store.shard_names():
+        if name not in done:
             now += write_expert_shard(store, task, ref, min(CHUNK, episodes - c * CHUNK), seed=seed + c * CHUNK_SEEDS,
                                       num_envs=num_envs, shard=name, progress=progress).episodes
     summary = {"steps": sum(ep.length for ep in now), **summarize(now)} if now else {"episodes": 0}

@@ -43,9 +43,13 @@ def unmark_finished(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
+
+
 def checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a marker that cannot be parsed counts as absent: interrupted)."""
-    ckpts = sorted((out / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    ckpts = sorted((out / CHECKPOINTS).glob("step-*"), key=_step_of)
     return [p for p in ckpts if isinstance(atomic.read_json(p / STEP_MARKER), dict)]
 
 
@@ -66,8 +70,7 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int = 
         failpoints.point("checkpointed")
         complete = checkpoints(out)
         stale = complete[:-keep] if keep else []
-        stale += [p for p in (out / CHECKPOINTS).glob("step-*") if p not in complete
-                  and int(p.name.split("-")[1]) < step]
+        stale += [p for p in (out / CHECKPOINTS).glob("step-*") if p not in complete and _step_of(p) < step]
         for old in stale:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
