@@ -10,6 +10,8 @@ import errno
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,37 @@ def write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+@contextmanager
+def disk_errors_named(path: str | Path) -> Iterator[None]:
+    """A write into `path` that fails on a full or read-only file system raises an OSError naming both.
+
+    safetensors (a Rust I/O error), torch.save ("unexpected pos") and Arrow report a full disk in their own
+    words, or without the file; the file system itself says what went wrong.
+    """
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno in NAMED_ERRNO and e.filename:
+            raise
+        code = _file_system_fault(Path(path))
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from e
+
+
+def _file_system_fault(path: Path) -> int | None:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    # A failed write leaves less than a block or two; 1 MiB leaves room for the file system's own rounding.
+    return errno.ENOSPC if fs.f_bavail * fs.f_frsize < 1 << 20 else None
+
+
 def check_writable(path: str | Path, what: str) -> None:
     """Before long work: `path` can be written as a file (not a directory, in a writable folder)."""
     path = Path(path)
@@ -45,7 +78,8 @@ def check_writable(path: str | Path, what: str) -> None:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise BCLMError(f"{what} {path}: {folder} is not a writable directory")
+        why = f": {NAMED_ERRNO[errno.EROFS]}" if _file_system_fault(folder) == errno.EROFS else ""
+        raise BCLMError(f"{what} {path}: {folder} is not a writable directory{why}")
 
 
 def write_json(path: str | Path, body: Any, **dump: Any) -> Path:

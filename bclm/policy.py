@@ -111,7 +111,8 @@ class Policy:
             state_dict = plain_state_dict(state_dict, emb)
         # A plain AutoModelForCausalLM checkpoint: the number rows written into the table (a gathered state
         # dict has them already; under ZeRO-3 the live module holds only this rank's shard).
-        with plain_embedding(self.model) if state_dict is None else nullcontext():
+        with plain_embedding(self.model) if state_dict is None else nullcontext(), \
+                atomic.disk_errors_named(directory / "model.safetensors"):
             self.model.save_pretrained(str(directory), state_dict=state_dict)
         failpoints.point("weights")
         if self.tokenizer.text_tokenizer is not None:      # a pretrained LM's own text tokenizer

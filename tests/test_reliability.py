@@ -136,3 +136,57 @@ def test_a_kill_9_in_any_phase_resumes_to_the_uninterrupted_result(tmp_path, uni
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
     assert _outcome(tmp_path / "run") == uninterrupted
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of 300 KiB (tmpfs) and a way to resize it or make it read-only; skipped where this
+    process may not mount (CI containers run as root and may)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)], capture_output=True,
+                          text=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+
+    def remount(options: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{options}", str(disk)], check=True)
+    yield disk, remount
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_is_named_and_the_same_commands_finish_once_there_is_room(tmp_path, small_disk):
+    from bclm.collect import collect
+    from bclm.envs import get_task
+
+    disk, remount = small_disk
+    collect(get_task(ENV), EXPERT, 4, tmp_path / "data", seed=0)
+    gather = ("collect", "--env", ENV, "--expert", EXPERT, "--episodes", "60", "--output", "disk/data")
+    train = ("train", "--dataset", "data", "--output-dir", "disk/out", "--model.size", "tiny", "--train.max_steps",
+             "20", "--train.epochs", "0", "--train.warmup_steps", "0", "--loop.save_every", "10",
+             "--loop.progress", "false", "--eval.episodes", "2")
+    for args, written in ((gather, "disk/data/round-000"), (train, "disk/out/checkpoints/step-10")):
+        proc = _start(*args, cwd=tmp_path)
+        _, err = proc.communicate(timeout=300)
+        last = [line for line in re.split(r"[\r\n]", err) if line.strip() and "%|" not in line][-1]
+        assert proc.returncode == 2 and "Traceback" not in err, err
+        assert last == f"bclm {args[0]}: error: cannot write {written}: the disk is full", err
+    remount("size=64m")
+    for args in (gather, train):
+        proc = _start(*args, cwd=tmp_path)
+        assert proc.wait(300) == 0, proc.communicate()
+    assert len(TrajectoryStore(disk / "data").arrays().observation) == 60 * 50 and run_finished(disk / "out")
+
+
+def test_a_read_only_disk_is_named_before_any_work(tmp_path, small_disk):
+    from bclm.collect import collect
+    from bclm.envs import get_task
+
+    _, remount = small_disk
+    collect(get_task(ENV), EXPERT, 2, tmp_path / "data", seed=0)
+    remount("ro")
+    for args in (("collect", "--env", ENV, "--expert", EXPERT, "--episodes", "2", "--output", "disk/data"),
+                 ("train", "--dataset", "data", "--output-dir", "disk/out", "--model.size", "tiny")):
+        proc = _start(*args, cwd=tmp_path)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2 and "the file system is read-only" in _one_line(err), err

@@ -220,7 +220,8 @@ class TrajectoryStore:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = self.path / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
         try:
-            ds.save_to_disk(str(tmp))
+            with atomic.disk_errors_named(final):
+                ds.save_to_disk(str(tmp))
             failpoints.point("shard")
             os.replace(tmp, final)
         finally:

@@ -62,7 +62,8 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int = 
     """A resumable checkpoint at `step`; then only the newest `keep` complete ones are kept (0 = all), and
     interrupted ones older than this one go."""
     path = out / CHECKPOINTS / f"step-{step}"
-    accelerator.save_state(str(path))
+    with atomic.disk_errors_named(path):
+        accelerator.save_state(str(path))
     failpoints.point("checkpoint")
     if accelerator.is_main_process:
         # Written last: a checkpoint without this marker was interrupted and is never resumed from.
