@@ -21,7 +21,7 @@ commands:
   dagger    DAgger rounds: expert demos, then β-mixture rollouts labeled by the expert, retraining
   eval      scripted evaluation rollouts of a policy, written as a JSON report
   sweep     learning curves: BC, DAgger, HG-DAgger over label budgets and seeds (mean ± 95% CI, plots)
-  demo      the default job: BC vs DAgger at equal expert labels on CartPole-v1, on CPU, in a few minutes
+  demo      the default job: BC vs DAgger at equal expert labels on CartPole over 2,000 steps, CPU, minutes
   push      a policy or a dataset to the Hugging Face Hub (--dry-run prints what would be uploaded)
   pull      a dataset from the Hub (any round's revision) into a local bclm dataset
   export-lerobot    a bclm dataset as a LeRobotDataset v3.0 directory
@@ -41,16 +41,21 @@ def _collect(argv: list[str]) -> int:
                                                     "command continues an interrupted collection in it).")
     p.add_argument("--seed", type=int, default=0, help="Seed of env 0; env i uses seed + i.")
     p.add_argument("--num-envs", type=int, default=8, help="Environments stepped together.")
+    p.add_argument("--noise", default="", help="DART: execute a perturbed expert action, label the clean one: "
+                   "eps:P (a random action with probability P) or gauss:S (Gaussian, S x half the action range).")
     args = p.parse_args(argv)
     from bclm.collect import collect
     from bclm.distributed import launched_world_size
     from bclm.envs import get_task
+    from bclm.noise import Noise
+
+    noise = Noise.parse(args.noise)
 
     if launched_world_size() > 1:
         raise BCLMError("bclm collect runs in one process (every rank would write the same dataset); run it "
                         "without accelerate launch, or use `bclm dagger`, which splits its rollouts over ranks")
     summary = collect(get_task(args.env), args.expert or None, args.episodes, args.output, seed=args.seed,
-                      num_envs=args.num_envs, progress=True)
+                      num_envs=args.num_envs, progress=True, noise=noise)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -209,7 +214,8 @@ def report_table(report: dict[str, Any], task: str = "") -> str:
 
 def _demo(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bclm demo", description="BC vs DAgger: success against expert labels over "
-                                "seeds, CartPole-v1 (a `bclm sweep`; rerun with the same --workdir to resume).")
+                                "seeds, CartPole balanced for 2,000 steps (a `bclm sweep`; the same --workdir "
+                                "resumes it).")
     p.add_argument("--workdir", default="runs/demo", help="Where the data, policies and reports go.")
     p.add_argument("--seeds", type=int, default=3, help="Seeds per method and budget.")
     args = p.parse_args(argv)

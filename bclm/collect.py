@@ -13,6 +13,7 @@ from bclm.envs import TaskSpec, load_expert, make_env
 from bclm.errors import BCLMError
 from bclm.eval.metrics import summarize
 from bclm.eval.rollout import ExpertActor, RolloutResult, merge_results, run_episodes
+from bclm.noise import NO_NOISE, Noise, NoisyExpertActor
 
 
 def expert_ref_of(task: TaskSpec, expert_ref: str | None) -> str:
@@ -47,12 +48,20 @@ def open_store(task: TaskSpec, output: str | Path) -> TrajectoryStore:
 
 
 def write_expert_shard(store: TrajectoryStore, task: TaskSpec, expert_ref: str, episodes: int, *, seed: int,
-                       num_envs: int, shard: str = "round-000", progress: bool = False) -> RolloutResult:
-    """Roll out the expert for `episodes` seeded episodes and store every step as `shard`."""
-    actor = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, name=expert_ref)
-    share = run_episodes(task, actor, episodes, num_envs=num_envs, seed=seed, progress=progress,
-                         env_ids=distributed.env_share(num_envs))
-    return write_gathered(store, shard, share, round_index=0, source="expert")
+                       num_envs: int, shard: str = "round-000", progress: bool = False,
+                       noise: Noise = NO_NOISE) -> RolloutResult:
+    """Roll out the expert for `episodes` seeded episodes and store every step as `shard`; with `noise`, the
+    executed actions are perturbed and the expert's clean actions are the labels (DART)."""
+    expert = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, name=expert_ref)
+    env_ids = distributed.env_share(num_envs)
+    if noise:
+        actor = NoisyExpertActor(expert, noise, seed, env_ids or list(range(max(1, min(num_envs, episodes)))))
+        share = run_episodes(task, actor, episodes, num_envs=num_envs, seed=seed, progress=progress,
+                             expert=actor.labels(), env_ids=env_ids)
+    else:
+        share = run_episodes(task, expert, episodes, num_envs=num_envs, seed=seed, progress=progress,
+                             env_ids=env_ids)
+    return write_gathered(store, shard, share, round_index=0, source=f"dart {noise}" if noise else "expert")
 
 
 def write_gathered(store: TrajectoryStore, shard: str, share: RolloutResult, **write_args: Any) -> RolloutResult:
@@ -83,21 +92,26 @@ def collect_store(task: TaskSpec, output: str | Path, request: dict[str, Any]) -
 
 
 def collect(task: TaskSpec, expert_ref: str | None, episodes: int, output: str | Path, *, seed: int = 0,
-            num_envs: int = 8, progress: bool = False) -> dict[str, Any]:
+            num_envs: int = 8, progress: bool = False, noise: Noise = NO_NOISE) -> dict[str, Any]:
     """Expert demonstrations into a new dataset, committed in chunks: rerun after an interrupt, the same call
     continues where it stopped, with the data an uninterrupted run would have. Returns a summary of the
     episodes collected by this call (`episodes`) and the dataset's total (`episodes_in_dataset`)."""
     if episodes < 1:
         raise BCLMError(f"--episodes {episodes}: expected at least 1")
     ref = expert_ref_of(task, expert_ref)
-    request = {"env": task.name, "expert": ref, "episodes": episodes, "seed": seed, "num_envs": num_envs}
+    noisy = {"noise": str(noise)} if noise else {}        # provenance (and old requests stay equal)
+    request = {"env": task.name, "expert": ref, "episodes": episodes, "seed": seed, "num_envs": num_envs, **noisy}
+    if noise:                  # before anything is written
+        env = make_env(task)
+        noise.check(env.action_space)
+        env.close()
     store = collect_store(task, output, request)
     chunks = [chunk_name(c) for c in range(math.ceil(episodes / CHUNK))]
     done, now = set(store.shard_names()), []
     for c, name in enumerate(chunks):
         if name not in done:
             now += write_expert_shard(store, task, ref, min(CHUNK, episodes - c * CHUNK), seed=seed + c * CHUNK_SEEDS,
-                                      num_envs=num_envs, shard=name, progress=progress).episodes
+                                      num_envs=num_envs, shard=name, progress=progress, noise=noise).episodes
     summary = {"steps": sum(ep.length for ep in now), **summarize(now)} if now else {"episodes": 0}
-    return {"dataset": str(store.path), "env": task.name, "expert": ref, "seed": seed,
+    return {"dataset": str(store.path), "env": task.name, "expert": ref, "seed": seed, **noisy,
             "episodes_in_dataset": store.next_episode_id(), **summary}

@@ -4,6 +4,8 @@ Every cell lives in its own resumable directory, so a killed sweep resumes witho
 
     OUT/data/expert-seed-S/      expert episodes, one shard per episode (BC budgets take a prefix of them)
     OUT/bc/labels-B/seed-S/      a BC policy on the longest prefix of those episodes within B labels
+    OUT/data/dart-seed-S/        the same with the expert's actions perturbed by `dagger.noise` (DART)
+    OUT/dart/labels-B/seed-S/    a BC policy on those, labeled with the expert's clean actions
     OUT/dagger/seed-S/           a DAgger run (`bclm dagger`'s layout), rounds added until the largest budget
     OUT/sweep.json, sweep.md, success_vs_labels.png, mistakes_vs_t.png
 
@@ -32,10 +34,12 @@ from bclm.envs import get_task
 from bclm.errors import BCLMError
 from bclm.eval.curves import markdown_table, mean_ci, plot_curves
 from bclm.eval.plots import plot_mistakes
+from bclm.noise import NO_NOISE, Noise
 from bclm.trainer.bc import train
 from bclm.trainer.dagger import DaggerRecipe, needs_training, run_dagger, train_recipe
 
-METHODS = {"bc": "", "dagger": "", "hg-dagger": "expert-gated"}      # method -> DAgger intervener
+METHODS = {"bc": "", "dart": "", "dagger": "", "hg-dagger": "expert-gated"}      # method -> DAgger intervener
+OFFLINE = ("bc", "dart")       # a policy per budget, trained on a prefix of the seed's demonstrations
 
 
 @dataclass
@@ -66,11 +70,11 @@ class SweepRecipe(DaggerRecipe):
 class Cell:
     method: str
     seed: int
-    budget: int | None = None          # BC cells; a DAgger cell covers every budget with its rounds
+    budget: int | None = None          # BC and DART cells; a DAgger cell covers every budget with its rounds
 
     def path(self, out: Path) -> Path:
-        if self.method == "bc":
-            return out / "bc" / f"labels-{self.budget}" / f"seed-{self.seed}"
+        if self.method in OFFLINE:
+            return out / self.method / f"labels-{self.budget}" / f"seed-{self.seed}"
         return out / self.method / f"seed-{self.seed}"
 
 
@@ -78,22 +82,25 @@ def cells(config: SweepConfig) -> list[Cell]:
     out = []
     for seed in range(config.seeds):
         for method in config.methods:
-            budgets = config.budgets if method == "bc" else [None]
+            budgets = config.budgets if method in OFFLINE else [None]
             out.extend(Cell(method, seed, b) for b in budgets)
     return out
 
 
 # --- one cell ----------------------------------------------------------------------------------------
-def expert_episodes(recipe: SweepRecipe, out: Path, seed: int) -> list[tuple[str, int]]:
-    """(shard, labels) of the seed's expert episodes, collected one per shard until the largest budget is passed."""
+def expert_episodes(recipe: SweepRecipe, out: Path, seed: int, method: str = "bc") -> list[tuple[str, int]]:
+    """(shard, labels) of the seed's expert episodes, collected one per shard until the largest budget is
+    passed; for 'dart', with the expert's executed actions perturbed by `dagger.noise`."""
     task = get_task(recipe.dagger.env)
     ref = expert_ref_of(task, recipe.dagger.expert or None)
-    store = open_store(task, expert_store(out, seed))
+    noise = Noise.parse(recipe.dagger.noise, "dagger.noise") if method == "dart" else NO_NOISE
+    store = open_store(task, expert_store(out, seed, method))
     shards, total, i = [], 0, 0
     while total <= recipe.sweep.budgets[-1]:
         name = f"ep-{i:05d}"
         if name not in store.shard_names():
-            write_expert_shard(store, task, ref, 1, seed=recipe.dagger.seed + 1000 * seed + i, num_envs=1, shard=name)
+            write_expert_shard(store, task, ref, 1, seed=recipe.dagger.seed + 1000 * seed + i, num_envs=1, shard=name,
+                               noise=noise)
         labels = len(store.load([name]))
         shards.append((name, labels))
         total, i = total + labels, i + 1
@@ -112,16 +119,16 @@ def within_budget(episodes: list[tuple[str, int]], budget: int) -> tuple[list[st
     return chosen, labels
 
 
-def expert_store(out: Path, seed: int) -> Path:
-    return out / "data" / f"expert-seed-{seed}"
+def expert_store(out: Path, seed: int, method: str = "bc") -> Path:
+    return out / "data" / f"{'dart' if method == 'dart' else 'expert'}-seed-{seed}"
 
 
 def run_bc_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> dict[str, Any]:
-    chosen, labels = within_budget(expert_episodes(recipe, out, cell.seed), cell.budget)
+    chosen, labels = within_budget(expert_episodes(recipe, out, cell.seed, cell.method), cell.budget)
     policy_dir = cell.path(out)
     if needs_training(recipe, policy_dir):
         task = get_task(recipe.dagger.env)
-        train(train_recipe(recipe, dataset=str(expert_store(out, cell.seed)), output_dir=str(policy_dir),
+        train(train_recipe(recipe, dataset=str(expert_store(out, cell.seed, cell.method)), output_dir=str(policy_dir),
                            data=dataclasses.replace(recipe.data, shards=chosen),
                            loop=dataclasses.replace(recipe.loop, seed=cell.seed),
                            eval=dataclasses.replace(recipe.eval, env=task.name,
@@ -151,7 +158,7 @@ def run_cell(recipe: SweepRecipe, out: Path, cell: Cell, threads: int = 0) -> di
         import torch
 
         torch.set_num_threads(threads)
-    if cell.method == "bc":
+    if cell.method in OFFLINE:
         return {"cell": dataclasses.asdict(cell), "points": [run_bc_cell(recipe, out, cell)]}
     return {"cell": dataclasses.asdict(cell), "points": run_dagger_cell(recipe, out, cell)}
 
@@ -163,12 +170,15 @@ def run_sweep(recipe: SweepRecipe) -> dict[str, Any]:
     if not recipe.dagger.env:
         raise BCLMError("the sweep needs a task: --env NAME (dagger.env in a recipe)")
     expert_ref_of(get_task(recipe.dagger.env), recipe.dagger.expert or None)     # fail before any work
+    if "dart" in recipe.sweep.methods and not Noise.parse(recipe.dagger.noise, "dagger.noise"):
+        raise BCLMError("sweep method 'dart' needs its noise: --dagger.noise eps:P or gauss:S")
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     todo = cells(recipe.sweep)
-    if "bc" in recipe.sweep.methods:      # collected here, once: BC cells of one seed run in parallel processes
+    # Collected here, once: the offline cells of one seed run in parallel processes.
+    for method in [m for m in recipe.sweep.methods if m in OFFLINE]:
         for seed in range(recipe.sweep.seeds):
-            expert_episodes(recipe, out, seed)
+            expert_episodes(recipe, out, seed, method)
     jobs = recipe.sweep.jobs or max(1, (os.cpu_count() or 2) // 2)
     if jobs == 1:
         results = [run_cell(recipe, out, c) for c in todo]

@@ -101,7 +101,7 @@ def labels_to_threshold(rows: list[dict], target: float) -> int | None:
 
 def run_task(task_name: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / task_name
-    budgets = BUDGETS.get(task_name, [500, 1000, 2000])[: args.max_budgets]
+    budgets = args.budgets or BUDGETS.get(task_name, [500, 1000, 2000])[: args.max_budgets]
     overrides = ["--output-dir", str(out), "--dagger.env", task_name, "--sweep.methods", "bc",
                  "--sweep.budgets", ",".join(map(str, budgets)), "--sweep.seeds", str(args.seeds),
                  "--sweep.jobs", "1", "--loop.progress", "false", "--eval.episodes", str(args.episodes),
@@ -162,6 +162,8 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=20, help="Evaluation episodes per cell.")
     p.add_argument("--threshold", type=float, default=0.9, help="Fraction of the expert's success to reach.")
     p.add_argument("--max-budgets", type=int, default=10, help="Use only the first N budgets of each task.")
+    p.add_argument("--budgets", type=int, nargs="+", default=[],
+                   help="These label budgets instead of the task's list (labels-to-threshold is then among them).")
     p.add_argument("--out", default="runs/label_efficiency", help="Sweep directory (cells resume from it).")
     p.add_argument("--bclm", nargs=argparse.REMAINDER, default=[], help="Overrides for bclm's cells (--a.b v ...).")
     p.add_argument("--quick", action="store_true", help="Tiny settings, only to check that the script works.")

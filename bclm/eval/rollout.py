@@ -147,6 +147,21 @@ class _EpisodeBuffer:
         self.info_success = False
 
 
+class LastLabels:
+    """The labels an acting actor (a β-mixture, an intervention, a noisy expert) gave at its last step,
+    served to `run_episodes` as its expert, so the expert is not called twice."""
+
+    def __init__(self, actor: Any):
+        self.actor = actor
+
+    @property
+    def last_labeled(self) -> np.ndarray | None:
+        return self.actor.last_labeled
+
+    def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
+        return self.actor.last_expert
+
+
 def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int = 8, seed: int = 0,
                  expert: ExpertActor | None = None,
                  differ: Callable[[Any, Any], np.ndarray] | None = None,

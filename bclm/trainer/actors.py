@@ -12,7 +12,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from bclm.envs import load_expert
 from bclm.eval.metrics import action_mismatch
-from bclm.eval.rollout import ExpertActor
+from bclm.eval.rollout import ExpertActor, LastLabels
 from bclm.policy import ActSession
 from bclm.tokenizers import assemble, leaf_arrays
 
@@ -45,8 +45,8 @@ class MixtureActor:
         self.session.record_executed(executed)
         return executed
 
-    def labels(self) -> _LastLabels:
-        return _LastLabels(self)
+    def labels(self) -> LastLabels:
+        return LastLabels(self)
 
     def attach(self, vector_env: Any) -> None:      # a stateful expert needs the envs and the executed actions
         self.expert.attach(vector_env)
@@ -96,8 +96,8 @@ class InterventionActor:
         executed = [a if t is None else t for a, t in zip(act_items, taken)]
         return concatenate(self.action_space, executed, create_empty_array(self.action_space, batch))
 
-    def labels(self) -> _LastLabels:
-        return _LastLabels(self)
+    def labels(self) -> LastLabels:
+        return LastLabels(self)
 
     def attach(self, vector_env: Any) -> None:
         if isinstance(self.intervener, ExpertActor):
@@ -128,17 +128,3 @@ def load_intervener(ref: str, expert_ref: str, observation_space: Any,
         intervener.bind(observation_space, action_space)
         return intervener
     return load_expert(ref)            # same import-path rules and errors as experts
-
-
-class _LastLabels:
-    """The expert's labels of the mixture's last step, served as an expert (no second expert call)."""
-
-    def __init__(self, mixture: MixtureActor):
-        self.mixture = mixture
-
-    @property
-    def last_labeled(self) -> np.ndarray | None:
-        return self.mixture.last_labeled
-
-    def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
-        return self.mixture.last_expert

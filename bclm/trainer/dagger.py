@@ -25,6 +25,7 @@ from bclm.errors import BCLMError
 from bclm.eval.evaluate import write_report
 from bclm.eval.plots import plot_mistakes
 from bclm.eval.rollout import ExpertActor, run_episodes
+from bclm.noise import Noise
 from bclm.policy import Policy
 from bclm.trainer.actors import InterventionActor, MixtureActor, load_intervener
 from bclm.trainer.bc import train
@@ -42,6 +43,9 @@ class DaggerConfig:
     expert: str = option("", "Expert: builtin name or module:callable ('' = the task's).")
     rounds: int = option(3, "DAgger rounds after round 0 (the expert demonstrations).")
     initial_episodes: int = option(10, "Expert episodes in round 0.")
+    noise: str = option("", "DART on round 0: the expert's executed actions are perturbed, its clean actions are "
+                            "the labels: eps:P (a random action with probability P) or gauss:S (Gaussian noise "
+                            "of S times half the action range). In `bclm sweep` this is the 'dart' method's noise.")
     episodes_per_round: int = option(10, "Mixture episodes rolled out and labeled in each later round.")
     beta: str = option("linear", "β schedule over rounds i >= 1: constant | linear | geometric (β₀ = 1).")
     beta_value: float = option(0.5, "β of the constant schedule, or p of the geometric one (β_i = p^i).")
@@ -67,6 +71,7 @@ class DaggerConfig:
             raise BCLMError("dagger.rounds must be >= 0, initial_episodes and episodes_per_round >= 1")
         if self.rollout_max_steps < 0:
             raise BCLMError(f"dagger.rollout_max_steps {self.rollout_max_steps}: expected >= 0 (0 = the env's limit)")
+        Noise.parse(self.noise, "dagger.noise")
 
 
 @dataclass
@@ -220,7 +225,7 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
         for t in pending:
             if policy is None:
                 write_expert_shard(t.store, t.spec, t.expert_ref, t.initial_episodes, seed=cfg.seed,
-                                   num_envs=cfg.num_envs)
+                                   num_envs=cfg.num_envs, noise=Noise.parse(cfg.noise))
             else:
                 collect_round(t.spec, t.expert_ref, policy.for_task(t.name) if t.name else policy, t.store, k,
                               beta(k), cfg)

@@ -1,0 +1,124 @@
+"""Noise injection during demonstrations (DART, Laskey et al. 2017): the expert's action is perturbed
+before it is executed, and its clean action is the label. The demonstrations then visit states a little off
+the expert's own path, with the expert's recovery from each, without an interactive expert.
+
+Noise models (`--noise KIND:LEVEL`):
+- `eps:P` — with probability P per step and env, a uniformly random action is executed instead (any action
+  space): ε-random for discrete actions, which is also the β-mixture with a random policy (β = P);
+- `gauss:S` — Gaussian noise of standard deviation S × half the Box's range on every continuous action
+  dimension, clipped to the bounds (Box actions, or the Box leaves of a Dict).
+
+gymnasium's wrappers perturb what the env executes but do not keep the clean action as a label, hence
+this actor.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+
+from bclm.errors import BCLMError
+from bclm.eval.rollout import ExpertActor, LastLabels
+from bclm.tokenizers import assemble, flatten_leaves, leaf_arrays
+
+KINDS = ("eps", "gauss")
+
+
+@dataclass(frozen=True)
+class Noise:
+    kind: str = ""          # "" = none
+    level: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str, name: str = "--noise") -> Noise:
+        """'' (none), 'eps:P' with 0 <= P <= 1, or 'gauss:S' with S >= 0; `name` is the flag or field."""
+        if not text:
+            return cls()
+        kind, _, level = text.partition(":")
+        try:
+            value = float(level)
+        except ValueError:
+            value = float("nan")
+        if kind not in KINDS or not np.isfinite(value) or value < 0 or (kind == "eps" and value > 1):
+            raise BCLMError(f"{name} {text!r}: expected eps:P (0 <= P <= 1, a random action with probability P) "
+                            "or gauss:S (S >= 0, Gaussian noise of S times half the action range)")
+        return cls(kind, value)
+
+    def __bool__(self) -> bool:
+        return bool(self.kind) and self.level > 0
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.level:g}" if self else ""
+
+    def check(self, action_space: gym.Space) -> None:
+        boxes = _boxes(action_space).values()
+        if self.kind == "gauss" and not boxes:
+            raise BCLMError(f"--noise {self}: Gaussian noise needs continuous (Box) actions, and this task's "
+                            f"actions are {action_space}: use eps:P")
+        if self.kind == "gauss" and not all(np.isfinite(b.low).all() and np.isfinite(b.high).all() for b in boxes):
+            raise BCLMError(f"--noise {self}: Gaussian noise is scaled by the action bounds, and {action_space} "
+                            "has infinite ones: use eps:P")
+
+
+NO_NOISE = Noise()
+
+
+def _boxes(space: gym.Space) -> dict[str, gym.spaces.Box]:
+    return {path: leaf for path, leaf in flatten_leaves(space) if isinstance(leaf, gym.spaces.Box)}
+
+
+class NoisyExpertActor:
+    """Executes the expert's action perturbed by `noise`; serves the clean action as the step's label.
+    `last_expert_used` is False on the steps whose executed action was perturbed (provenance)."""
+
+    def __init__(self, expert: ExpertActor, noise: Noise, seed: int, env_ids: list[int]):
+        noise.check(expert.action_space)
+        self.expert, self.noise = expert, noise
+        self.action_space = expert.action_space
+        # A generator per env, seeded by the env's index: the same draws whichever process steps that env.
+        self.rngs = [np.random.default_rng([seed, i]) for i in env_ids]
+        self.spaces = [copy.deepcopy(self.action_space) for _ in env_ids]
+        for space, i in zip(self.spaces, env_ids):
+            space.seed(seed * 1_000_003 + i)
+        self.last_expert: Any = None
+        self.last_labeled: np.ndarray | None = None
+        self.last_expert_used: np.ndarray | None = None
+
+    def act(self, observations: Any, new_episode: np.ndarray) -> Any:
+        clean = self.expert.act(observations, new_episode)
+        self.last_expert, self.last_labeled = clean, self.expert.last_labeled
+        if self.noise.kind == "eps":
+            executed, perturbed = self._random(clean)
+        else:
+            executed, perturbed = self._gauss(clean)
+        self.last_expert_used = ~perturbed
+        return executed
+
+    def _random(self, clean: Any) -> tuple[Any, np.ndarray]:
+        perturbed = np.array([rng.random() < self.noise.level for rng in self.rngs])
+        batch = len(self.rngs)
+        items = [space.sample() if p else a for space, p, a in
+                 zip(self.spaces, perturbed, iterate(batch_space(self.action_space, batch), clean))]
+        return concatenate(self.action_space, items, create_empty_array(self.action_space, batch)), perturbed
+
+    def _gauss(self, clean: Any) -> tuple[Any, np.ndarray]:
+        leaves = leaf_arrays(self.action_space, clean)
+        for path, box in _boxes(self.action_space).items():
+            noise = np.stack([rng.normal(size=box.shape) for rng in self.rngs]) * self.noise.level
+            leaves[path] = np.clip(leaves[path] + noise * (box.high - box.low) / 2, box.low,
+                                   box.high).astype(box.dtype)
+        return assemble(self.action_space, leaves), np.ones(len(self.rngs), dtype=bool)
+
+    def labels(self) -> LastLabels:
+        return LastLabels(self)
+
+    def attach(self, vector_env: Any) -> None:       # a stateful expert needs the envs and the executed actions
+        self.expert.attach(vector_env)
+
+    def observe(self, executed: Any) -> None:
+        self.expert.observe(executed)
