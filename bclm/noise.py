@@ -58,10 +58,10 @@ class Noise:
     def check(self, action_space: gym.Space) -> None:
         boxes = _boxes(action_space).values()
         if self.kind == "gauss" and not boxes:
-            raise BCLMError(f"--noise {self}: Gaussian noise needs continuous (Box) actions, and this task's "
+            raise BCLMError(f"noise {self}: Gaussian noise needs continuous (Box) actions, and this task's "
                             f"actions are {action_space}: use eps:P")
         if self.kind == "gauss" and not all(np.isfinite(b.low).all() and np.isfinite(b.high).all() for b in boxes):
-            raise BCLMError(f"--noise {self}: Gaussian noise is scaled by the action bounds, and {action_space} "
+            raise BCLMError(f"noise {self}: Gaussian noise is scaled by the action bounds, and {action_space} "
                             "has infinite ones: use eps:P")
 
 

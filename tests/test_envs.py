@@ -53,6 +53,7 @@ def _rollout(task: TaskSpec, expert, seed: int, max_steps: int | None = None) ->
 # the bottom even for a good swing-up (~70% success over many seeds), hence 3/5 there.
 EXPERT_CASES = [
     ("CartPole-v1", 5),
+    ("CartPole-v1-H2000", 5),            # the demo task: 2,000 steps
     ("MountainCar-v0", 4),
     ("MountainCarContinuous-v0", 4),
     ("Acrobot-v1", 4),
