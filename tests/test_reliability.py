@@ -155,38 +155,46 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_a_full_disk_is_named_and_the_same_commands_finish_once_there_is_room(tmp_path, small_disk):
+def _run(capsys, *args: str) -> tuple[int, str]:
+    """The CLI in this process (a subprocess would spend most of the test importing torch)."""
+    from bclm.cli import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_a_full_disk_is_named_and_the_same_commands_finish_once_there_is_room(tmp_path, small_disk, capsys,
+                                                                                monkeypatch):
     from bclm.collect import collect
     from bclm.envs import get_task
 
     disk, remount = small_disk
+    monkeypatch.chdir(tmp_path)
     collect(get_task(ENV), EXPERT, 4, tmp_path / "data", seed=0)
     gather = ("collect", "--env", ENV, "--expert", EXPERT, "--episodes", "60", "--output", "disk/data")
     train = ("train", "--dataset", "data", "--output-dir", "disk/out", "--model.size", "tiny", "--train.max_steps",
              "20", "--train.epochs", "0", "--train.warmup_steps", "0", "--loop.save_every", "10",
              "--loop.progress", "false", "--eval.episodes", "2")
     for args, written in ((gather, "disk/data/round-000"), (train, "disk/out/checkpoints/step-10")):
-        proc = _start(*args, cwd=tmp_path)
-        _, err = proc.communicate(timeout=300)
+        code, err = _run(capsys, *args)
         last = [line for line in re.split(r"[\r\n]", err) if line.strip() and "%|" not in line][-1]
-        assert proc.returncode == 2 and "Traceback" not in err, err
+        assert code == 2 and "Traceback" not in err, err
         assert last == f"bclm {args[0]}: error: cannot write {written}: the disk is full", err
     remount("size=64m")
     for args in (gather, train):
-        proc = _start(*args, cwd=tmp_path)
-        assert proc.wait(300) == 0, proc.communicate()
+        assert _run(capsys, *args)[0] == 0
     assert len(TrajectoryStore(disk / "data").arrays().observation) == 60 * 50 and run_finished(disk / "out")
 
 
-def test_a_read_only_disk_is_named_before_any_work(tmp_path, small_disk):
+def test_a_read_only_disk_is_named_before_any_work(tmp_path, small_disk, capsys, monkeypatch):
     from bclm.collect import collect
     from bclm.envs import get_task
 
     _, remount = small_disk
+    monkeypatch.chdir(tmp_path)
     collect(get_task(ENV), EXPERT, 2, tmp_path / "data", seed=0)
     remount("ro")
     for args in (("collect", "--env", ENV, "--expert", EXPERT, "--episodes", "2", "--output", "disk/data"),
                  ("train", "--dataset", "data", "--output-dir", "disk/out", "--model.size", "tiny")):
-        proc = _start(*args, cwd=tmp_path)
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 2 and "the file system is read-only" in _one_line(err), err
+        code, err = _run(capsys, *args)
+        assert code == 2 and "the file system is read-only" in _one_line(err), err
