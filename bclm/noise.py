@@ -23,7 +23,7 @@ import numpy as np
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from bclm.errors import BCLMError
-from bclm.eval.rollout import ExpertActor, LastLabels
+from bclm.eval.rollout import ExpertActor, ExpertLabeledActor
 from bclm.tokenizers import assemble, flatten_leaves, leaf_arrays
 
 KINDS = ("eps", "gauss")
@@ -72,7 +72,7 @@ def _boxes(space: gym.Space) -> dict[str, gym.spaces.Box]:
     return {path: leaf for path, leaf in flatten_leaves(space) if isinstance(leaf, gym.spaces.Box)}
 
 
-class NoisyExpertActor:
+class NoisyExpertActor(ExpertLabeledActor):
     """Executes the expert's action perturbed by `noise`; serves the clean action as the step's label.
     `last_expert_used` is False on the steps whose executed action was perturbed (provenance)."""
 
@@ -113,12 +113,3 @@ class NoisyExpertActor:
             leaves[path] = np.clip(leaves[path] + noise * (box.high - box.low) / 2, box.low,
                                    box.high).astype(box.dtype)
         return assemble(self.action_space, leaves), np.ones(len(self.rngs), dtype=bool)
-
-    def labels(self) -> LastLabels:
-        return LastLabels(self)
-
-    def attach(self, vector_env: Any) -> None:       # a stateful expert needs the envs and the executed actions
-        self.expert.attach(vector_env)
-
-    def observe(self, executed: Any) -> None:
-        self.expert.observe(executed)

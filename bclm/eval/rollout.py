@@ -162,6 +162,23 @@ class LastLabels:
         return self.actor.last_expert
 
 
+class ExpertLabeledActor:
+    """Base of actors that query `self.expert` (an ExpertActor) at every step and act on its answer (a
+    β-mixture, a noisy expert): its labels are served to `run_episodes` without a second call, and a stateful
+    expert is kept in lockstep with the envs and the executed actions."""
+
+    expert: ExpertActor
+
+    def labels(self) -> LastLabels:
+        return LastLabels(self)
+
+    def attach(self, vector_env: Any) -> None:
+        self.expert.attach(vector_env)
+
+    def observe(self, executed: Any) -> None:
+        self.expert.observe(executed)
+
+
 def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int = 8, seed: int = 0,
                  expert: ExpertActor | None = None,
                  differ: Callable[[Any, Any], np.ndarray] | None = None,

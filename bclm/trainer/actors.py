@@ -12,12 +12,12 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from bclm.envs import load_expert
 from bclm.eval.metrics import action_mismatch
-from bclm.eval.rollout import ExpertActor, LastLabels
+from bclm.eval.rollout import ExpertActor, ExpertLabeledActor, LastLabels
 from bclm.policy import ActSession
 from bclm.tokenizers import assemble, leaf_arrays
 
 
-class MixtureActor:
+class MixtureActor(ExpertLabeledActor):
     """Per step and env, a β-coin picks the expert's action, else the learner's; the expert labels every
     state either way. The learner's session is told what was executed, so its context stays true."""
 
@@ -45,14 +45,6 @@ class MixtureActor:
         self.session.record_executed(executed)
         return executed
 
-    def labels(self) -> LastLabels:
-        return LastLabels(self)
-
-    def attach(self, vector_env: Any) -> None:      # a stateful expert needs the envs and the executed actions
-        self.expert.attach(vector_env)
-
-    def observe(self, executed: Any) -> None:
-        self.expert.observe(executed)
 
 
 class InterventionActor:
