@@ -54,13 +54,10 @@ def write_expert_shard(store: TrajectoryStore, task: TaskSpec, expert_ref: str, 
     executed actions are perturbed and the expert's clean actions are the labels (DART)."""
     expert = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, name=expert_ref)
     env_ids = distributed.env_share(num_envs)
-    if noise:
-        actor = NoisyExpertActor(expert, noise, seed, env_ids or list(range(max(1, min(num_envs, episodes)))))
-        share = run_episodes(task, actor, episodes, num_envs=num_envs, seed=seed, progress=progress,
-                             expert=actor.labels(), env_ids=env_ids)
-    else:
-        share = run_episodes(task, expert, episodes, num_envs=num_envs, seed=seed, progress=progress,
-                             env_ids=env_ids)
+    actor = NoisyExpertActor(expert, noise, seed, env_ids or list(range(max(1, min(num_envs, episodes))))) \
+        if noise else expert
+    share = run_episodes(task, actor, episodes, num_envs=num_envs, seed=seed, progress=progress,
+                         expert=actor.labels() if noise else None, env_ids=env_ids)
     return write_gathered(store, shard, share, round_index=0, source=f"dart {noise}" if noise else "expert")
 
 
