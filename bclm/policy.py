@@ -194,6 +194,11 @@ class ActSession:
         self.started = np.zeros(batch_size, dtype=bool)
         self.trims = 0                                                   # times the contexts were trimmed
         self.stale = np.zeros(batch_size, dtype=bool)   # rows whose cache holds tokens that were not executed
+        # How sure the last `act` was, per row (for gated DAgger; off by default, it costs a softmax a token):
+        # the summed entropy of its action tokens and the smallest top-2 probability margin among them.
+        self.track_uncertainty = False
+        self.last_entropy = np.zeros(batch_size)
+        self.last_margin = np.ones(batch_size)
         self._clear_cache()
 
     def _clear_cache(self) -> None:
@@ -224,6 +229,7 @@ class ActSession:
         else:
             logits = self._recompute(step_head, [np.zeros(0, np.int64)] * self.batch_size)
         actions = np.zeros((self.batch_size, tok.action_len), dtype=np.int64)
+        self.last_entropy, self.last_margin = np.zeros(self.batch_size), np.ones(self.batch_size)
         for k in range(tok.action_len):
             actions[:, k] = self._choose(logits, k)
             if k + 1 < tok.action_len:
@@ -301,7 +307,15 @@ class ActSession:
 
     def _choose(self, logits: torch.Tensor, k: int) -> np.ndarray:
         masked = logits + self.logit_mask[k]
+        if self.track_uncertainty:
+            self._measure(masked)
         if self.greedy:
             return masked.argmax(dim=-1).cpu().numpy()
         probs = torch.softmax(masked / self.temperature, dim=-1)
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).cpu().numpy()
+
+    def _measure(self, masked: torch.Tensor) -> None:
+        probs = torch.softmax(masked, dim=-1)
+        top2 = probs.topk(2, dim=-1).values
+        self.last_entropy += torch.special.entr(probs).sum(dim=-1).cpu().numpy()
+        self.last_margin = np.minimum(self.last_margin, (top2[:, 0] - top2[:, 1]).cpu().numpy())

@@ -1,4 +1,5 @@
-"""`bclm sweep`: learning curves, success against expert labels, for BC, DAgger and HG-DAgger over seeds.
+"""`bclm sweep`: learning curves, success against expert labels, for BC, DART, DAgger, HG-DAgger and budgeted
+(gated) DAgger over seeds.
 
 Every cell lives in its own resumable directory, so a killed sweep resumes without redoing finished cells:
 
@@ -7,6 +8,8 @@ Every cell lives in its own resumable directory, so a killed sweep resumes witho
     OUT/data/dart-seed-S/        the same with the expert's actions perturbed by `dagger.noise` (DART)
     OUT/dart/labels-B/seed-S/    a BC policy on those, labeled with the expert's clean actions
     OUT/dagger/seed-S/           a DAgger run (`bclm dagger`'s layout), rounds added until the largest budget
+    OUT/gated/seed-S/            the same with the expert asked only where the learner is unsure (and
+    OUT/takeover/seed-S/         driving from there: `dagger.gate`), `dagger.gate_budget` of each round
     OUT/sweep.json, sweep.md, success_vs_labels.png, mistakes_vs_t.png
 
 Labels are counted alike for every method: the expert-labeled steps of the data a policy was trained on.
@@ -38,7 +41,10 @@ from bclm.noise import NO_NOISE, Noise
 from bclm.trainer.bc import train
 from bclm.trainer.dagger import DaggerRecipe, needs_training, run_dagger, train_recipe
 
-METHODS = {"bc": "", "dart": "", "dagger": "", "hg-dagger": "expert-gated"}      # method -> DAgger intervener
+# method -> how its DAgger rounds choose who labels (offline methods have no rounds)
+METHODS: dict[str, dict[str, str]] = {
+    "bc": {}, "dart": {}, "dagger": {}, "hg-dagger": {"intervener": "expert-gated"},
+    "gated": {"gate": "query"}, "takeover": {"gate": "takeover"}}
 OFFLINE = ("bc", "dart")       # a policy per budget, trained on a prefix of the seed's demonstrations
 
 
@@ -140,7 +146,8 @@ def run_bc_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> dict[str, Any]:
 def run_dagger_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> list[dict[str, Any]]:
     """Rounds added one at a time (each call resumes the run on disk) until the largest budget is reached."""
     cfg = recipe.dagger
-    dagger = dataclasses.replace(cfg, intervener=METHODS[cell.method], bc_baseline=False,
+    labeler = {"intervener": "", "gate": "", **METHODS[cell.method]}
+    dagger = dataclasses.replace(cfg, **labeler, bc_baseline=False,
                                  seed=cfg.seed + 1000 * cell.seed, beta_rounds=cfg.beta_rounds or cfg.rounds)
     seeded = dataclasses.replace(recipe.loop, seed=cell.seed)
     rows: list[dict[str, Any]] = []

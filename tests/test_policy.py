@@ -5,6 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_policy
 from gymnasium.vector.utils import batch_space
 
@@ -121,3 +122,39 @@ def test_executed_actions_replace_chosen_ones_in_the_context(name):
             assert _actions_equal(policy.tokenizer.decode_action(
                 np.stack([h[-1][-policy.tokenizer.action_len:] for h in cached.history])),
                 policy.tokenizer.decode_action(policy.tokenizer.encode_action(other)))
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_uncertainty_is_the_action_tokens_entropy_and_margin_alike_cached_or_recomputed(name):
+    obs_space, act_space = SPACES[name]
+    policy = tiny_policy(obs_space, act_space, context_length=48, seed=5)
+    tok = policy.tokenizer
+    sessions = [policy.new_session(3, use_cache=c) for c in (True, False)]
+    plain = policy.new_session(3)
+    for s in sessions:
+        s.track_uncertainty = True
+    most = sum(np.log(hi - lo) for lo, hi in tok.action_token_ranges())
+    for obs in _obs_stream(obs_space, 3, 6, seed=2):
+        acts = [s.act(obs) for s in sessions]
+        assert _actions_equal(acts[0], plain.act(obs)) and _actions_equal(acts[0], acts[1])   # acting unchanged
+        np.testing.assert_allclose(sessions[0].last_entropy, sessions[1].last_entropy, atol=1e-4)
+        np.testing.assert_allclose(sessions[0].last_margin, sessions[1].last_margin, atol=1e-4)
+        assert (sessions[0].last_entropy >= 0).all() and (sessions[0].last_entropy <= most + 1e-4).all()
+        assert ((sessions[0].last_margin >= 0) & (sessions[0].last_margin <= 1)).all()
+    # The first step's first action token by hand: softmax over that token's range only.
+    first = _obs_stream(obs_space, 3, 1, seed=7)[0]
+    fresh = policy.new_session(3)
+    fresh.track_uncertainty = True
+    fresh.act(first)
+    ids = np.concatenate([tok.prefix(policy.task), tok.encode_observation(first)[0], [tok.act_id]])
+    lo, hi = tok.action_token_ranges()[0]
+    with torch.no_grad():
+        logits = policy.model(input_ids=torch.as_tensor(ids)[None]).logits[0, -1, lo:hi].double()
+    p = torch.softmax(logits, -1)
+    top2 = p.topk(2).values
+    if tok.action_len == 1:
+        assert fresh.last_entropy[0] == pytest.approx(float(-(p * p.log()).sum()), abs=1e-4)
+        assert fresh.last_margin[0] == pytest.approx(float(top2[0] - top2[1]), abs=1e-4)
+    else:
+        assert fresh.last_entropy[0] >= float(-(p * p.log()).sum()) - 1e-4
+        assert fresh.last_margin[0] <= float(top2[0] - top2[1]) + 1e-4

@@ -64,3 +64,17 @@ def test_confidence_interval_over_seeds():
     ci = mean_ci([0.9, 1.0, 0.8])
     assert ci["mean"] == pytest.approx(0.9) and ci["ci95"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5)
     assert mean_ci([0.5])["ci95"] == 0.0
+
+
+def test_gated_dagger_in_a_sweep_labels_its_budget_of_each_round(tmp_path):
+    recipe = _recipe(tmp_path)
+    recipe.sweep.methods, recipe.sweep.seeds, recipe.sweep.budgets = ["gated"], 1, [50, 100]
+    recipe.dagger.gate_budget = 0.5
+    report = run_sweep(recipe)
+    points = report["cells"][0]["points"]
+    assert report["cells"][0]["cell"]["method"] == "gated" and (tmp_path / "gated" / "seed-0").is_dir()
+    assert [p["expert_labels"] for p in points][:1] == [50]        # round 0: one demonstration
+    for before, after in zip(points, points[1:]):                   # then ~half of each 50-step round
+        assert abs(after["expert_labels"] - before["expert_labels"] - 25) <= 3
+        assert after["queries"] == after["expert_labels"] - before["expert_labels"]
+    assert points[-1]["expert_labels"] >= 100

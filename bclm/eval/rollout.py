@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -58,16 +59,22 @@ class ExpertActor:
             for inst, action in zip(self.instances, items):
                 inst.observe(action)
 
-    def act(self, observations: Any, new_episode: np.ndarray | None = None) -> Any:
+    def act(self, observations: Any, new_episode: np.ndarray | None = None, rows: np.ndarray | None = None) -> Any:
+        """Labels for the batch, or only for `rows` (a bool mask; the others get a placeholder and count as
+        unlabeled). A stateful expert is asked on every row all the same: it must follow each step."""
         batch = _batch_len(self.observation_space, observations)
         batch_space = gym.vector.utils.batch_space(self.observation_space, batch)
+        wanted = np.ones(batch, bool) if rows is None else np.asarray(rows, bool)
         items, labeled = [], []
         if self.stateful:
             self._reset_instances(batch, new_episode)
         for i, obs in enumerate(iterate(batch_space, observations)):
-            action, ok = self._label(obs, self.instances[i] if self.stateful else self.expert)
+            if wanted[i] or self.stateful:
+                action, ok = self._label(obs, self.instances[i] if self.stateful else self.expert)
+            else:
+                action, ok = self._placeholder_action(), False
             items.append(action)
-            labeled.append(ok)
+            labeled.append(ok and wanted[i])
         self.last_labeled = np.array(labeled, dtype=bool)
         out = create_empty_array(self.action_space, len(items))
         return concatenate(self.action_space, items, out)
@@ -95,9 +102,14 @@ class ExpertActor:
                     f"expert {self.name!r} raised {type(e).__name__}: {e}") from e
             self.faults += 1
             self.last_fault = f"{type(e).__name__}: {e}"
-            if self._placeholder is None:
-                self._placeholder = self.action_space.sample()
-            return self._placeholder, False
+            return self._placeholder_action(), False
+
+    def _placeholder_action(self) -> Any:
+        if self._placeholder is None:     # the same one every run, so that resumed data equals a fresh run's
+            space = copy.deepcopy(self.action_space)
+            space.seed(0)
+            self._placeholder = space.sample()
+        return self._placeholder
 
 
 def _as_space_value(space: gym.Space, action: Any) -> Any:

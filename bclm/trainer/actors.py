@@ -1,6 +1,6 @@
-"""Who acts and who labels in a DAgger round: the β-mixture of learner and expert, or the learner with an
-intervener who takes over (HG-DAgger). Both tell the learner's session what was executed and serve the
-round's labels to `run_episodes` without a second expert call."""
+"""Who acts and who labels in a DAgger round: the β-mixture of learner and expert, the learner with an
+intervener who takes over (HG-DAgger), or the learner gated by its own uncertainty. All tell the learner's
+session what was executed and serve the round's labels to `run_episodes` without a second expert call."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from bclm.eval.metrics import action_mismatch
 from bclm.eval.rollout import ExpertActor, ExpertLabeledActor, LastLabels
 from bclm.policy import ActSession
 from bclm.tokenizers import assemble, leaf_arrays
+from bclm.trainer.gate import Gate
 
 
 class MixtureActor(ExpertLabeledActor):
@@ -45,6 +46,33 @@ class MixtureActor(ExpertLabeledActor):
         self.session.record_executed(executed)
         return executed
 
+
+class GatedActor(ExpertLabeledActor):
+    """Budgeted DAgger: the learner acts and the `Gate` reads its uncertainty; the expert is asked only where
+    the gate opens. In 'query' mode it labels those states and the learner's action is executed anyway; in
+    'takeover' mode its action is executed there too. Unasked steps stay in the data unlabeled (history with
+    no loss), so a round costs the budget's share of its steps in labels."""
+
+    def __init__(self, session: ActSession, expert: ExpertActor, gate: Gate):
+        self.session = session
+        self.expert = expert
+        self.gate = gate
+        session.track_uncertainty = True
+        self.last_expert: Any = None
+        self.last_expert_used: np.ndarray | None = None
+        self.last_labeled: np.ndarray | None = None
+
+    def act(self, observations: Any, new_episode: np.ndarray) -> Any:
+        learner = self.session.act(observations, new_episode)
+        unsure = self.gate.uncertainty(self.session.last_entropy, self.session.last_margin)
+        ask = self.gate.decide(unsure, new_episode)
+        self.last_expert = self.expert.act(observations, new_episode, rows=ask)
+        self.last_labeled = self.expert.last_labeled
+        drive = self.last_labeled if self.gate.mode == "takeover" else np.zeros_like(self.last_labeled)
+        self.last_expert_used = drive
+        executed = _choose(self.expert.action_space, drive, self.last_expert, learner)
+        self.session.record_executed(executed)
+        return executed
 
 
 class InterventionActor:

@@ -27,10 +27,11 @@ from bclm.eval.plots import plot_mistakes
 from bclm.eval.rollout import ExpertActor, run_episodes
 from bclm.noise import Noise
 from bclm.policy import Policy
-from bclm.trainer.actors import InterventionActor, MixtureActor, load_intervener
+from bclm.trainer.actors import GatedActor, InterventionActor, MixtureActor, load_intervener
 from bclm.trainer.bc import train
 from bclm.trainer.config import TaskEntry, TrainRecipe
 from bclm.trainer.data import task_entries
+from bclm.trainer.gate import Gate
 from bclm.trainer.launch import init_processes, whole_models
 from bclm.trainer.rundir import run_finished
 
@@ -58,6 +59,18 @@ class DaggerConfig:
         "", "HG-DAgger instead of the β-mixture: who may take over from the learner. 'expert-gated' (the "
             "expert, where it disagrees), 'human' (terminal), or 'module:callable' (obs, learner_action) -> "
             "action or None. Only intervention steps are labeled.")
+    gate: str = option(
+        "", "Budgeted DAgger instead of the β-mixture: the learner acts and the expert is asked only where the "
+            "learner is unsure (its action tokens' entropy or margin). 'query' (ThriftyDAgger): the expert labels "
+            "those states; 'takeover' (SafeDAgger, LazyDAgger): it also drives from there until the learner is "
+            "sure again. Unasked steps stay in the data as history with no loss.")
+    gate_budget: float = option(0.3, "Gated rounds: the fraction of the round's steps the expert labels; the "
+                                      "uncertainty threshold is set during the round to meet it.")
+    gate_metric: str = option("entropy", "Gated rounds: the learner's uncertainty, entropy (summed over its action "
+                                         "tokens) or margin (1 - the smallest top-2 probability margin).")
+    gate_release: float = option(0.5, "Takeover: the expert hands back once the uncertainty falls below the "
+                                      "quantile at this fraction of the entry quantile's level (hysteresis, so "
+                                      "control does not flap; 1 = none).")
     bc_baseline: bool = option(False, "Also train BC on expert demonstrations with as many labels as the last "
                                       "round used, and plot it against DAgger.")
     num_envs: int = option(8, "Environments stepped together while collecting.")
@@ -72,6 +85,13 @@ class DaggerConfig:
         if self.rollout_max_steps < 0:
             raise BCLMError(f"dagger.rollout_max_steps {self.rollout_max_steps}: expected >= 0 (0 = the env's limit)")
         Noise.parse(self.noise, "dagger.noise")
+        if self.gate:
+            self.make_gate()
+            if self.intervener:
+                raise BCLMError("dagger.gate and dagger.intervener are two ways to choose who labels: set one")
+
+    def make_gate(self) -> Gate:
+        return Gate(self.gate, self.gate_budget, self.gate_metric, self.gate_release)
 
 
 @dataclass
@@ -104,19 +124,24 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
         task = dataclasses.replace(task, env_kwargs={**task.env_kwargs, "max_episode_steps": config.rollout_max_steps})
     env_ids = distributed.env_share(num_envs)                 # this process's envs (all, in one process)
     session = policy.new_session(max(1, len(env_ids)) if env_ids is not None else num_envs, seed=seed)
+    actor: MixtureActor | InterventionActor | GatedActor
     if config.intervener:
-        actor: MixtureActor | InterventionActor = InterventionActor(
+        actor = InterventionActor(
             session, load_intervener(config.intervener, expert_ref, store.observation_space, store.action_space),
             store.observation_space, store.action_space)
     else:
         expert = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, expert_ref,
                              on_fault="count")
-        actor = MixtureActor(session, expert, beta, seed, env_ids)
+        gated = config.gate != ""
+        actor = GatedActor(session, expert, config.make_gate()) if gated else MixtureActor(
+            session, expert, beta, seed, env_ids)
     share = run_episodes(task, actor, config.episodes_per_round, num_envs=num_envs, seed=seed,
                          expert=actor.labels(), asynchronous=config.async_envs, env_ids=env_ids)
     for ep in share.episodes:
-        ep.beta = float("nan") if config.intervener else beta     # HG-DAgger tosses no β coin
+        ep.beta = beta if isinstance(actor, MixtureActor) else float("nan")   # the others toss no β coin
     source = "hg-dagger" if config.intervener else "dagger"
+    if config.gate:
+        source = f"gated-dagger {config.gate} {config.gate_metric} budget {config.gate_budget:g}"
     write_gathered(store, ROUND.format(round_index), share, round_index=round_index, source=source,
                    policy_revision=ROUND.format(round_index - 1))
 
@@ -232,7 +257,7 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
         policy_dir = out / ROUND.format(k)
         if needs_training(recipe, policy_dir):
             train(round_recipe(recipe, out, k, tasks))
-        rows.append(_round_row(tasks, k, None if k and cfg.intervener else beta(k), policy_dir))
+        rows.append(_round_row(tasks, k, None if k and (cfg.intervener or cfg.gate) else beta(k), policy_dir))
         if distributed.is_main():
             write_report(_report(tasks, rows), out / "dagger_report.json")
             failpoints.point("round-reported")
@@ -295,8 +320,12 @@ def _labels(store: TrajectoryStore, k: int) -> dict[str, int]:
     row = {"expert_labels": int(labeled.sum())}
     # A β-mixture round labels every state, so unlabeled ones are expert faults; an HG-DAgger round labels
     # only its interventions. (The eval report's own `expert_faults` are faults while judging mistakes.)
-    if k and shard["source"][0] == "hg-dagger":
+    source = shard["source"][0]
+    if k and source == "hg-dagger":
         row["interventions"] = int(shard["labeled"][:].sum())
+    elif k and source.startswith("gated-dagger"):       # its unlabeled steps are the states it did not ask
+        row["queries"] = int(shard["labeled"][:].sum())
+        row["query_fraction"] = row["queries"] / max(1, len(shard))
     else:
         row["label_faults"] = int((~shard["labeled"][:]).sum())
     return row
