@@ -10,6 +10,8 @@ Every cell lives in its own resumable directory, so a killed sweep resumes witho
     OUT/dagger/seed-S/           a DAgger run (`bclm dagger`'s layout), rounds added until the largest budget
     OUT/gated/seed-S/            the same with the expert asked only where the learner is unsure (and
     OUT/takeover/seed-S/         driving from there: `dagger.gate`), `dagger.gate_budget` of each round
+    OUT/dart-fit/seed-S/         DART's fitted noise: rounds of noisy expert episodes, the level fitted to
+                                 the last round's policy error on them
     OUT/sweep.json, sweep.md, success_vs_labels.png, mistakes_vs_t.png
 
 Labels are counted alike for every method: the expert-labeled steps of the data a policy was trained on.
@@ -44,7 +46,7 @@ from bclm.trainer.dagger import DaggerRecipe, needs_training, run_dagger, train_
 # method -> how its DAgger rounds choose who labels (offline methods have no rounds)
 METHODS: dict[str, dict[str, str]] = {
     "bc": {}, "dart": {}, "dagger": {}, "hg-dagger": {"intervener": "expert-gated"},
-    "gated": {"gate": "query"}, "takeover": {"gate": "takeover"}}
+    "gated": {"gate": "query"}, "takeover": {"gate": "takeover"}, "dart-fit": {"noise": "fit"}}
 OFFLINE = ("bc", "dart")       # a policy per budget, trained on a prefix of the seed's demonstrations
 
 
@@ -146,7 +148,11 @@ def run_bc_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> dict[str, Any]:
 def run_dagger_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> list[dict[str, Any]]:
     """Rounds added one at a time (each call resumes the run on disk) until the largest budget is reached."""
     cfg = recipe.dagger
-    labeler = {"intervener": "", "gate": "", **METHODS[cell.method]}
+    noise = Noise.parse(cfg.noise, "dagger.noise")
+    # A fitted noise belongs to 'dart-fit' (keeping its kind, if given); a fixed one to every round 0.
+    labeler = {"intervener": "", "gate": "", "noise": "" if noise.fit else cfg.noise, **METHODS[cell.method]}
+    if cell.method == "dart-fit" and noise.fit:
+        labeler["noise"] = cfg.noise
     dagger = dataclasses.replace(cfg, **labeler, bc_baseline=False,
                                  seed=cfg.seed + 1000 * cell.seed, beta_rounds=cfg.beta_rounds or cfg.rounds)
     seeded = dataclasses.replace(recipe.loop, seed=cell.seed)
@@ -177,8 +183,10 @@ def run_sweep(recipe: SweepRecipe) -> dict[str, Any]:
     if not recipe.dagger.env:
         raise BCLMError("the sweep needs a task: --env NAME (dagger.env in a recipe)")
     expert_ref_of(get_task(recipe.dagger.env), recipe.dagger.expert or None)     # fail before any work
-    if "dart" in recipe.sweep.methods and not Noise.parse(recipe.dagger.noise, "dagger.noise"):
-        raise BCLMError("sweep method 'dart' needs its noise: --dagger.noise eps:P or gauss:S")
+    noise = Noise.parse(recipe.dagger.noise, "dagger.noise")
+    if "dart" in recipe.sweep.methods and (not noise or noise.fit):
+        raise BCLMError("sweep method 'dart' needs a fixed noise level: --dagger.noise eps:P or gauss:S (for a "
+                        "fitted one, the method 'dart-fit')")
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     todo = cells(recipe.sweep)

@@ -78,7 +78,7 @@ def test_sweep_compares_bc_with_dart_at_equal_labels(tmp_path):
     assert [r["expert_labels"]["mean"] for r in report["summary"]["dart"]] == [50, 100]   # labels counted alike
     dart = _steps(tmp_path / "data" / "dart-seed-0")
     assert (~dart["expert_used"]).any() and _steps(tmp_path / "data" / "expert-seed-0")["expert_used"].all()
-    with pytest.raises(BCLMError, match="needs its noise"):
+    with pytest.raises(BCLMError, match="needs a fixed noise level"):
         run_sweep(cfg.build_config(SweepRecipe, None, ["--output-dir", str(tmp_path / "x"), "--dagger.env", ENV,
                                                        "--dagger.expert", EXPERT, "--sweep.methods", "dart"]))
 
@@ -104,3 +104,65 @@ def test_the_cli_refuses_a_bad_noise_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Gaussian noise needs continuous (Box) actions" in err[0]
     assert not (tmp_path / "d").exists()
+
+
+class ConstantLearner:
+    """A learner session that always proposes the same action; told what was executed, as sessions are."""
+
+    def __init__(self, action, batch: int):
+        self.action, self.batch, self.executed = action, batch, []
+
+    def act(self, observations, new_episode):
+        return np.stack([np.asarray(self.action)] * self.batch)
+
+    def record_executed(self, actions):
+        self.executed.append(actions)
+
+
+@pytest.mark.parametrize(("env", "learner", "kind"), [(ENV, 1, "eps"),
+                                                     ("Pendulum-v1", np.zeros(1, np.float32), "gauss")])
+def test_a_fitted_level_is_the_learners_error_on_the_noisy_experts_states(env, learner, kind):
+    from bclm.envs import make_env
+    from bclm.eval.rollout import ExpertActor, run_episodes
+    from bclm.noise import FittedNoiseActor
+
+    task = get_task(env)
+    ref = EXPERT if env == ENV else task.expert
+    probe = make_env(task)
+    expert = ExpertActor(load_expert(ref), probe.observation_space, probe.action_space, ref)
+    session = ConstantLearner(learner, 2)
+    actor = FittedNoiseActor(expert, Noise.parse("fit"), 0, [0, 1], session)
+    assert actor.noise.kind == kind and actor.level == 0.0            # 'fit' takes the kind of the actions
+    result = run_episodes(task, actor, 2, num_envs=2, seed=5, expert=actor.labels())
+    labels = np.concatenate([next(iter(ep.expert_action.values())) for ep in result.episodes]).ravel()
+    # eps: the share of the states where the learner's action is not the expert's; gauss: the RMS error in
+    # half ranges (Pendulum's torque is in [-2, 2]).
+    want = float((labels != learner).mean()) if kind == "eps" else float(np.sqrt(np.mean((labels / 2.0) ** 2)))
+    assert actor.level == pytest.approx(want, rel=1e-6) and actor.level > 0.05
+    assert len(session.executed) >= len(labels) // 2                 # told every executed action
+
+
+def test_dart_rounds_with_a_fitted_level_start_clean_and_record_the_level(tmp_path):
+    from bclm.trainer.dagger import DaggerRecipe, run_dagger
+
+    report = run_dagger(cfg.build_config(DaggerRecipe, None, [
+        "--output-dir", str(tmp_path), "--dagger.env", ENV, "--dagger.expert", EXPERT, "--dagger.noise", "eps:fit",
+        "--dagger.rounds", "1", "--dagger.initial_episodes", "2", "--dagger.episodes_per_round", "2",
+        "--model.size", "tiny", "--train.max_steps", "5", "--loop.progress", "false", "--eval.episodes", "1"]))
+    store = TrajectoryStore(tmp_path / "data")
+    round0, round1 = (_steps_of(store, name) for name in ("round-000", "round-001"))
+    assert set(round0["source"]) == {"expert"} and round0["expert_used"].all()          # clean: no learner yet
+    (source,) = set(round1["source"])
+    level = report["rounds"][1]["noise_level"]
+    assert source == f"dart eps:fit {level:.4g}" and 0 < level <= 1
+    assert report["rounds"][1]["beta"] is None
+    expert = load_expert(EXPERT)
+    assert [expert(o) for o in round1["observation"]] == round1["expert_action"].tolist()    # clean labels
+    assert report["rounds"][1]["expert_labels"] == len(round0["source"]) + len(round1["source"])
+    with pytest.raises(BCLMError, match="fit makes the rounds"):
+        cfg.build_config(DaggerRecipe, None, ["--dagger.noise", "fit", "--dagger.gate", "query"])
+
+
+def _steps_of(store, shard):
+    data = store.load([shard])[:]
+    return {k: np.asarray(data[k]) for k in ("observation", "action", "expert_action", "expert_used", "source")}

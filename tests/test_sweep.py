@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
@@ -74,7 +75,22 @@ def test_gated_dagger_in_a_sweep_labels_its_budget_of_each_round(tmp_path):
     points = report["cells"][0]["points"]
     assert report["cells"][0]["cell"]["method"] == "gated" and (tmp_path / "gated" / "seed-0").is_dir()
     assert [p["expert_labels"] for p in points][:1] == [50]        # round 0: one demonstration
-    for before, after in zip(points, points[1:]):                   # then ~half of each 50-step round
+    for before, after in itertools.pairwise(points):               # then ~half of each 50-step round
         assert abs(after["expert_labels"] - before["expert_labels"] - 25) <= 3
         assert after["queries"] == after["expert_labels"] - before["expert_labels"]
     assert points[-1]["expert_labels"] >= 100
+
+
+@pytest.mark.parametrize(("method", "noise", "want"), [
+    ("dagger", "eps:0.1", ("", "", "eps:0.1")), ("hg-dagger", "", ("expert-gated", "", "")),
+    ("gated", "eps:fit", ("", "query", "")), ("takeover", "", ("", "takeover", "")),
+    ("dart-fit", "", ("", "", "fit")), ("dart-fit", "gauss:fit", ("", "", "gauss:fit"))])
+def test_each_method_runs_its_own_rounds(tmp_path, monkeypatch, method, noise, want):
+    """Who labels each method's rounds; a fixed noise is every method's round 0, a fitted one only dart-fit's."""
+    seen = []
+    monkeypatch.setattr(sweep_module, "run_dagger", lambda r: seen.append(r.dagger) or {
+        "rounds": [{"expert_labels": 10 ** 6}]})
+    recipe = _recipe(tmp_path)
+    recipe.dagger.noise = noise
+    sweep_module.run_dagger_cell(recipe, tmp_path, sweep_module.Cell(method, 0, None))
+    assert (seen[0].intervener, seen[0].gate, seen[0].noise) == want

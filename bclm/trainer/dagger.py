@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bclm import atomic, distributed, failpoints
 from bclm.collect import expert_ref_of, open_store, write_expert_shard, write_gathered
 from bclm.config import option
@@ -25,8 +27,8 @@ from bclm.errors import BCLMError
 from bclm.eval.evaluate import write_report
 from bclm.eval.plots import plot_mistakes
 from bclm.eval.rollout import ExpertActor, run_episodes
-from bclm.noise import Noise
-from bclm.policy import Policy
+from bclm.noise import NO_NOISE, FittedNoiseActor, Noise
+from bclm.policy import ActSession, Policy
 from bclm.trainer.actors import GatedActor, InterventionActor, MixtureActor, load_intervener
 from bclm.trainer.bc import train
 from bclm.trainer.config import TaskEntry, TrainRecipe
@@ -46,7 +48,10 @@ class DaggerConfig:
     initial_episodes: int = option(10, "Expert episodes in round 0.")
     noise: str = option("", "DART on round 0: the expert's executed actions are perturbed, its clean actions are "
                             "the labels: eps:P (a random action with probability P) or gauss:S (Gaussian noise "
-                            "of S times half the action range). In `bclm sweep` this is the 'dart' method's noise.")
+                            "of S times half the action range). eps:fit, gauss:fit or fit (eps for discrete "
+                            "actions, gauss for continuous): DART's fitted level instead, clean round 0, then "
+                            "rounds of noisy expert episodes whose level is the last policy's error on them. In "
+                            "`bclm sweep` this is the 'dart' method's noise ('dart-fit' fits it).")
     episodes_per_round: int = option(10, "Mixture episodes rolled out and labeled in each later round.")
     beta: str = option("linear", "β schedule over rounds i >= 1: constant | linear | geometric (β₀ = 1).")
     beta_value: float = option(0.5, "β of the constant schedule, or p of the geometric one (β_i = p^i).")
@@ -84,7 +89,9 @@ class DaggerConfig:
             raise BCLMError("dagger.rounds must be >= 0, initial_episodes and episodes_per_round >= 1")
         if self.rollout_max_steps < 0:
             raise BCLMError(f"dagger.rollout_max_steps {self.rollout_max_steps}: expected >= 0 (0 = the env's limit)")
-        Noise.parse(self.noise, "dagger.noise")
+        if Noise.parse(self.noise, "dagger.noise").fit and (self.gate or self.intervener):
+            raise BCLMError("dagger.noise fit makes the rounds noisy expert episodes: leave dagger.gate and "
+                            "dagger.intervener unset")
         if self.gate:
             self.make_gate()
             if self.intervener:
@@ -124,26 +131,36 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
         task = dataclasses.replace(task, env_kwargs={**task.env_kwargs, "max_episode_steps": config.rollout_max_steps})
     env_ids = distributed.env_share(num_envs)                 # this process's envs (all, in one process)
     session = policy.new_session(max(1, len(env_ids)) if env_ids is not None else num_envs, seed=seed)
-    actor: MixtureActor | InterventionActor | GatedActor
-    if config.intervener:
-        actor = InterventionActor(
-            session, load_intervener(config.intervener, expert_ref, store.observation_space, store.action_space),
-            store.observation_space, store.action_space)
-    else:
-        expert = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, expert_ref,
-                             on_fault="count")
-        gated = config.gate != ""
-        actor = GatedActor(session, expert, config.make_gate()) if gated else MixtureActor(
-            session, expert, beta, seed, env_ids)
+    actor = round_actor(config, session, expert_ref, store, beta, seed, env_ids or list(range(num_envs)))
     share = run_episodes(task, actor, config.episodes_per_round, num_envs=num_envs, seed=seed,
                          expert=actor.labels(), asynchronous=config.async_envs, env_ids=env_ids)
     for ep in share.episodes:
         ep.beta = beta if isinstance(actor, MixtureActor) else float("nan")   # the others toss no β coin
-    source = "hg-dagger" if config.intervener else "dagger"
-    if config.gate:
+    if isinstance(actor, FittedNoiseActor):     # the level it ended the round with (each rank its own)
+        source = f"dart {actor.noise.kind}:fit {np.mean(distributed.all_gather(actor.level)):.4g}"
+    elif config.gate:
         source = f"gated-dagger {config.gate} {config.gate_metric} budget {config.gate_budget:g}"
+    else:
+        source = "hg-dagger" if config.intervener else "dagger"
     write_gathered(store, ROUND.format(round_index), share, round_index=round_index, source=source,
                    policy_revision=ROUND.format(round_index - 1))
+
+
+def round_actor(config: DaggerConfig, session: ActSession, expert_ref: str, store: TrajectoryStore, beta: float,
+                seed: int, env_ids: list[int]) -> MixtureActor | InterventionActor | GatedActor | FittedNoiseActor:
+    """Who acts and who labels in a round after round 0: see `bclm.trainer.actors` and DART's fitted noise."""
+    if config.intervener:
+        return InterventionActor(
+            session, load_intervener(config.intervener, expert_ref, store.observation_space, store.action_space),
+            store.observation_space, store.action_space)
+    expert = ExpertActor(load_expert(expert_ref), store.observation_space, store.action_space, expert_ref,
+                         on_fault="count")
+    noise = Noise.parse(config.noise)
+    if noise.fit:
+        return FittedNoiseActor(expert, noise, seed, env_ids, session)
+    if config.gate:
+        return GatedActor(session, expert, config.make_gate())
+    return MixtureActor(session, expert, beta, seed, env_ids)
 
 
 def train_recipe(recipe: DaggerRecipe, **changes: Any) -> TrainRecipe:
@@ -249,15 +266,17 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
                 policy = Policy.from_pretrained(out / ROUND.format(k - 1))
         for t in pending:
             if policy is None:
+                noise = Noise.parse(cfg.noise)      # a fitted level needs a learner: round 0 is clean
                 write_expert_shard(t.store, t.spec, t.expert_ref, t.initial_episodes, seed=cfg.seed,
-                                   num_envs=cfg.num_envs, noise=Noise.parse(cfg.noise))
+                                   num_envs=cfg.num_envs, noise=NO_NOISE if noise.fit else noise)
             else:
                 collect_round(t.spec, t.expert_ref, policy.for_task(t.name) if t.name else policy, t.store, k,
                               beta(k), cfg)
         policy_dir = out / ROUND.format(k)
         if needs_training(recipe, policy_dir):
             train(round_recipe(recipe, out, k, tasks))
-        rows.append(_round_row(tasks, k, None if k and (cfg.intervener or cfg.gate) else beta(k), policy_dir))
+        no_coin = cfg.intervener or cfg.gate or Noise.parse(cfg.noise).fit
+        rows.append(_round_row(tasks, k, None if k and no_coin else beta(k), policy_dir))
         if distributed.is_main():
             write_report(_report(tasks, rows), out / "dagger_report.json")
             failpoints.point("round-reported")
@@ -326,6 +345,9 @@ def _labels(store: TrajectoryStore, k: int) -> dict[str, int]:
     elif k and source.startswith("gated-dagger"):       # its unlabeled steps are the states it did not ask
         row["queries"] = int(shard["labeled"][:].sum())
         row["query_fraction"] = row["queries"] / max(1, len(shard))
+    elif k and source.startswith("dart"):               # "dart eps:fit 0.083": the fitted level
+        row["noise_level"] = float(source.split()[-1])
+        row["label_faults"] = int((~shard["labeled"][:]).sum())
     else:
         row["label_faults"] = int((~shard["labeled"][:]).sum())
     return row
