@@ -56,7 +56,12 @@ class Policy:
         self.context_length = context_length
         self.task = task
         self.metadata = dict(metadata or {})
-        self.steps_per_context = (context_length - self.tokenizer.prefix_len) // self.tokenizer.step_len
+        # What the context holds of past steps, as in training (`DataConfig.history`): "full" steps, or
+        # "observations" (past observations only).
+        self.history = self.metadata.get("history", "full")
+        if self.history not in ("full", "observations"):
+            raise BCLMError(f"{POLICY_FILE}: history {self.history!r} is not a layout this bclm knows")
+        self.steps_per_context = self.tokenizer.steps_in_context(context_length, self.history)
         if self.steps_per_context < 1:
             raise BCLMError(f"context_length {context_length} cannot hold one timestep of task {task!r} "
                             f"({self.tokenizer.step_len} tokens)")
@@ -237,14 +242,30 @@ class ActSession:
                     logits = self._feed([actions[:, k:k + 1][i] for i in range(self.batch_size)])
                 else:
                     logits = self._recompute(step_head, list(actions[:, :k + 1]))
+        if self.policy.history == "observations":
+            # Past steps are their observations only, as in training: the step's ACT and action tokens leave
+            # the cache (all rows end with them), and the context never shows an action to copy.
+            for i in range(self.batch_size):
+                self.history[i].append(step_head[i, :-1])
+            if self.use_cache:
+                self._crop(tok.action_len)
+            return tok.decode_action(actions)
         for i in range(self.batch_size):
             self.history[i].append(np.concatenate([step_head[i], actions[i]]))
             self.pending[i] = actions[i, -1:]
         return tok.decode_action(actions)
 
+    def _crop(self, n: int) -> None:
+        """Remove the last `n` tokens of every row from the cache."""
+        self.cache.crop(-n)
+        self.cache_mask = self.cache_mask[:, :-n]
+        self.valid_len -= n
+
     def record_executed(self, actions: Any) -> None:
         """Replace the actions chosen by the last `act` with those really executed (e.g. an expert's
         under a β-mixture), so that the context holds the history that happened, as training data does."""
+        if self.policy.history == "observations":       # the context holds no actions
+            return
         tok = self.policy.tokenizer
         executed = tok.encode_action(actions)
         for i in range(self.batch_size):

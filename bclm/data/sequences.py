@@ -1,8 +1,13 @@
 """Token sequences for training: windows of whole timesteps, the task prompt first, loss on actions only.
 
-A window is `[BOS, TASK, o_s, ACT, a_s, o_s+1, ACT, a_s+1, ...]` holding at most
-`(context_length - prefix_len) // step_len` whole timesteps. Labels are -100 everywhere except on action
-tokens, so the model is trained on log π(a_t | o_≤t, a_<t) and never on predicting observations.
+Two history layouts (`data.history`):
+- "full": a window is `[BOS, TASK, o_s, ACT, a_s, o_s+1, ACT, a_s+1, ...]` holding at most
+  `(context_length - prefix_len) // step_len` whole timesteps, every action trained: log π(a_t | o_≤t, a_<t).
+  `data.action_dropout` masks past actions at random during training (history dropout).
+- "observations": past steps keep their observation tokens only, `[BOS, TASK, o_t-k, ..., o_t-1, o_t, ACT, a_t]`,
+  one window per labeled step with the loss on its action: log π(a_t | o_≤t). The model cannot copy its last
+  action (the copycat shortcut), and the rollout session feeds exactly this (`bclm.policy.ActSession`).
+Labels are -100 everywhere except on action tokens, so observations are never predicted.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from bclm.errors import BCLMError
 from bclm.tokenizers import BCTokenizer
 
 IGNORE_INDEX = -100
+HISTORY_LAYOUTS = ("full", "observations")
 
 
 @dataclass
@@ -38,7 +44,20 @@ class DataConfig:
              "the spacing of a dimension whose data sits on a grid, so no two of its values are confused. Off by "
              "default: it blurs sharp expert decision boundaries (LunarLander: 237 -> 12 mean return at 1/32).")
 
+    history: str = option(
+        "full", "What the context holds of past steps: full (observations and executed actions; every step of a "
+                "window is trained) or observations (past observations only: no past actions to copy, one trained "
+                "step per window). Matters only with a context_length longer than one step.")
+    action_dropout: float = option(
+        0.0, "History dropout (history full): each past action of a training window is replaced by a mask token "
+             "with this probability, so the model learns to act from the observations too (0 = off).")
+
     def __post_init__(self) -> None:
+        if self.history not in HISTORY_LAYOUTS:
+            raise BCLMError(f"data.history {self.history!r}: expected one of {', '.join(HISTORY_LAYOUTS)}")
+        if not 0 <= self.action_dropout < 1 or (self.action_dropout and self.history != "full"):
+            raise BCLMError(f"data.action_dropout {self.action_dropout}: expected a probability in [0, 1), with "
+                            "data.history full (the observations layout has no past actions to drop)")
         if self.val_episodes < -1:
             raise BCLMError(f"data.val_episodes must be >= 0, or -1 for a tenth, got {self.val_episodes}")
         if not 0 <= self.jitter < 1:
@@ -54,8 +73,8 @@ def resolve_context(context_length: int, tokenizers: Iterable[BCTokenizer]) -> i
     return context_length or max(t.prefix_len + t.step_len for t in tokenizers)
 
 
-def steps_per_window(tokenizer: BCTokenizer, context_length: int) -> int:
-    n = (context_length - tokenizer.prefix_len) // tokenizer.step_len
+def steps_per_window(tokenizer: BCTokenizer, context_length: int, history: str = "full") -> int:
+    n = tokenizer.steps_in_context(context_length, history)
     if n < 1:
         raise BCLMError(
             f"data.context_length {context_length} is too short for one timestep "
@@ -126,16 +145,24 @@ class WindowDataset(torch.utils.data.Dataset):
     """Windows over tokenized episodes; items are built on access (cheap slices of one array).
 
     Every item carries its task's index in a mixture and its loss weight, so that a batch mixing tasks can
-    weight and report the loss per task."""
+    weight and report the loss per task. Training windows may jitter observation numbers and drop past
+    actions; both draws are functions of (seed, epoch, window) alone, so that every process of a
+    distributed run, and a resumed run, changes a window alike."""
 
     def __init__(self, tokens: EpisodeTokens, tokenizer: BCTokenizer, context_length: int,
                  stride_fraction: float = 0.5, task_index: int = 0, loss_weight: float = 1.0,
-                 jitter: np.ndarray | None = None, seed: int = 0):
+                 jitter: np.ndarray | None = None, seed: int = 0, history: str = "full",
+                 action_dropout: float = 0.0):
         self.tokens = tokens
-        self.per_window = steps_per_window(tokenizer, context_length)
-        stride = max(1, int(self.per_window * stride_fraction))
-        self.index = window_index(tokens.lengths, self.per_window, stride)
-        self.bos = tokenizer.bos_id
+        self.history, self.action_dropout = history, action_dropout
+        self.obs_len, self.action_len = tokenizer.obs_len, tokenizer.action_len
+        self.per_window = steps_per_window(tokenizer, context_length, history)
+        if history == "full":
+            stride = max(1, int(self.per_window * stride_fraction))
+            self.index = window_index(tokens.lengths, self.per_window, stride)
+        else:          # a window per labeled step, ending at it, with up to per_window - 1 past observations
+            self.index = _last_step_windows(tokens, self.per_window)
+        self.bos, self.mask_id = tokenizer.bos_id, tokenizer.pad_id
         # (step_len,) how many bins each token of a step may be moved by (see `jitter_bins`), kept inside the
         # observation bins of its dimension's number slot.
         self.jitter = jitter if jitter is not None and jitter.any() else None
@@ -151,28 +178,59 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         e, s, n = self.index[i]
         row = self.tokens.starts[e] + s
+        steps, labels = self.tokens.steps[row:row + n], self.tokens.labels[row:row + n]
+        if self.action_dropout:
+            steps, labels = self._dropped(steps, labels, i)
+        if self.history == "observations":            # past steps: their observation tokens only
+            body = np.concatenate([steps[:-1, :self.obs_len].reshape(-1), steps[-1]])
+            body_labels = np.concatenate([np.full((n - 1) * self.obs_len, IGNORE_INDEX), labels[-1]])
+        else:
+            body, body_labels = steps.reshape(-1), labels.reshape(-1)
         prefix = np.array([self.bos, self.tokens.task_tokens[e]], dtype=np.int64)
-        input_ids = np.concatenate([prefix, self.tokens.steps[row:row + n].reshape(-1)])
-        labels = np.concatenate([np.full(len(prefix), IGNORE_INDEX), self.tokens.labels[row:row + n].reshape(-1)])
-        item = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
-                "task_index": self.task_index, "loss_weight": self.loss_weight}
+        input_ids = np.concatenate([prefix, body])
         if self.jitter is not None:
-            item["input_ids"] = torch.from_numpy(self._jittered(input_ids, n, i))
-        return item
+            input_ids = self._jittered(input_ids, n, i)
+        label_ids = np.concatenate([np.full(len(prefix), IGNORE_INDEX), body_labels])
+        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(label_ids),
+                "task_index": self.task_index, "loss_weight": self.loss_weight}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _dropped(self, steps: np.ndarray, labels: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """History dropout: the actions of past steps masked with probability `action_dropout`. A masked
+        action's tokens after its first lose their labels too: each was predicted after the ones before it."""
+        rng = np.random.default_rng((self.seed, self.epoch, int(i), 1))
+        drop = rng.random(len(steps)) < self.action_dropout
+        drop[-1] = False                      # the last action is no step's history
+        steps, labels = steps.copy(), labels.copy()
+        first = self.obs_len + 1
+        steps[drop, first:] = self.mask_id
+        labels[drop, first + 1:] = IGNORE_INDEX
+        return steps, labels
+
     def _jittered(self, input_ids: np.ndarray, steps: int, i: int) -> np.ndarray:
-        """The window's observation numbers moved by random whole bins. The draw is a function of (seed,
-        epoch, window) alone, so that every process of a distributed run, and a resumed run, moves a window
-        alike (a shared generator would depend on which process drew what before)."""
+        """The window's observation numbers moved by random whole bins."""
         rng = np.random.default_rng((self.seed, self.epoch, int(i)))
-        prefix = len(input_ids) - steps * len(self.jitter)
-        bins = np.concatenate([np.zeros(prefix, np.int64), np.tile(self.jitter, steps)])
-        low = np.concatenate([np.zeros(prefix, np.int64), np.tile(self.slot_starts, steps)])
+        pattern, starts = self.jitter, self.slot_starts
+        if self.history == "observations":     # past steps hold only their observation tokens
+            pattern = np.concatenate([np.tile(self.jitter[:self.obs_len], steps - 1), self.jitter])
+            starts = np.concatenate([np.tile(self.slot_starts[:self.obs_len], steps - 1), self.slot_starts])
+        else:
+            pattern, starts = np.tile(pattern, steps), np.tile(starts, steps)
+        prefix = len(input_ids) - len(pattern)
+        bins = np.concatenate([np.zeros(prefix, np.int64), pattern])
+        low = np.concatenate([np.zeros(prefix, np.int64), starts])
         moved = np.clip(input_ids + rng.integers(-bins, bins + 1), low, low + self.obs_bins - 1)
         return np.where(bins > 0, moved, input_ids)
+
+
+def _last_step_windows(tokens: EpisodeTokens, per_window: int) -> np.ndarray:
+    """(W, 3) rows of (episode, first step, number of steps) ending at each step that carries a label."""
+    labeled = (tokens.labels != IGNORE_INDEX).any(axis=1)
+    rows = [(e, max(0, t - per_window + 1), min(per_window, t + 1))
+            for e, (start, n) in enumerate(zip(tokens.starts, tokens.lengths)) for t in range(n) if labeled[start + t]]
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
 
 
 def jitter_bins(tokenizer: BCTokenizer, steps: np.ndarray, fraction: float) -> np.ndarray:

@@ -287,6 +287,14 @@ class BCTokenizer:
     def prefix_len(self) -> int:
         return 2
 
+    def steps_in_context(self, context_length: int, history: str = "full") -> int:
+        """Timesteps a context holds: whole steps, or with history "observations" (past steps as their
+        observation tokens only) one whole step and as many past observations as fit. 0 if none fits."""
+        room = context_length - self.prefix_len
+        if history == "full" or room < self.step_len:
+            return max(0, room // self.step_len)
+        return 1 + (room - self.step_len) // self.obs_len
+
     def prefix(self, task: str) -> np.ndarray:
         return np.array([self.bos_id, self.task_token(task)], dtype=np.int64)
 

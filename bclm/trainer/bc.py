@@ -214,7 +214,7 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
                           f"step_len {sorted({data.tokenizers[n].step_len for n in names})}, context "
                           f"{data.context_length} tokens; {optim.max_steps} steps of {optim.batch_size} windows")
     policy = Policy(accelerator.unwrap_model(model), data.tokenizers, data.context_length, task=names[0],
-                    metadata=_policy_metadata(data))
+                    metadata=_policy_metadata(data, recipe.data.history))
     digests: list[str] = []
     stream = _recorded(batches(loader, accelerator, skip=start * optim.grad_accum, sampler=sampler), digests)
     bar = tqdm(total=optim.max_steps, initial=start, desc="train", disable=not (loop.progress and
@@ -387,10 +387,12 @@ def _restore_best(accelerator: Accelerator, model: torch.nn.Module, keeper: Keep
                           f"({keeper.value:.4f})")
 
 
-def _policy_metadata(data: Prepared) -> dict[str, Any]:
+def _policy_metadata(data: Prepared, history: str) -> dict[str, Any]:
+    """What a session needs besides the model: the env(s), and a history layout other than the full one."""
+    layout = {"history": history} if history != "full" else {}
     if len(data.tasks) == 1:
-        return {"env": data.tasks[0].env}
-    return {"env": data.tasks[0].env, "envs": {t.name: t.env for t in data.tasks}}
+        return {"env": data.tasks[0].env, **layout}
+    return {"env": data.tasks[0].env, "envs": {t.name: t.env for t in data.tasks}, **layout}
 
 
 def _evaluate_and_log(policy: Policy, data: Prepared, recipe: TrainRecipe, step: int, accelerator: Accelerator,

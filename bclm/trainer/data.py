@@ -197,11 +197,14 @@ def take_tree(batch: Any, mask: np.ndarray) -> Any:
 
 def _windows(tokenizer: BCTokenizer, steps: StepArrays, config: DataConfig, context_length: int, task_name: str,
              task_index: int, loss_weight: float, jitter_seed: int | None) -> WindowDataset:
-    """Windows of one task's steps; training windows (a `jitter_seed`) jitter their observation numbers."""
+    """Windows of one task's steps; training windows (a `jitter_seed`) jitter their observation numbers and
+    drop past actions, as configured; held-out ones are left as they are."""
     task = np.full(len(steps), task_name, dtype=object)
     tokens = tokenize_episodes(tokenizer, steps.observation, steps.action, steps.columns["episode"],
                                steps.columns["step"], task, expert_action=steps.expert_action,
                                labeled=steps.columns["labeled"])
-    bins = jitter_bins(tokenizer, tokens.steps, config.jitter) if jitter_seed is not None else None
+    training = jitter_seed is not None
+    bins = jitter_bins(tokenizer, tokens.steps, config.jitter) if training else None
     return WindowDataset(tokens, tokenizer, context_length, config.stride_fraction, jitter=bins, seed=jitter_seed or 0,
-                         task_index=task_index, loss_weight=loss_weight)
+                         task_index=task_index, loss_weight=loss_weight, history=config.history,
+                         action_dropout=config.action_dropout if training else 0.0)
