@@ -148,11 +148,12 @@ def run_bc_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> dict[str, Any]:
 def run_dagger_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> list[dict[str, Any]]:
     """Rounds added one at a time (each call resumes the run on disk) until the largest budget is reached."""
     cfg = recipe.dagger
-    noise = Noise.parse(cfg.noise, "dagger.noise")
-    # A fitted noise belongs to 'dart-fit' (keeping its kind, if given); a fixed one to every round 0.
-    labeler = {"intervener": "", "gate": "", "noise": "" if noise.fit else cfg.noise, **METHODS[cell.method]}
-    if cell.method == "dart-fit" and noise.fit:
-        labeler["noise"] = cfg.noise
+    # `dagger.noise` is the DART methods' (dart-fit keeps its kind): the other methods start from clean
+    # demonstrations, as BC's, so that every method is compared from the same kind of data.
+    kind = Noise.parse(cfg.noise, "dagger.noise").kind
+    labeler = {"intervener": "", "gate": "", "noise": "", **METHODS[cell.method]}
+    if cell.method == "dart-fit" and kind:
+        labeler["noise"] = f"{kind}:fit"
     dagger = dataclasses.replace(cfg, **labeler, bc_baseline=False,
                                  seed=cfg.seed + 1000 * cell.seed, beta_rounds=cfg.beta_rounds or cfg.rounds)
     seeded = dataclasses.replace(recipe.loop, seed=cell.seed)
