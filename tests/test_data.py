@@ -155,3 +155,18 @@ def test_mistake_curve_charges_every_step_after_a_failure():
     crashed = np.array([0, 1, 1], bool)         # fell at t=3
     survived = np.array([0, 1, 0, 0, 0], bool)
     assert cumulative_mistakes([crashed, survived], failed=[True, False], horizon=5) == [0.0, 1.0, 1.5, 2.0, 2.5]
+
+
+def test_windows_without_a_labeled_step_are_left_out():
+    """Unasked states of gated and HG-DAgger rounds are history only: a window of nothing else teaches nothing."""
+    obs_space, act_space = gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(3)
+    tok = BCTokenizer(obs_space, act_space, TokenizerConfig(), tasks=["toy"])
+    obs, act = np.random.default_rng(0).uniform(-1, 1, (8, 2)).astype(np.float32), np.arange(8) % 3
+    tok.fit(obs, act)
+    labeled = np.array([False, False, False, True, False, False, False, True])
+    tokens = tokenize_episodes(tok, obs, act, np.zeros(8, np.int64), np.arange(8), np.full(8, "toy", dtype=object),
+                               labeled=labeled)
+    one_step = WindowDataset(tokens, tok, context_length=2 + tok.step_len)
+    assert [tuple(r) for r in one_step.index] == [(0, 3, 1), (0, 7, 1)]
+    two_steps = WindowDataset(tokens, tok, context_length=2 + 2 * tok.step_len, stride_fraction=0.5)
+    assert [tuple(r) for r in two_steps.index] == [(0, 2, 2), (0, 3, 2), (0, 6, 2)]

@@ -159,7 +159,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.per_window = steps_per_window(tokenizer, context_length, history)
         if history == "full":
             stride = max(1, int(self.per_window * stride_fraction))
-            self.index = window_index(tokens.lengths, self.per_window, stride)
+            self.index = _with_labels(tokens, window_index(tokens.lengths, self.per_window, stride))
         else:          # a window per labeled step, ending at it, with up to per_window - 1 past observations
             self.index = _last_step_windows(tokens, self.per_window)
         self.bos, self.mask_id = tokenizer.bos_id, tokenizer.pad_id
@@ -223,6 +223,14 @@ class WindowDataset(torch.utils.data.Dataset):
         low = np.concatenate([np.zeros(prefix, np.int64), starts])
         moved = np.clip(input_ids + rng.integers(-bins, bins + 1), low, low + self.obs_bins - 1)
         return np.where(bins > 0, moved, input_ids)
+
+
+def _with_labels(tokens: EpisodeTokens, index: np.ndarray) -> np.ndarray:
+    """The windows with at least one labeled step: a window of unlabeled steps only (unasked states of gated
+    or HG-DAgger rounds, expert faults) would cost a forward pass and teach nothing."""
+    labeled = np.concatenate([[0], np.cumsum((tokens.labels != IGNORE_INDEX).any(axis=1))])
+    first = tokens.starts[index[:, 0]] + index[:, 1]
+    return index[labeled[first + index[:, 2]] > labeled[first]]
 
 
 def _last_step_windows(tokens: EpisodeTokens, per_window: int) -> np.ndarray:

@@ -131,13 +131,15 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
         task = dataclasses.replace(task, env_kwargs={**task.env_kwargs, "max_episode_steps": config.rollout_max_steps})
     env_ids = distributed.env_share(num_envs)                 # this process's envs (all, in one process)
     session = policy.new_session(max(1, len(env_ids)) if env_ids is not None else num_envs, seed=seed)
-    actor = round_actor(config, session, expert_ref, store, beta, seed, env_ids or list(range(num_envs)))
+    actor = round_actor(config, session, expert_ref, store, beta, seed,
+                        list(range(num_envs)) if env_ids is None else env_ids)
     share = run_episodes(task, actor, config.episodes_per_round, num_envs=num_envs, seed=seed,
                          expert=actor.labels(), asynchronous=config.async_envs, env_ids=env_ids)
     for ep in share.episodes:
         ep.beta = beta if isinstance(actor, MixtureActor) else float("nan")   # the others toss no β coin
-    if isinstance(actor, FittedNoiseActor):     # the level it ended the round with (each rank its own)
-        source = f"dart {actor.noise.kind}:fit {np.mean(distributed.all_gather(actor.level)):.4g}"
+    if isinstance(actor, FittedNoiseActor):     # the level it ended the round with, over every rank's states
+        levels, counts = zip(*distributed.all_gather((actor.level, actor.count)))
+        source = f"dart {actor.noise.kind}:fit {np.average(levels, weights=counts) if sum(counts) else 0.0:.4g}"
     elif config.gate:
         source = f"gated-dagger {config.gate} {config.gate_metric} budget {config.gate_budget:g}"
     else:
