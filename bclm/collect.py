@@ -95,6 +95,9 @@ def collect(task: TaskSpec, expert_ref: str | None, episodes: int, output: str |
     episodes collected by this call (`episodes`) and the dataset's total (`episodes_in_dataset`)."""
     if episodes < 1:
         raise BCLMError(f"--episodes {episodes}: expected at least 1")
+    if noise.fit:
+        raise BCLMError(f"--noise {noise}: a fitted level needs a learner's error; give a level (eps:P, gauss:S), "
+                        "or use `bclm dagger --dagger.noise fit`")
     ref = expert_ref_of(task, expert_ref)
     noisy = {"noise": str(noise)} if noise else {}        # provenance (and old requests stay equal)
     request = {"env": task.name, "expert": ref, "episodes": episodes, "seed": seed, "num_envs": num_envs, **noisy}

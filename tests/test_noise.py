@@ -166,3 +166,9 @@ def test_dart_rounds_with_a_fitted_level_start_clean_and_record_the_level(tmp_pa
 def _steps_of(store, shard):
     data = store.load([shard])[:]
     return {k: np.asarray(data[k]) for k in ("observation", "action", "expert_action", "expert_used", "source")}
+
+
+def test_collect_refuses_a_fitted_level_it_cannot_fit(tmp_path):
+    with pytest.raises(BCLMError, match="a fitted level needs a learner"):
+        collect(get_task(ENV), EXPERT, 2, tmp_path / "d", noise=Noise.parse("eps:fit"))
+    assert not (tmp_path / "d").exists()
