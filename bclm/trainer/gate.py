@@ -19,9 +19,10 @@ class Gate:
     """Decides per step and env whether the expert labels (query) or takes control (takeover).
 
     The expert is asked where the uncertainty is at or above the (1 - f) quantile of those seen so far in the
-    round. f is the budget b plus the labels the round is behind (minus those it is ahead), spread over the
-    next `catch_up` steps (fewer early in a round): the label fraction stays on budget whatever the scale of
-    the uncertainty, and when the learner is unsure for long stretches its asks move later, not beyond it.
+    round (the most recent `memory` of them). f is the budget b plus the labels the round is behind (minus
+    those it is ahead), spread over the next `catch_up` steps (fewer early in a round): the label fraction
+    stays on budget whatever the scale of the uncertainty, and when the learner is unsure for long stretches
+    its asks move later, not beyond it.
 
     In takeover mode the expert keeps control until the uncertainty falls below a lower quantile, at
     `release` times the entry level: hysteresis, so control does not flap from step to step. Each entry then
@@ -33,6 +34,7 @@ class Gate:
     metric: str = "entropy"
     release: float = 0.5
     catch_up: int = 50
+    memory: int = 4096        # uncertainties kept for the quantile (the most recent)
     seen: list[np.ndarray] = field(default_factory=list)
     steps: int = 0
     asked: int = 0
@@ -59,6 +61,8 @@ class Gate:
             self.in_control = np.zeros(len(unsure), bool)
         self.in_control &= ~np.asarray(new_episode, bool)
         self.seen.append(np.asarray(unsure, np.float64))
+        while sum(len(x) for x in self.seen) - len(self.seen[0]) >= self.memory:
+            self.seen.pop(0)          # the quantile follows the learner's recent steps, at a bounded cost
         seen = np.concatenate(self.seen)
         behind = self.budget * self.steps - self.asked
         # The window grows with the round (a tenth of its steps so far), so a short round is held to its
