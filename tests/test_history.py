@@ -140,3 +140,25 @@ def test_a_policy_trained_on_past_observations_saves_its_layout_and_acts_with_it
     for _ in range(3):
         session.act(np.zeros((2, 2), np.float32))
     assert all(len(h) == 3 and all(len(s) == tok.obs_len for s in h) for h in session.history)
+
+
+def test_jitter_moves_only_observation_numbers_with_past_observations_only():
+    from bclm.data.sequences import jitter_bins
+
+    obs_space, act_space = SPACES["box-box"]
+    policy = tiny_policy(obs_space, act_space)
+    tok = policy.tokenizer
+    obs = _obs_stream(obs_space, 60, 1, seed=0)[0]
+    act_space.seed(0)
+    acts = np.stack([act_space.sample() for _ in range(60)])
+    tokens = tokenize_episodes(tok, obs, acts, np.zeros(60, np.int64), np.arange(60),
+                               np.full(60, policy.task, dtype=object))
+    context = 2 + tok.step_len + 3 * tok.obs_len
+    plain = WindowDataset(tokens, tok, context, history="observations")
+    moved = WindowDataset(tokens, tok, context, history="observations", seed=1,
+                          jitter=jitter_bins(tok, tokens.steps, 0.05))
+    is_obs = np.concatenate([[False, False], np.tile(np.ones(tok.obs_len, bool), 3),
+                             np.ones(tok.obs_len, bool), np.zeros(1 + tok.action_len, bool)])
+    a, b = plain[40]["input_ids"].numpy(), moved[40]["input_ids"].numpy()
+    assert len(a) == len(b) == context and (a != b).any()
+    np.testing.assert_array_equal(a[~is_obs], b[~is_obs])           # prompt, ACT and action untouched

@@ -155,7 +155,7 @@ class WindowDataset(torch.utils.data.Dataset):
                  action_dropout: float = 0.0):
         self.tokens = tokens
         self.history, self.action_dropout = history, action_dropout
-        self.obs_len, self.action_len = tokenizer.obs_len, tokenizer.action_len
+        self.obs_len = tokenizer.obs_len
         self.per_window = steps_per_window(tokenizer, context_length, history)
         if history == "full":
             stride = max(1, int(self.per_window * stride_fraction))
@@ -212,12 +212,11 @@ class WindowDataset(torch.utils.data.Dataset):
     def _jittered(self, input_ids: np.ndarray, steps: int, i: int) -> np.ndarray:
         """The window's observation numbers moved by random whole bins."""
         rng = np.random.default_rng((self.seed, self.epoch, int(i)))
-        pattern, starts = self.jitter, self.slot_starts
         if self.history == "observations":     # past steps hold only their observation tokens
-            pattern = np.concatenate([np.tile(self.jitter[:self.obs_len], steps - 1), self.jitter])
-            starts = np.concatenate([np.tile(self.slot_starts[:self.obs_len], steps - 1), self.slot_starts])
+            pattern, starts = (np.concatenate([np.tile(x[:self.obs_len], steps - 1), x])
+                               for x in (self.jitter, self.slot_starts))
         else:
-            pattern, starts = np.tile(pattern, steps), np.tile(starts, steps)
+            pattern, starts = np.tile(self.jitter, steps), np.tile(self.slot_starts, steps)
         prefix = len(input_ids) - len(pattern)
         bins = np.concatenate([np.zeros(prefix, np.int64), pattern])
         low = np.concatenate([np.zeros(prefix, np.int64), starts])
