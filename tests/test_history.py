@@ -76,16 +76,21 @@ def test_training_windows_hold_exactly_what_the_session_feeds(name, monkeypatch)
     assert trimmed and len(fed[0]) == 2 + tok.obs_len + 1    # the first step: prompt, observation, ACT
 
 
-def _dataset(action_dropout: float, seed: int = 0) -> tuple[WindowDataset, object]:
-    obs_space, act_space = SPACES["dict-multidiscrete"]
+def _random_episodes(name: str, episodes: int, length: int):
+    """(tokens, tokenizer) of random episodes of a tiny policy's spaces."""
+    obs_space, act_space = SPACES[name]
     policy = tiny_policy(obs_space, act_space)
-    tok = policy.tokenizer
-    obs = _obs_stream(obs_space, 200, 1, seed=0)[0]
+    n = episodes * length
+    obs = _obs_stream(obs_space, n, 1, seed=0)[0]
     act_space.seed(0)
-    acts = np.stack([act_space.sample() for _ in range(200)])
-    episode, step = np.repeat(np.arange(4), 50), np.tile(np.arange(50), 4)
-    tokens = tokenize_episodes(tok, obs, acts, episode, step,
-                               np.full(200, policy.task, dtype=object))
+    acts = np.stack([act_space.sample() for _ in range(n)])
+    episode, step = np.repeat(np.arange(episodes), length), np.tile(np.arange(length), episodes)
+    tokens = tokenize_episodes(policy.tokenizer, obs, acts, episode, step, np.full(n, policy.task, dtype=object))
+    return tokens, policy.tokenizer
+
+
+def _dataset(action_dropout: float, seed: int = 0) -> tuple[WindowDataset, object]:
+    tokens, tok = _random_episodes("dict-multidiscrete", 4, 50)
     return WindowDataset(tokens, tok, 2 + 6 * tok.step_len, action_dropout=action_dropout, seed=seed), tok
 
 
@@ -145,14 +150,7 @@ def test_a_policy_trained_on_past_observations_saves_its_layout_and_acts_with_it
 def test_jitter_moves_only_observation_numbers_with_past_observations_only():
     from bclm.data.sequences import jitter_bins
 
-    obs_space, act_space = SPACES["box-box"]
-    policy = tiny_policy(obs_space, act_space)
-    tok = policy.tokenizer
-    obs = _obs_stream(obs_space, 60, 1, seed=0)[0]
-    act_space.seed(0)
-    acts = np.stack([act_space.sample() for _ in range(60)])
-    tokens = tokenize_episodes(tok, obs, acts, np.zeros(60, np.int64), np.arange(60),
-                               np.full(60, policy.task, dtype=object))
+    tokens, tok = _random_episodes("box-box", 1, 60)
     context = 2 + tok.step_len + 3 * tok.obs_len
     plain = WindowDataset(tokens, tok, context, history="observations")
     moved = WindowDataset(tokens, tok, context, history="observations", seed=1,
