@@ -31,7 +31,14 @@ from bclm.artifacts import (
 )
 from bclm.embeddings import NumberEmbedding, plain_embedding, plain_state_dict
 from bclm.errors import BCLMError
-from bclm.tokenizers import TOKENIZER_FILE, BCTokenizer, leaf_arrays, load_tokenizers, save_tokenizers
+from bclm.tokenizers import (
+    HISTORY_LAYOUTS,
+    TOKENIZER_FILE,
+    BCTokenizer,
+    leaf_arrays,
+    load_tokenizers,
+    save_tokenizers,
+)
 
 POLICY_FILE = "bclm_policy.json"
 POLICY_FORMAT_VERSION = 1
@@ -59,7 +66,7 @@ class Policy:
         # What the context holds of past steps, as in training (`DataConfig.history`): "full" steps, or
         # "observations" (past observations only).
         self.history = self.metadata.get("history", "full")
-        if self.history not in ("full", "observations"):
+        if self.history not in HISTORY_LAYOUTS:
             raise BCLMError(f"{POLICY_FILE}: history {self.history!r} is not a layout this bclm knows")
         self.steps_per_context = self.tokenizer.steps_in_context(context_length, self.history)
         if self.steps_per_context < 1:

@@ -20,10 +20,9 @@ import torch
 
 from bclm.config import option
 from bclm.errors import BCLMError
-from bclm.tokenizers import BCTokenizer
+from bclm.tokenizers import HISTORY_LAYOUTS, BCTokenizer
 
 IGNORE_INDEX = -100
-HISTORY_LAYOUTS = ("full", "observations")
 
 
 @dataclass

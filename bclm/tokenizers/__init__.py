@@ -2,9 +2,10 @@
 
 from bclm.tokenizers.multitask import build_tokenizers, fit_tokenizers, load_tokenizers, save_tokenizers
 from bclm.tokenizers.spaces import assemble, flatten_leaves, leaf_arrays, space_from_dict, space_to_dict
-from bclm.tokenizers.tokenizer import TOKENIZER_FILE, BCTokenizer, TokenizerConfig
+from bclm.tokenizers.tokenizer import HISTORY_LAYOUTS, TOKENIZER_FILE, BCTokenizer, TokenizerConfig
 
 __all__ = [
+    "HISTORY_LAYOUTS",
     "TOKENIZER_FILE",
     "BCTokenizer",
     "TokenizerConfig",

@@ -28,6 +28,8 @@ from bclm.tokenizers.codecs import BOUNDS, MODES, BoxCodec, Codec, TextCodec, co
 from bclm.tokenizers.spaces import assemble, flatten_leaves, leaf_arrays, space_from_dict, space_to_dict
 
 TOKENIZER_FILE = "bclm_tokenizer.json"
+# What a context holds of past steps: whole steps, or their observation tokens only (`steps_in_context`).
+HISTORY_LAYOUTS = ("full", "observations")
 FORMAT = "bclm-tokenizer"
 FORMAT_VERSION = 3
 NUM_SPECIAL = 8
