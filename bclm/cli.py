@@ -47,7 +47,7 @@ def _collect(argv: list[str]) -> int:
     from bclm.collect import collect
     from bclm.distributed import launched_world_size
     from bclm.envs import get_task
-    from bclm.noise import Noise
+    from bclm.rollout.noise import Noise
 
     noise = Noise.parse(args.noise)
 

@@ -33,13 +33,13 @@ from typing import Any
 import numpy as np
 
 from bclm import atomic
-from bclm.collect import expert_ref_of, open_store, write_expert_shard
 from bclm.config import option
 from bclm.envs import get_task
 from bclm.errors import BCLMError
 from bclm.eval.curves import markdown_table, mean_ci, plot_curves
 from bclm.eval.plots import plot_mistakes
-from bclm.noise import NO_NOISE, Noise
+from bclm.rollout import NO_NOISE, Noise
+from bclm.rollout.shards import expert_ref_of, open_store, write_expert_shard
 from bclm.trainer.bc import train
 from bclm.trainer.dagger import DaggerRecipe, needs_training, run_dagger, train_recipe
 

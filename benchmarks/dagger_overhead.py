@@ -24,8 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # see benchmarks/rollout.p
 import gymnasium as gym
 
 from bclm import config as cfg
-from bclm.eval.rollout import ExpertActor
 from bclm.policy import ActSession
+from bclm.rollout import ExpertActor
 from bclm.trainer import bc, dagger
 
 TIMES: dict[str, float] = defaultdict(float)

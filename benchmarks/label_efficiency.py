@@ -30,8 +30,8 @@ from bclm import config as cfg
 from bclm.data.store import TrajectoryStore
 from bclm.envs import get_task, load_expert
 from bclm.eval.curves import mean_ci
-from bclm.eval.metrics import summarize
-from bclm.eval.rollout import ExpertActor, run_episodes
+from bclm.rollout import ExpertActor, run_episodes
+from bclm.rollout.metrics import summarize
 from bclm.sweep import SweepRecipe, expert_episodes, expert_store, run_sweep, within_budget
 
 # Budgets in expert labels, about 1, 2, 4, 8 (and more) demonstrations of each task's expert.

@@ -188,7 +188,7 @@ def test_terminal_labeler_reads_actions_and_asks_again_on_bad_input():
     import gymnasium as gym
 
     from bclm.envs.human import TerminalIntervener, TerminalLabeler
-    from bclm.eval.rollout import ExpertActor
+    from bclm.rollout import ExpertActor
 
     out = io.StringIO()
     labeler = TerminalLabeler(io.StringIO("x\n7\n2\n0\n"), out)

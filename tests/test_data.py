@@ -150,7 +150,7 @@ def test_nan_observations_are_refused_when_collected(tmp_path):
 
 
 def test_mistake_curve_charges_every_step_after_a_failure():
-    from bclm.eval.metrics import cumulative_mistakes
+    from bclm.rollout.metrics import cumulative_mistakes
 
     crashed = np.array([0, 1, 1], bool)         # fell at t=3
     survived = np.array([0, 1, 0, 0, 0], bool)

@@ -8,8 +8,8 @@ import pytest
 
 from bclm.data.store import TrajectoryStore
 from bclm.errors import BCLMError
+from bclm.rollout.gate import Gate
 from bclm.trainer.dagger import DaggerConfig, run_dagger
-from bclm.trainer.gate import Gate
 from tests.test_dagger import _recipe
 
 

@@ -21,12 +21,13 @@ from huggingface_hub import DatasetCard, ModelCard
 from transformers import AutoModelForCausalLM
 
 from bclm import config as cfg
-from bclm.collect import collect, write_expert_shard
+from bclm.collect import collect
 from bclm.data.store import META_FILE, TrajectoryStore
 from bclm.envs import get_task
 from bclm.errors import BCLMError
 from bclm.hub import pull_dataset, push_dataset, push_policy, stage_dataset, stage_policy
 from bclm.policy import Policy
+from bclm.rollout.shards import write_expert_shard
 from bclm.trainer.bc import train
 from bclm.trainer.config import TrainRecipe
 

@@ -130,9 +130,9 @@ def test_a_mixture_recipe_trains_and_evaluates_every_task_from_the_command_line(
 
 
 def test_a_collection_interrupted_before_its_shard_is_collected_again(tmp_path):
-    from bclm.collect import create_store
     from bclm.data.store import TrajectoryStore
     from bclm.envs import get_task
+    from bclm.rollout.shards import create_store
 
     out = tmp_path / "run"
     create_store(get_task("CartPole-v1"), out / "data" / "cartpole")     # metadata written, then a crash

@@ -10,7 +10,7 @@ from bclm.collect import collect
 from bclm.data.store import TrajectoryStore
 from bclm.envs import get_task, load_expert
 from bclm.errors import BCLMError
-from bclm.noise import Noise
+from bclm.rollout.noise import Noise
 from bclm.sweep import SweepRecipe, run_sweep
 
 ENV = "tests.custom_env:CustomTarget-v0"
@@ -123,8 +123,8 @@ class ConstantLearner:
                                                      ("Pendulum-v1", np.zeros(1, np.float32), "gauss")])
 def test_a_fitted_level_is_the_learners_error_on_the_noisy_experts_states(env, learner, kind):
     from bclm.envs import make_env
-    from bclm.eval.rollout import ExpertActor, run_episodes
-    from bclm.noise import FittedNoiseActor
+    from bclm.rollout import ExpertActor, run_episodes
+    from bclm.rollout.noise import FittedNoiseActor
 
     task = get_task(env)
     ref = EXPERT if env == ENV else task.expert

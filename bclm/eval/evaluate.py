@@ -11,9 +11,8 @@ from bclm import atomic
 from bclm.config import option
 from bclm.envs import TaskSpec, get_task, load_expert, make_env
 from bclm.errors import BCLMError
-from bclm.eval.metrics import action_mismatch, summarize
-from bclm.eval.rollout import ExpertActor, run_episodes
 from bclm.policy import Policy
+from bclm.rollout import ExpertActor, action_mismatch, run_episodes, summarize
 
 
 @dataclass

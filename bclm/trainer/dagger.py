@@ -19,21 +19,29 @@ from typing import Any
 import numpy as np
 
 from bclm import atomic, distributed, failpoints
-from bclm.collect import expert_ref_of, open_store, write_expert_shard, write_gathered
 from bclm.config import option
 from bclm.data.store import TrajectoryStore
 from bclm.envs import TaskSpec, get_task, load_expert
 from bclm.errors import BCLMError
 from bclm.eval.evaluate import write_report
 from bclm.eval.plots import plot_mistakes
-from bclm.eval.rollout import ExpertActor, run_episodes
-from bclm.noise import NO_NOISE, FittedNoiseActor, Noise
 from bclm.policy import ActSession, Policy
-from bclm.trainer.actors import GatedActor, InterventionActor, MixtureActor, load_intervener
+from bclm.rollout import (
+    NO_NOISE,
+    ExpertActor,
+    FittedNoiseActor,
+    Gate,
+    GatedActor,
+    InterventionActor,
+    MixtureActor,
+    Noise,
+    load_intervener,
+    run_episodes,
+)
+from bclm.rollout.shards import expert_ref_of, open_store, write_expert_shard, write_gathered
 from bclm.trainer.bc import train
 from bclm.trainer.config import TaskEntry, TrainRecipe
 from bclm.trainer.data import task_entries
-from bclm.trainer.gate import Gate
 from bclm.trainer.launch import init_processes, whole_models
 from bclm.trainer.rundir import run_finished
 

@@ -109,7 +109,7 @@ def ensure_dataset(entry: TaskEntry, num_envs: int = 8) -> TrajectoryStore:
     path = Path(entry.dataset)
     has_store = (path / META_FILE).is_file()
     if entry.episodes > 0 and not (has_store and TrajectoryStore(path).shard_names()):
-        from bclm.collect import expert_ref_of, open_store, write_expert_shard
+        from bclm.rollout.shards import expert_ref_of, open_store, write_expert_shard
 
         if launched_world_size() > 1:
             # Every rank would collect into the same directory; one process collects, then all train.

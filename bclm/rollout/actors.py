@@ -5,17 +5,19 @@ session what was executed and serve the round's labels to `run_episodes` without
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from bclm.envs import load_expert
-from bclm.eval.metrics import action_mismatch
-from bclm.eval.rollout import ExpertActor, ExpertLabeledActor, LastLabels
-from bclm.policy import ActSession
+from bclm.rollout.expert import ExpertActor, ExpertLabeledActor, LastLabels
+from bclm.rollout.gate import Gate
+from bclm.rollout.metrics import action_mismatch
 from bclm.tokenizers import assemble, leaf_arrays
-from bclm.trainer.gate import Gate
+
+if TYPE_CHECKING:           # the policy (torch, transformers) is loaded by whoever builds the session
+    from bclm.policy import ActSession
 
 
 class MixtureActor(ExpertLabeledActor):

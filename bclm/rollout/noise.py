@@ -24,8 +24,8 @@ import numpy as np
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from bclm.errors import BCLMError
-from bclm.eval.metrics import action_mismatch
-from bclm.eval.rollout import ExpertActor, ExpertLabeledActor
+from bclm.rollout.expert import ExpertActor, ExpertLabeledActor
+from bclm.rollout.metrics import action_mismatch
 from bclm.tokenizers import assemble, flatten_leaves, leaf_arrays
 
 KINDS = ("eps", "gauss")
