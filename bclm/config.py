@@ -40,37 +40,16 @@ def _is_config(tp: Any) -> bool:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert a YAML or command-line value to the annotated type, or raise naming `where`."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, where)
-            except BCLMError as e:
-                errors.append(str(e))
-        raise BCLMError(errors[0] if errors else f"{where}: cannot use {value!r}")
+        return _coerce_union(value, typing.get_args(tp), where)
     if _is_config(tp):
         if not isinstance(value, dict):
             raise BCLMError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, where)
     if origin in (list, tuple):
-        if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
-        if not isinstance(value, list | tuple):
-            raise BCLMError(f"{where}: expected a list, got {value!r}")
-        item_types = args if origin is tuple and args and args[-1] is not Ellipsis else (args[:1] or (Any,))
-        if origin is tuple and len(item_types) > 1:
-            if len(value) != len(item_types):
-                raise BCLMError(f"{where}: expected {len(item_types)} values, got {value!r}")
-            return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, item_types)))
-        items = [_coerce(v, item_types[0], f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(value, origin, typing.get_args(tp), where)
     if origin is dict or tp is dict:
         if isinstance(value, str):
             value = yaml.safe_load(value)
@@ -78,30 +57,65 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise BCLMError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if origin is typing.Literal:
-        if value not in args:
-            raise BCLMError(f"{where}: expected one of {list(args)}, got {value!r}")
+        if value not in typing.get_args(tp):
+            raise BCLMError(f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
         return value
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise BCLMError(f"{where}: expected true or false, got {value!r}")
+        return _coerce_bool(value, where)
     if tp in (int, float):
-        if isinstance(value, bool):
-            raise BCLMError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return _coerce_number(value, tp, where)
+    return str(value) if tp is str else value
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], where: str) -> Any:
+    """None for an optional field given none/null; else the first member type the value converts to."""
+    if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
         try:
-            out = tp(value) if not isinstance(value, str) else tp(yaml.safe_load(value))
-        except (TypeError, ValueError):
-            raise BCLMError(f"{where}: expected {tp.__name__}, got {value!r}") from None
-        if tp is int and isinstance(value, float) and value != int(value):
-            raise BCLMError(f"{where}: expected an integer, got {value!r}")
-        if not math.isfinite(out):
-            raise BCLMError(f"{where}: expected a finite number, got {value!r}")
-        return out
-    if tp is str:
-        return str(value)
-    return value
+            return _coerce(value, arg, where)
+        except BCLMError as e:
+            errors.append(str(e))
+    raise BCLMError(errors[0] if errors else f"{where}: cannot use {value!r}")
+
+
+def _coerce_sequence(value: Any, origin: type, args: tuple[Any, ...], where: str) -> list | tuple:
+    """A list or tuple from a YAML sequence, `[a, b]` or `a,b` on the command line; fixed-length tuples checked."""
+    if isinstance(value, str):
+        value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+    if not isinstance(value, list | tuple):
+        raise BCLMError(f"{where}: expected a list, got {value!r}")
+    item_types = args if origin is tuple and args and args[-1] is not Ellipsis else (args[:1] or (Any,))
+    if origin is tuple and len(item_types) > 1:
+        if len(value) != len(item_types):
+            raise BCLMError(f"{where}: expected {len(item_types)} values, got {value!r}")
+        return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, item_types)))
+    items = [_coerce(v, item_types[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _coerce_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return value.lower() in ("true", "1", "yes", "on")
+    raise BCLMError(f"{where}: expected true or false, got {value!r}")
+
+
+def _coerce_number(value: Any, tp: type, where: str) -> int | float:
+    """A finite int or float; booleans and fractional values for an int are refused."""
+    if isinstance(value, bool):
+        raise BCLMError(f"{where}: expected {tp.__name__}, got {value!r}")
+    try:
+        out = tp(value) if not isinstance(value, str) else tp(yaml.safe_load(value))
+    except (TypeError, ValueError):
+        raise BCLMError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    if tp is int and isinstance(value, float) and value != int(value):
+        raise BCLMError(f"{where}: expected an integer, got {value!r}")
+    if not math.isfinite(out):
+        raise BCLMError(f"{where}: expected a finite number, got {value!r}")
+    return out
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:

@@ -1,4 +1,5 @@
-"""Ranks for code that runs alike in one process or in several (collection and DAgger rounds).
+"""Ranks for code that runs alike in one process or in several (collection and DAgger rounds), read from
+accelerate's `PartialState`.
 
 Rollouts are split by env: each rank steps every world-th env of the single-process layout, with that
 env's seed and episode quota, and the shares are gathered back in single-process order. Only rank 0
@@ -10,7 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 
 
 def launched_world_size() -> int:
@@ -18,17 +20,21 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _initialized() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+def _state() -> PartialState | None:
+    """accelerate's state once this process has joined its launch (`init_processes` or an Accelerator); None
+    before, so that asking for a rank never joins a process group as a side effect."""
+    return PartialState() if PartialState._shared_state else None
 
 
 def world_size() -> int:
-    return torch.distributed.get_world_size() if _initialized() else 1
+    state = _state()
+    return state.num_processes if state is not None else 1
 
 
 def rank() -> int:
-    """This process's rank in the process group; 0 outside one (also before it is joined)."""
-    return torch.distributed.get_rank() if _initialized() else 0
+    """This process's rank in the launch; 0 outside one (also before it is joined)."""
+    state = _state()
+    return state.process_index if state is not None else 0
 
 
 def is_main() -> bool:
@@ -42,13 +48,10 @@ def env_share(num_envs: int) -> list[int] | None:
 
 def all_gather(obj: Any) -> list[Any]:
     """Every rank's `obj`, on every rank (rank order); `[obj]` in one process."""
-    if world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
+    return [obj] if world_size() == 1 else gather_object([obj])
 
 
 def barrier() -> None:
-    if _initialized():
-        torch.distributed.barrier()
+    state = _state()
+    if state is not None:
+        state.wait_for_everyone()

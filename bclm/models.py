@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from bclm.config import option
@@ -82,6 +81,3 @@ def pretrained_vocabulary(config: ModelConfig) -> tuple[int, Any]:
     has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     return vocab, AutoTokenizer.from_pretrained(str(path), trust_remote_code=False) if has_tokenizer else None
 
-
-def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -26,8 +26,8 @@ from accelerate import Accelerator
 from bclm.data.sequences import PadCollator, WindowDataset, tokenize_episodes
 from bclm.models import ModelConfig, build_model
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
-from bclm.trainer.bc import make_optimizer, make_scheduler, train_step
 from bclm.trainer.config import OptimConfig
+from bclm.trainer.step import make_optimizer, make_scheduler, train_step
 
 
 def parse_args() -> argparse.Namespace:

@@ -27,7 +27,7 @@ import torch
 
 from bclm.envs import get_task, make_env
 from bclm.eval.evaluate import EvalConfig, evaluate
-from bclm.models import ModelConfig, build_model, count_parameters
+from bclm.models import ModelConfig, build_model
 from bclm.policy import Policy
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
 
@@ -69,7 +69,7 @@ def main() -> None:
     episodes = args.num_envs                      # one episode per env: every env runs the full horizon
     env_steps = len(tasks) * episodes * args.horizon
     print(f"{len(tasks)} task(s), {args.num_envs} envs, {args.horizon}-step episodes ({env_steps} env steps per "
-          f"mode), model {args.size} ({count_parameters(policies[0].model) / 1e6:.2f}M), policy on "
+          f"mode), model {args.size} ({policies[0].model.num_parameters() / 1e6:.2f}M), policy on "
           f"{policies[0].device}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
 
     def run(async_envs: bool) -> tuple[float, list]:

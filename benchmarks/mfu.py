@@ -36,10 +36,10 @@ from accelerate.utils import send_to_device
 # The baseline loop and the timer are train_throughput.py's (this folder is on sys.path when run as a script).
 from train_throughput import bare_stepper, collated_batches, timed
 
-from bclm.models import ModelConfig, build_model, count_parameters
+from bclm.models import ModelConfig, build_model
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
-from bclm.trainer.bc import make_optimizer, make_scheduler, train_step
 from bclm.trainer.config import OptimConfig
+from bclm.trainer.step import make_optimizer, make_scheduler, train_step
 
 # Dense bf16 peak FLOP/s by device-name substring (vendor datasheets, without sparsity). The H200 has the
 # H100 SXM's compute; only its memory differs.
@@ -118,7 +118,7 @@ def main() -> None:
         overrides["num_hidden_layers"] = args.layers
     model = build_model(ModelConfig(size=args.size, overrides=overrides), tok.vocab_size, args.context_length,
                         tok.bos_id, tok.eos_id, tok.pad_id)
-    n_params = count_parameters(model) - model.get_input_embeddings().weight.numel()    # the head is tied
+    n_params = model.num_parameters() - model.get_input_embeddings().weight.numel()    # the head is tied
     cfg = model.config
     flops_per_token = 6 * n_params + 12 * cfg.num_hidden_layers * cfg.hidden_size * args.context_length
     bare_model = copy.deepcopy(model)

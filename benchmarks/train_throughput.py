@@ -47,10 +47,10 @@ from accelerate import Accelerator
 
 from bclm.data.sequences import PadCollator, WindowDataset, tokenize_episodes
 from bclm.embeddings import attach_for
-from bclm.models import ModelConfig, build_model, count_parameters
+from bclm.models import ModelConfig, build_model
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
-from bclm.trainer.bc import make_optimizer, make_scheduler, train_step
 from bclm.trainer.config import OptimConfig
+from bclm.trainer.step import make_optimizer, make_scheduler, train_step
 
 
 def parse_args() -> argparse.Namespace:
@@ -181,7 +181,7 @@ def main() -> None:
     pad_share = 1 - sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel()
                                                                                for b in batches)
     precision = "bf16 autocast" if args.bf16 else "fp32"
-    print(f"model {args.size} ({count_parameters(model) / 1e6:.2f}M params, vocab {tok.vocab_size}), "
+    print(f"model {args.size} ({model.num_parameters() / 1e6:.2f}M params, vocab {tok.vocab_size}), "
           f"context {args.context_length}, batch {args.batch_size}, {precision}, "
           f"{pad_share:.0%} padding, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}")

@@ -110,8 +110,8 @@ def _exported_model_is_the_live_one(out: Path, live: dict) -> None:
     from transformers import AutoModelForCausalLM
 
     from bclm.policy import Policy
-    from bclm.trainer.bc import validate
     from bclm.trainer.data import prepare_data
+    from bclm.trainer.step import validate
 
     model = AutoModelForCausalLM.from_pretrained(out)                  # no bclm, no remote code
     assert all(p.ndim >= 1 and p.numel() > 0 for p in model.parameters())

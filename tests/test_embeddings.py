@@ -17,8 +17,8 @@ from bclm.data.sequences import WindowDataset, jitter_bins, tokenize_episodes
 from bclm.embeddings import NumberEmbedding, attach_for, cosine_basis
 from bclm.policy import Policy
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
-from bclm.trainer.bc import sized_to_data
 from bclm.trainer.config import OptimConfig
+from bclm.trainer.step import sized_to_data
 
 GOLDEN_POLICY = Path(__file__).parent / "golden" / "policy_v1"
 SPACES = (gym.spaces.Box(-2, 2, (4,), np.float32), gym.spaces.Box(-1, 1, (2,), np.float32))

@@ -12,9 +12,10 @@ from bclm.collect import collect
 from bclm.envs import get_task
 from bclm.errors import BCLMError
 from bclm.policy import POLICY_FILE, Policy
-from bclm.trainer.bc import action_loss, train
+from bclm.trainer.bc import train
 from bclm.trainer.config import TrainRecipe
 from bclm.trainer.rundir import DONE_MARKER, latest_checkpoint
+from bclm.trainer.step import action_loss
 
 ENV = "tests.custom_env:CustomTarget-v0"
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +16,17 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, get_scheduler
+from transformers import PreTrainedModel
 
 from bclm import atomic, failpoints, interrupt
 from bclm import config as cfg
-from bclm.data.sequences import IGNORE_INDEX, PadCollator
+from bclm.data.sequences import PadCollator
 from bclm.embeddings import attach_for
 from bclm.envs import get_task
 from bclm.errors import BCLMError
 from bclm.eval.evaluate import evaluate, evaluate_tasks, write_report
 from bclm.hub.cards import CARD_FILE, policy_card
-from bclm.models import build_model, count_parameters
+from bclm.models import build_model
 from bclm.policy import Policy
 from bclm.tokenizers import BCTokenizer
 from bclm.trainer.best import KeepBest
@@ -51,78 +51,12 @@ from bclm.trainer.rundir import (
     trim_metrics,
     unmark_finished,
 )
+from bclm.trainer.step import make_optimizer, make_scheduler, sized_to_data, summarize_stats, train_step, validate
 
 QUANTIZATION_FILE = "quantization_report.json"
-_PLAIN = OrdinalTargets(0, 1, 0.0)   # plain cross-entropy
 
 
 # --- small steps -------------------------------------------------------------------------------------
-def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_tasks: int = 1,
-                accelerator: Accelerator | None = None, ordinal: OrdinalTargets | None = None,
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Cross-entropy over action tokens (each window's tokens times its task's loss weight, over the number
-    of action tokens), with the counts behind action-token accuracy, per task when `num_tasks` > 1. With
-    `ordinal`, continuous action tokens are scored against HL-Gauss targets instead of one-hot ones.
-
-    Windows share one layout, so the positions that carry labels are (nearly) the same in every row:
-    only those positions go through the LM head (`logits_to_keep`), which saves most of its compute.
-    The collator computes them on the host so that no device sync is needed here; stats stay tensors
-    (converted only when logged) for the same reason. With several processes (`accelerator`), the mean is
-    over the action tokens of the whole global batch, so that the gradient averaged over ranks equals a
-    single process's on the same global batch, however the tokens fall between ranks.
-    """
-    targets = batch["labels"][:, 1:]                                # (B, T-1) next-token targets
-    keep = batch.get("predict_positions")
-    if keep is None:
-        keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
-    logits = out.logits.float()                                     # (B, K, V)
-    chosen = targets[:, keep]                                       # (B, K)
-    token_loss = (ordinal or _PLAIN).token_loss(logits, chosen)    # (B, K), 0 where ignored
-    valid = chosen != IGNORE_INDEX
-    weight = batch.get("loss_weight")
-    weighted = token_loss if weight is None else token_loss * weight.to(token_loss.dtype)[:, None]
-    count = valid.sum().clamp(min=1)
-    if accelerator is not None and accelerator.num_processes > 1:
-        count = accelerator.reduce(valid.sum(), reduction="sum").clamp(min=1) / accelerator.num_processes
-    loss = weighted.sum() / count
-    with torch.no_grad():
-        hits = (logits.argmax(-1) == chosen) & valid
-        stats = {"loss": loss.detach(), "correct": hits.sum(), "action_tokens": valid.sum()}
-        if num_tasks > 1:
-            # Sums per task (the window's task index), so that averages over a logging window stay exact.
-            task = batch["task_index"]
-            for key, per_row in (("task_loss_sum", token_loss.sum(1)), ("task_correct", hits.sum(1)),
-                                 ("task_tokens", valid.sum(1))):
-                stats[key] = torch.zeros(num_tasks, device=task.device).index_add_(0, task, per_row.float())
-    return loss, stats
-
-
-def sized_to_data(optim: OptimConfig, windows: int, processes: int = 1) -> OptimConfig:
-    """`optim` with max_steps set to `epochs` passes over `windows` (capped by max_steps), the warmup at most
-    a tenth of them: a small dataset trains for as long as it needs to, not a fixed number of steps."""
-    if not optim.epochs:
-        return optim
-    per_step = optim.batch_size * optim.grad_accum * processes
-    steps = max(1, min(optim.max_steps, math.ceil(optim.epochs * windows / per_step)))
-    return dataclasses.replace(optim, epochs=0.0, max_steps=steps, warmup_steps=min(optim.warmup_steps, steps // 10))
-
-
-def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig):
-    return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=optim.warmup_steps,
-                         num_training_steps=optim.max_steps,
-                         scheduler_specific_kwargs={"min_lr_rate": optim.min_lr_ratio})
-
-
 def batches(loader: torch.utils.data.DataLoader, accelerator: Accelerator, skip: int = 0,
             sampler: EpochSampler | None = None) -> Iterator[dict]:
     """Endless stream of batches over epochs; the first `skip` batches are passed over (for resume)."""
@@ -164,31 +98,66 @@ def check_output_dir(recipe: TrainRecipe) -> Path:
     return out
 
 
-# --- the loop ----------------------------------------------------------------------------------------
+# --- the run ----------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What a training run carries from its setup through its steps to its export."""
+    out: Path
+    data: Prepared
+    optim: OptimConfig                  # sized to the data
+    model: Any                          # prepared (wrapped by accelerate, compiled when asked)
+    optimizer: Any
+    scheduler: Any
+    loader: torch.utils.data.DataLoader
+    sampler: EpochSampler
+    ordinal: OrdinalTargets | None
+    zero3: bool
+    start: int                          # the optimizer steps already done (resumed from a checkpoint)
+    keeper: KeepBest | None = None
+
+    @property
+    def tokenizer(self) -> BCTokenizer:
+        """The layout (vocabulary, special ids) every task shares."""
+        return self.data.tokenizers[self.data.task_names[0]]
+
+
 def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy:
     """Fit a policy on the recipe's dataset; write it (safetensors + tokenizer + report) to output_dir."""
     out = check_output_dir(recipe)
+    accelerator = accelerator or make_accelerator("bf16" if recipe.train.bf16 else "no", recipe.train.grad_accum,
+                                                  str(out))
+    run = _set_up(recipe, accelerator, out)
+    if accelerator.is_main_process:
+        _announce(recipe, run, accelerator)
+    run.keeper = _keeper(recipe, run.data, out, run.zero3, accelerator)
+    policy = Policy(accelerator.unwrap_model(run.model), run.data.tokenizers, run.data.context_length,
+                    task=run.data.task_names[0], metadata=_policy_metadata(run.data, recipe.data.history))
+    _optimize(recipe, run, policy, accelerator)
+    _restore_best(accelerator, run.model, run.keeper)
+    policy = _export(accelerator, run.model, policy, out, run.zero3)
+    if accelerator.is_main_process:
+        _evaluate_and_card(recipe, run, policy, accelerator)
+    # Every rank returns only once the policy and its report are on disk. The process group stays up
+    # (DAgger trains again in it); `launch.shutdown` ends it when the command is done.
+    accelerator.wait_for_everyone()
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    del run                     # the engine, optimizer state and loader workers go now, not at the caller's
+    policy.model.eval()
+    return policy
+
+
+def _set_up(recipe: TrainRecipe, accelerator: Accelerator, out: Path) -> _Run:
+    """Data, model, optimizer and schedule, prepared by accelerate, resumed from the last checkpoint if any."""
     optim, loop = recipe.train, recipe.loop
-    accelerator = accelerator or make_accelerator("bf16" if optim.bf16 else "no", optim.grad_accum, str(out))
     zero3 = configured_zero_stage(accelerator) == 3
     if zero3 and loop.eval_every:
         raise BCLMError("loop.eval_every needs the whole model in one process, but ZeRO-3 shards it: evaluate "
                         "the exported policy instead (bclm eval --policy OUTPUT_DIR), or use ZeRO-2")
     set_seed(loop.seed)
-    with whole_models():
-        warm_model, warm_tokenizers = initial_model(recipe)
-        data = prepare_data(recipe, warm_tokenizers)
-        failpoints.point("prepared")
-        names = data.task_names
-        tok = data.tokenizers[names[0]]      # the layout (vocabulary, special ids) every task shares
-        model = warm_model or build_model(recipe.model, tok.vocab_size, data.context_length, tok.bos_id,
-                                          tok.eos_id, tok.pad_id)
-        # The task with the most continuous dimensions lays out every number slot (a bin's value relative to
-        # its data, the basis, is a function of the bin index, margin and companding, alike across tasks).
-        widest = max(data.tokenizers.values(), key=lambda t: t.own_number_slots)
-        attach_for(model, widest, recipe.model.number_features, fresh=warm_model is None)
+    model, data = _model_and_data(recipe)
     optim = sized_to_data(optim, len(data.train_set), accelerator.num_processes)
-    ordinal = ordinal_targets(tok, optim.ordinal_sigma)
+    tok = data.tokenizers[data.task_names[0]]
     optimizer = make_optimizer(model, optim)
     scheduler = make_scheduler(optimizer, optim)
     sampler = data.sampler(loop.seed)
@@ -201,77 +170,113 @@ def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy
     check_engine(accelerator, model)
     if optim.compile:
         model = torch.compile(model)
-    start = _maybe_resume(accelerator, out)
-    if accelerator.is_main_process:
-        cfg_dict = cfg.to_dict(recipe)
-        atomic.write_text(out / "recipe.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
-        accelerator.init_trackers("tensorboard", config=_flat_scalars(cfg_dict))
-        accelerator.print(f"launch: {describe_launch(accelerator)}")
-        atomic.write_json(out / QUANTIZATION_FILE, data.quantization, indent=2)
-        accelerator.print(quantization_summary(data.quantization))
-        accelerator.print(f"model: {count_parameters(accelerator.unwrap_model(model)) / 1e6:.2f}M parameters, "
-                          f"vocab {tok.vocab_size}, {len(data.train_set)} windows, {len(names)} task(s), "
-                          f"step_len {sorted({data.tokenizers[n].step_len for n in names})}, context "
-                          f"{data.context_length} tokens; {optim.max_steps} steps of {optim.batch_size} windows")
-    policy = Policy(accelerator.unwrap_model(model), data.tokenizers, data.context_length, task=names[0],
-                    metadata=_policy_metadata(data, recipe.data.history))
+    return _Run(out, data, optim, model, optimizer, scheduler, loader, sampler,
+                ordinal_targets(tok, optim.ordinal_sigma), zero3, start=_maybe_resume(accelerator, out))
+
+
+def _model_and_data(recipe: TrainRecipe) -> tuple[PreTrainedModel, Prepared]:
+    """The tokenized data and the model for its vocabulary: fresh, or warm-started from `init_from`."""
+    with whole_models():
+        warm_model, warm_tokenizers = initial_model(recipe)
+        data = prepare_data(recipe, warm_tokenizers)
+        failpoints.point("prepared")
+        tok = data.tokenizers[data.task_names[0]]
+        model = warm_model or build_model(recipe.model, tok.vocab_size, data.context_length, tok.bos_id,
+                                          tok.eos_id, tok.pad_id)
+        # The task with the most continuous dimensions lays out every number slot (a bin's value relative to
+        # its data, the basis, is a function of the bin index, margin and companding, alike across tasks).
+        widest = max(data.tokenizers.values(), key=lambda t: t.own_number_slots)
+        attach_for(model, widest, recipe.model.number_features, fresh=warm_model is None)
+    return model, data
+
+
+def _announce(recipe: TrainRecipe, run: _Run, accelerator: Accelerator) -> None:
+    """The recipe as run, the tracker, and what is about to be trained (main process)."""
+    cfg_dict = cfg.to_dict(recipe)
+    atomic.write_text(run.out / "recipe.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+    accelerator.init_trackers("tensorboard", config=_flat_scalars(cfg_dict))
+    accelerator.print(f"launch: {describe_launch(accelerator)}")
+    atomic.write_json(run.out / QUANTIZATION_FILE, run.data.quantization, indent=2)
+    accelerator.print(quantization_summary(run.data.quantization))
+    data, tok = run.data, run.tokenizer
+    accelerator.print(f"model: {accelerator.unwrap_model(run.model).num_parameters() / 1e6:.2f}M parameters, "
+                      f"vocab {tok.vocab_size}, {len(data.train_set)} windows, {len(data.task_names)} task(s), "
+                      f"step_len {sorted({t.step_len for t in data.tokenizers.values()})}, context "
+                      f"{data.context_length} tokens; {run.optim.max_steps} steps of {run.optim.batch_size} windows")
+
+
+def _optimize(recipe: TrainRecipe, run: _Run, policy: Policy, accelerator: Accelerator) -> None:
+    """The optimizer steps from `run.start` on, with logging, validation, evaluation and checkpoints as the
+    recipe asks. A SIGTERM finishes the step, writes a checkpoint and stops (KeyboardInterrupt)."""
+    optim, loop, names = run.optim, recipe.loop, run.data.task_names
     digests: list[str] = []
-    stream = _recorded(batches(loader, accelerator, skip=start * optim.grad_accum, sampler=sampler), digests)
-    bar = tqdm(total=optim.max_steps, initial=start, desc="train", disable=not (loop.progress and
-                                                                                 accelerator.is_main_process))
-    metrics_file = out / METRICS_FILE
+    stream = _recorded(batches(run.loader, accelerator, skip=run.start * optim.grad_accum, sampler=run.sampler),
+                       digests)
+    bar = tqdm(total=optim.max_steps, initial=run.start, desc="train",
+               disable=not (loop.progress and accelerator.is_main_process))
+    metrics_file = run.out / METRICS_FILE
     val_every = loop.val_every or max(1, optim.max_steps // 20)
-    keeper = _keeper(recipe, data, out, zero3, accelerator)
-    model.train()
-    t0, tokens_seen, window, window_steps = time.perf_counter(), 0.0, {}, 0
-    with interrupt.deferred() as term:      # SIGTERM: finish the step, write a checkpoint, stop
-        for step in range(start + 1, optim.max_steps + 1):
-            for k, v in train_step(model, optimizer, scheduler, stream, accelerator, optim, len(names),
-                                       ordinal).items():
-                window[k] = window[k] + v if k in window else v
-            window_steps += 1
+    log = _LogWindow(names)
+    run.model.train()
+    with interrupt.deferred() as term:
+        for step in range(run.start + 1, optim.max_steps + 1):
+            log.add(train_step(run.model, run.optimizer, run.scheduler, stream, accelerator, optim, len(names),
+                               run.ordinal))
             failpoints.point("step")
-            if step == start + 1:
-                _write_launch(accelerator, out, digests)
+            if step == run.start + 1:
+                _write_launch(accelerator, run.out, digests)
             if step % loop.log_every == 0 or step == optim.max_steps:
-                window = _across_processes(accelerator, window)
-                tokens_seen += float(window.pop("tokens"))
-                stats = summarize_stats(window, window_steps, names)
-                window, window_steps = {}, 0
-                stats.update(step=step, lr=scheduler.get_last_lr()[0],
-                             tokens_per_s=tokens_seen / max(time.perf_counter() - t0, 1e-9))
+                stats = log.flush(accelerator, step, run.scheduler.get_last_lr()[0])
                 _log(accelerator, stats, metrics_file)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['action_accuracy']:.3f}")
-            if data.val_set is not None and (step % val_every == 0 or step == optim.max_steps):
-                _validate(model, data, accelerator, step, metrics_file, ordinal, keeper)
+            if run.data.val_set is not None and (step % val_every == 0 or step == optim.max_steps):
+                _validate(run.model, run.data, accelerator, step, metrics_file, run.ordinal, run.keeper)
             if loop.eval_every and step % loop.eval_every == 0 and step < optim.max_steps:
-                _evaluate_and_log(policy, data, recipe, step, accelerator, out, metrics_file)
+                _evaluate_and_log(policy, run.data, recipe, step, accelerator, run.out, metrics_file)
             if loop.save_every and step % loop.save_every == 0 and step < optim.max_steps:
-                save_checkpoint(accelerator, out, step, loop.keep_checkpoints)
+                save_checkpoint(accelerator, run.out, step, loop.keep_checkpoints)
             bar.update(1)
             if _preempted(accelerator, term) and step < optim.max_steps:
                 if not (loop.save_every and step % loop.save_every == 0):
-                    save_checkpoint(accelerator, out, step, loop.keep_checkpoints)
+                    save_checkpoint(accelerator, run.out, step, loop.keep_checkpoints)
                 raise KeyboardInterrupt
     bar.close()
-    _restore_best(accelerator, model, keeper)
-    policy = _export(accelerator, model, policy, out, zero3)
-    if accelerator.is_main_process:
-        failpoints.point("exported")
-        _evaluate_and_log(policy, data, recipe, optim.max_steps, accelerator, out, metrics_file, final=True)
-        failpoints.point("evaluated")
-        # A model card with the evaluation, so the directory is ready for the Hub (`bclm push`).
-        policy_card(out).save(out / CARD_FILE)
-        failpoints.point("carded")
-        mark_finished(out, optim.max_steps)
-    # Every rank returns only once the policy and its report are on disk. The process group stays up
-    # (DAgger trains again in it); `launch.shutdown` ends it when the command is done.
-    accelerator.wait_for_everyone()
-    for tracker in accelerator.trackers:
-        tracker.finish()
-    del model, optimizer, scheduler, loader, stream
-    policy.model.eval()
-    return policy
+
+
+class _LogWindow:
+    """`train_step` results summed over the steps since the last log line, and the tokens/s since the start."""
+
+    def __init__(self, task_names: list[str]):
+        self.task_names = task_names
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.tokens = 0.0
+        self.t0 = time.perf_counter()
+
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        for k, v in stats.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.steps += 1
+
+    def flush(self, accelerator: Accelerator, step: int, lr: float) -> dict[str, Any]:
+        """The window's averages over every rank, as logged; the window starts again."""
+        window = _across_processes(accelerator, self.sums)
+        self.tokens += float(window.pop("tokens"))
+        stats = summarize_stats(window, self.steps, self.task_names)
+        self.sums, self.steps = {}, 0
+        stats.update(step=step, lr=lr, tokens_per_s=self.tokens / max(time.perf_counter() - self.t0, 1e-9))
+        return stats
+
+
+def _evaluate_and_card(recipe: TrainRecipe, run: _Run, policy: Policy, accelerator: Accelerator) -> None:
+    """The final evaluation, a model card with it (ready for `bclm push`), and the run marked finished."""
+    failpoints.point("exported")
+    _evaluate_and_log(policy, run.data, recipe, run.optim.max_steps, accelerator, run.out, run.out / METRICS_FILE,
+                      final=True)
+    failpoints.point("evaluated")
+    policy_card(run.out).save(run.out / CARD_FILE)
+    failpoints.point("carded")
+    mark_finished(run.out, run.optim.max_steps)
 
 
 def _export(accelerator: Accelerator, model: torch.nn.Module, policy: Policy, out: Path, zero3: bool) -> Policy:
@@ -287,71 +292,6 @@ def _export(accelerator: Accelerator, model: torch.nn.Module, policy: Policy, ou
         return policy
     with whole_models():
         return Policy.from_pretrained(out, device=accelerator.device)
-
-
-def train_step(model, optimizer, scheduler, stream: Iterator[dict], accelerator: Accelerator,
-               optim: OptimConfig, num_tasks: int = 1, ordinal: OrdinalTargets | None = None,
-               ) -> dict[str, torch.Tensor]:
-    """One optimizer step over `grad_accum` micro-batches; returns tensors (no device sync)."""
-    totals: dict[str, torch.Tensor] = {}
-    for _ in range(optim.grad_accum):
-        batch = next(stream)
-        with accelerator.accumulate(model):
-            with accelerator.autocast():
-                loss, stats = action_loss(model, batch, num_tasks, accelerator, ordinal)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and optim.grad_clip > 0:
-                norm = accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
-                if norm is not None:          # DeepSpeed clips inside its step and reports a float
-                    stats["grad_norm"] = torch.as_tensor(norm, dtype=torch.float32, device=accelerator.device)
-            optimizer.step()
-            if accelerator.sync_gradients:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        stats["loss"] = stats["loss"] / optim.grad_accum
-        stats["tokens"] = batch["attention_mask"].sum()
-        for k, v in stats.items():
-            totals[k] = totals[k] + v if k in totals else v
-    return totals
-
-
-def summarize_stats(totals: dict[str, torch.Tensor], steps: int, task_names: list[str] | None = None,
-                    prefix: str = "") -> dict[str, float]:
-    """Per-step averages of accumulated `train_step` results, as floats for logging; with several tasks
-    also `loss/TASK` (unweighted, per action token) and `action_accuracy/TASK`."""
-    out = {f"{prefix}loss": float(totals["loss"]) / steps,
-           f"{prefix}action_accuracy": float(totals["correct"]) / max(float(totals["action_tokens"]), 1.0)}
-    if "grad_norm" in totals:
-        out["grad_norm"] = float(totals["grad_norm"]) / steps
-    if "task_tokens" in totals:
-        for i, name in enumerate(task_names or []):
-            tokens = float(totals["task_tokens"][i])
-            if tokens:                    # a task with no window in this logging window has no figure
-                out[f"{prefix}loss/{name}"] = float(totals["task_loss_sum"][i]) / tokens
-                out[f"{prefix}action_accuracy/{name}"] = float(totals["task_correct"][i]) / tokens
-    return out
-
-
-@torch.no_grad()
-def validate(model, dataset: torch.utils.data.Dataset, pad_id: int, accelerator: Accelerator,
-             task_names: list[str] | None = None, batch_size: int = 64, ordinal: OrdinalTargets | None = None,
-             ) -> dict[str, float]:
-    """Loss and action accuracy over held-out windows (per task too, with several tasks)."""
-    model.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=PadCollator(pad_id))
-    totals: dict[str, torch.Tensor] = {}
-    for batch in loader:
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.autocast():
-            _, stats = action_loss(model, batch, len(task_names or []), accelerator, ordinal)
-        stats["loss"] = stats["loss"] * stats["action_tokens"]       # token-weighted over batches
-        for k, v in stats.items():
-            totals[k] = totals[k] + v if k in totals else v
-    model.train()
-    tokens = max(float(totals["action_tokens"]), 1.0)
-    out = summarize_stats(totals, 1, task_names, prefix="val_")
-    out["val_loss"] = float(totals["loss"]) / tokens
-    return out
 
 
 def _validate(model, data: Prepared, accelerator: Accelerator, step: int, metrics_file: Path,

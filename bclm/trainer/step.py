@@ -1,0 +1,149 @@
+"""One optimizer step of behavior cloning and its parts: the action-token loss, AdamW and its schedule, the
+training length sized to the data, and validation on held-out windows."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import torch
+from accelerate import Accelerator
+from transformers import get_scheduler
+
+from bclm.data.sequences import IGNORE_INDEX, PadCollator
+from bclm.trainer.config import OptimConfig
+from bclm.trainer.ordinal import OrdinalTargets
+
+_PLAIN = OrdinalTargets(0, 1, 0.0)   # plain cross-entropy
+
+
+def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_tasks: int = 1,
+                accelerator: Accelerator | None = None, ordinal: OrdinalTargets | None = None,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy over action tokens (each window's tokens times its task's loss weight, over the number
+    of action tokens), with the counts behind action-token accuracy, per task when `num_tasks` > 1. With
+    `ordinal`, continuous action tokens are scored against HL-Gauss targets instead of one-hot ones.
+
+    Windows share one layout, so the positions that carry labels are (nearly) the same in every row:
+    only those positions go through the LM head (`logits_to_keep`), which saves most of its compute.
+    The collator computes them on the host so that no device sync is needed here; stats stay tensors
+    (converted only when logged) for the same reason. With several processes (`accelerator`), the mean is
+    over the action tokens of the whole global batch, so that the gradient averaged over ranks equals a
+    single process's on the same global batch, however the tokens fall between ranks.
+    """
+    targets = batch["labels"][:, 1:]                                # (B, T-1) next-token targets
+    keep = batch.get("predict_positions")
+    if keep is None:
+        keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+    logits = out.logits.float()                                     # (B, K, V)
+    chosen = targets[:, keep]                                       # (B, K)
+    token_loss = (ordinal or _PLAIN).token_loss(logits, chosen)    # (B, K), 0 where ignored
+    valid = chosen != IGNORE_INDEX
+    weight = batch.get("loss_weight")
+    weighted = token_loss if weight is None else token_loss * weight.to(token_loss.dtype)[:, None]
+    count = valid.sum().clamp(min=1)
+    if accelerator is not None and accelerator.num_processes > 1:
+        count = accelerator.reduce(valid.sum(), reduction="sum").clamp(min=1) / accelerator.num_processes
+    loss = weighted.sum() / count
+    with torch.no_grad():
+        hits = (logits.argmax(-1) == chosen) & valid
+        stats = {"loss": loss.detach(), "correct": hits.sum(), "action_tokens": valid.sum()}
+        if num_tasks > 1:
+            # Sums per task (the window's task index), so that averages over a logging window stay exact.
+            task = batch["task_index"]
+            for key, per_row in (("task_loss_sum", token_loss.sum(1)), ("task_correct", hits.sum(1)),
+                                 ("task_tokens", valid.sum(1))):
+                stats[key] = torch.zeros(num_tasks, device=task.device).index_add_(0, task, per_row.float())
+    return loss, stats
+
+
+def sized_to_data(optim: OptimConfig, windows: int, processes: int = 1) -> OptimConfig:
+    """`optim` with max_steps set to `epochs` passes over `windows` (capped by max_steps), the warmup at most
+    a tenth of them: a small dataset trains for as long as it needs to, not a fixed number of steps."""
+    if not optim.epochs:
+        return optim
+    per_step = optim.batch_size * optim.grad_accum * processes
+    steps = max(1, min(optim.max_steps, math.ceil(optim.epochs * windows / per_step)))
+    return dataclasses.replace(optim, epochs=0.0, max_steps=steps, warmup_steps=min(optim.warmup_steps, steps // 10))
+
+
+def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig):
+    return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=optim.warmup_steps,
+                         num_training_steps=optim.max_steps,
+                         scheduler_specific_kwargs={"min_lr_rate": optim.min_lr_ratio})
+
+
+def train_step(model, optimizer, scheduler, stream: Iterator[dict], accelerator: Accelerator,
+               optim: OptimConfig, num_tasks: int = 1, ordinal: OrdinalTargets | None = None,
+               ) -> dict[str, torch.Tensor]:
+    """One optimizer step over `grad_accum` micro-batches; returns tensors (no device sync)."""
+    totals: dict[str, torch.Tensor] = {}
+    for _ in range(optim.grad_accum):
+        batch = next(stream)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss, stats = action_loss(model, batch, num_tasks, accelerator, ordinal)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and optim.grad_clip > 0:
+                norm = accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
+                if norm is not None:          # DeepSpeed clips inside its step and reports a float
+                    stats["grad_norm"] = torch.as_tensor(norm, dtype=torch.float32, device=accelerator.device)
+            optimizer.step()
+            if accelerator.sync_gradients:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        stats["loss"] = stats["loss"] / optim.grad_accum
+        stats["tokens"] = batch["attention_mask"].sum()
+        for k, v in stats.items():
+            totals[k] = totals[k] + v if k in totals else v
+    return totals
+
+
+def summarize_stats(totals: dict[str, torch.Tensor], steps: int, task_names: list[str] | None = None,
+                    prefix: str = "") -> dict[str, float]:
+    """Per-step averages of accumulated `train_step` results, as floats for logging; with several tasks
+    also `loss/TASK` (unweighted, per action token) and `action_accuracy/TASK`."""
+    out = {f"{prefix}loss": float(totals["loss"]) / steps,
+           f"{prefix}action_accuracy": float(totals["correct"]) / max(float(totals["action_tokens"]), 1.0)}
+    if "grad_norm" in totals:
+        out["grad_norm"] = float(totals["grad_norm"]) / steps
+    if "task_tokens" in totals:
+        for i, name in enumerate(task_names or []):
+            tokens = float(totals["task_tokens"][i])
+            if tokens:                    # a task with no window in this logging window has no figure
+                out[f"{prefix}loss/{name}"] = float(totals["task_loss_sum"][i]) / tokens
+                out[f"{prefix}action_accuracy/{name}"] = float(totals["task_correct"][i]) / tokens
+    return out
+
+
+@torch.no_grad()
+def validate(model, dataset: torch.utils.data.Dataset, pad_id: int, accelerator: Accelerator,
+             task_names: list[str] | None = None, batch_size: int = 64, ordinal: OrdinalTargets | None = None,
+             ) -> dict[str, float]:
+    """Loss and action accuracy over held-out windows (per task too, with several tasks)."""
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=PadCollator(pad_id))
+    totals: dict[str, torch.Tensor] = {}
+    for batch in loader:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            _, stats = action_loss(model, batch, len(task_names or []), accelerator, ordinal)
+        stats["loss"] = stats["loss"] * stats["action_tokens"]       # token-weighted over batches
+        for k, v in stats.items():
+            totals[k] = totals[k] + v if k in totals else v
+    model.train()
+    tokens = max(float(totals["action_tokens"]), 1.0)
+    out = summarize_stats(totals, 1, task_names, prefix="val_")
+    out["val_loss"] = float(totals["loss"]) / tokens
+    return out
