@@ -11,6 +11,8 @@ only the valid tokens of that action dimension be produced, so every action deco
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from contextlib import nullcontext
 from pathlib import Path
@@ -177,6 +179,17 @@ def _batch_size(tokenizer: BCTokenizer, observations: Any) -> int:
     return len(next(iter(leaves.values())))
 
 
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name of a model's KV-cache argument: `cache` since transformers 5.24 (where `past_key_values` warns
+    at every call and goes in 5.40); `past_key_values` in older releases and architectures not yet moved."""
+    return _cache_argument(type(model))
+
+
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 class ActSession:
     """Decoding state for one batch of envs: token histories, the shared KV cache and its per-row mask."""
 
@@ -321,8 +334,8 @@ class ActSession:
             self.cache = DynamicCache(config=self.policy.model.config)
         out = self.policy.model(
             input_ids=torch.from_numpy(ids).to(device), attention_mask=self.cache_mask,
-            position_ids=torch.from_numpy(positions).to(device), past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+            position_ids=torch.from_numpy(positions).to(device), use_cache=True,
+            **{cache_argument(self.policy.model): self.cache})             # the cache grows in place
         return out.logits[:, -1, :].float()
 
     def _recompute(self, step_head: np.ndarray, partial: list[np.ndarray]) -> torch.Tensor:

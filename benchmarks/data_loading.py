@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from bclm.data.sequences import PadCollator, WindowDataset, tokenize_episodes
+from bclm.data.collate import PadCollator
+from bclm.data.sequences import WindowDataset, tokenize_episodes
 from bclm.models import ModelConfig, build_model
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
 from bclm.trainer.config import OptimConfig

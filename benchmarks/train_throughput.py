@@ -45,7 +45,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from bclm.data.sequences import PadCollator, WindowDataset, tokenize_episodes
+from bclm.data.collate import PadCollator
+from bclm.data.sequences import WindowDataset, tokenize_episodes
 from bclm.embeddings import attach_for
 from bclm.models import ModelConfig, build_model
 from bclm.tokenizers import BCTokenizer, TokenizerConfig

@@ -8,7 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from bclm.data.sequences import IGNORE_INDEX, PadCollator, WindowDataset, tokenize_episodes, window_index
+from bclm.data.collate import PadCollator
+from bclm.data.sequences import IGNORE_INDEX, WindowDataset, tokenize_episodes, window_index
 from bclm.data.store import EpisodeRecord, TrajectoryStore
 from bclm.errors import BCLMError
 from bclm.tokenizers import BCTokenizer, TokenizerConfig, leaf_arrays

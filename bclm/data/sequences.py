@@ -250,30 +250,3 @@ def jitter_bins(tokenizer: BCTokenizer, steps: np.ndarray, fraction: float) -> n
         gap = float(np.median(np.diff(values))) if len(values) > 1 else 1.0
         out[pos] = amplitude if gap <= 1 else min(amplitude, int((gap - 1) // 2))
     return out
-
-
-class PadCollator:
-    """Right-pads a batch to its longest window; padding is masked out and carries no loss."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        length = max(len(it["input_ids"]) for it in items)
-        batch = len(items)
-        input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
-        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((batch, length), dtype=torch.long)
-        for b, it in enumerate(items):
-            n = len(it["input_ids"])
-            input_ids[b, :n] = it["input_ids"]
-            labels[b, :n] = it["labels"]
-            attention_mask[b, :n] = 1
-        # Positions whose next token carries a label: only these need logits (computed here, on the host).
-        predict_positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-        batch_out = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
-                     "predict_positions": predict_positions}
-        for key in ("task_index", "loss_weight"):
-            if key in items[0]:
-                batch_out[key] = torch.stack([it[key] for it in items])
-        return batch_out

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 
 from bclm import atomic, failpoints, interrupt
 from bclm import config as cfg
-from bclm.data.sequences import PadCollator
+from bclm.data.collate import PackCollator, PadCollator
 from bclm.embeddings import attach_for
 from bclm.envs import get_task
 from bclm.errors import BCLMError
@@ -161,10 +161,10 @@ def _set_up(recipe: TrainRecipe, accelerator: Accelerator, out: Path) -> _Run:
     optimizer = make_optimizer(model, optim)
     scheduler = make_scheduler(optimizer, optim)
     sampler = data.sampler(loop.seed)
+    collate = PackCollator(tok.pad_id, data.context_length) if optim.packing else PadCollator(tok.pad_id)
     loader = torch.utils.data.DataLoader(
         data.train_set, batch_size=optim.batch_size, sampler=sampler,
-        drop_last=len(data.train_set) > optim.batch_size, collate_fn=PadCollator(tok.pad_id),
-        num_workers=loop.num_workers)
+        drop_last=len(data.train_set) > optim.batch_size, collate_fn=collate, num_workers=loop.num_workers)
     align_deepspeed(accelerator, optim.grad_clip, optim.grad_accum)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     check_engine(accelerator, model)

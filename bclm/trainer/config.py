@@ -33,6 +33,10 @@ class OptimConfig:
     grad_clip: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
     bf16: bool = option(False, "bf16 autocast (CPUs with avx512_bf16 and recent GPUs).")
     compile: bool = option(False, "torch.compile the model (faster steps after a warm-up compile).")
+    packing: bool = option(
+        True, "Pack a batch's windows end to end into rows of the context's length, with no attention across "
+              "windows, instead of padding each to the longest: the same loss on fewer tokens where window "
+              "lengths differ (mixtures of tasks, episode starts).")
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum"):

@@ -11,7 +11,8 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from bclm.data.sequences import IGNORE_INDEX, PadCollator
+from bclm.data.collate import PadCollator
+from bclm.data.sequences import IGNORE_INDEX
 from bclm.trainer.config import OptimConfig
 from bclm.trainer.ordinal import OrdinalTargets
 
@@ -25,7 +26,7 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_task
     of action tokens), with the counts behind action-token accuracy, per task when `num_tasks` > 1. With
     `ordinal`, continuous action tokens are scored against HL-Gauss targets instead of one-hot ones.
 
-    Windows share one layout, so the positions that carry labels are (nearly) the same in every row:
+    Padded windows share one layout, so the positions that carry labels are (nearly) the same in every row:
     only those positions go through the LM head (`logits_to_keep`), which saves most of its compute.
     The collator computes them on the host so that no device sync is needed here; stats stay tensors
     (converted only when logged) for the same reason. With several processes (`accelerator`), the mean is
@@ -36,13 +37,16 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_task
     keep = batch.get("predict_positions")
     if keep is None:
         keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+    # A packed batch has position ids and no attention mask; a padded one the opposite (see bclm.data.collate).
+    # No KV cache: training needs none, and transformers reads packed rows from the position ids only without one.
+    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                position_ids=batch.get("position_ids"), logits_to_keep=keep, use_cache=False)
     logits = out.logits.float()                                     # (B, K, V)
     chosen = targets[:, keep]                                       # (B, K)
     token_loss = (ordinal or _PLAIN).token_loss(logits, chosen)    # (B, K), 0 where ignored
     valid = chosen != IGNORE_INDEX
     weight = batch.get("loss_weight")
-    weighted = token_loss if weight is None else token_loss * weight.to(token_loss.dtype)[:, None]
+    weighted = token_loss if weight is None else token_loss * _per_target(weight, keep, chosen).to(token_loss.dtype)
     count = valid.sum().clamp(min=1)
     if accelerator is not None and accelerator.num_processes > 1:
         count = accelerator.reduce(valid.sum(), reduction="sum").clamp(min=1) / accelerator.num_processes
@@ -52,11 +56,16 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_task
         stats = {"loss": loss.detach(), "correct": hits.sum(), "action_tokens": valid.sum()}
         if num_tasks > 1:
             # Sums per task (the window's task index), so that averages over a logging window stay exact.
-            task = batch["task_index"]
-            for key, per_row in (("task_loss_sum", token_loss.sum(1)), ("task_correct", hits.sum(1)),
-                                 ("task_tokens", valid.sum(1))):
-                stats[key] = torch.zeros(num_tasks, device=task.device).index_add_(0, task, per_row.float())
+            task = _per_target(batch["task_index"], keep, chosen).flatten()
+            for key, per_token in (("task_loss_sum", token_loss), ("task_correct", hits), ("task_tokens", valid)):
+                stats[key] = torch.zeros(num_tasks, device=task.device).index_add_(0, task, per_token.flatten().float())
     return loss, stats
+
+
+def _per_target(values: torch.Tensor, keep: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """(B, K) a per-window field at each kept target: given per window (B,) in a padded batch, per token
+    (B, T) in a packed one, where the target at position p + 1 belongs to the window of token p + 1."""
+    return values[:, 1:][:, keep] if values.dim() == 2 else values[:, None].expand_as(chosen)
 
 
 def sized_to_data(optim: OptimConfig, windows: int, processes: int = 1) -> OptimConfig:
@@ -104,7 +113,7 @@ def train_step(model, optimizer, scheduler, stream: Iterator[dict], accelerator:
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         stats["loss"] = stats["loss"] / optim.grad_accum
-        stats["tokens"] = batch["attention_mask"].sum()
+        stats["tokens"] = batch["real_tokens"]
         for k, v in stats.items():
             totals[k] = totals[k] + v if k in totals else v
     return totals

@@ -1,0 +1,96 @@
+"""Batches of training windows, two ways: padded (one window per row, padding masked) or packed (windows end to
+end in rows of the context's length, no attention across windows). Both give the loss the same tokens.
+
+Packing: transformers reads where `position_ids` restart as sequence boundaries when no attention mask is
+given (a block-diagonal causal mask under SDPA and eager attention, varlen kernels under flash attention).
+Its `DataCollatorWithFlattening` packs a whole batch into one row, whose attention under SDPA (a dense mask)
+costs the batch size squared times a window's; rows of the context's length keep it at a padded batch's,
+hence the first-fit packing here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bclm.data.sequences import IGNORE_INDEX
+
+PER_WINDOW = ("task_index", "loss_weight")      # per-window fields, per token once windows share a row
+
+
+class PadCollator:
+    """Right-pads a batch to its longest window; padding is masked out and carries no loss."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        length = max(len(it["input_ids"]) for it in items)
+        batch = len(items)
+        input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
+        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        for b, it in enumerate(items):
+            n = len(it["input_ids"])
+            input_ids[b, :n] = it["input_ids"]
+            labels[b, :n] = it["labels"]
+            attention_mask[b, :n] = 1
+        # Positions whose next token carries a label: only these need logits (computed here, on the host).
+        predict_positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+        batch_out = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+                     "predict_positions": predict_positions, "real_tokens": attention_mask.sum()}
+        for key in PER_WINDOW:
+            if key in items[0]:
+                batch_out[key] = torch.stack([it[key] for it in items])
+        return batch_out
+
+
+class PackCollator:
+    """Packs a batch's windows into rows of at most `row_length` tokens (first fit, longest first), each window
+    with its own position ids from 0. A row's tail is filler: pad tokens with positions of their own (a
+    sequence of their own to the attention) and no labels. A window's first token is never a target, so no
+    window is trained on predicting the next one's start. `task_index` and `loss_weight` become per token."""
+
+    def __init__(self, pad_id: int, row_length: int):
+        self.pad_id = pad_id
+        self.row_length = row_length
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        rows = first_fit([len(it["input_ids"]) for it in items], self.row_length)
+        length = max(sum(len(items[i]["input_ids"]) for i in row) for row in rows)
+        shape = (len(rows), length)
+        out = {"input_ids": torch.full(shape, self.pad_id, dtype=torch.long),
+               "labels": torch.full(shape, IGNORE_INDEX, dtype=torch.long),
+               "position_ids": torch.arange(length).repeat(len(rows), 1)}
+        fields = [k for k in PER_WINDOW if k in items[0]]
+        for key in fields:
+            out[key] = torch.zeros(shape, dtype=items[0][key].dtype)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                n = len(items[i]["input_ids"])
+                out["input_ids"][r, at:at + n] = items[i]["input_ids"]
+                out["labels"][r, at + 1:at + n] = items[i]["labels"][1:]
+                out["position_ids"][r, at:at + n] = torch.arange(n)
+                for key in fields:
+                    out[key][r, at:at + n] = items[i][key]
+                at += n
+            out["position_ids"][r, at:] = torch.arange(length - at)
+        out["predict_positions"] = (out["labels"][:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+        out["real_tokens"] = torch.tensor(sum(len(it["input_ids"]) for it in items))
+        return out
+
+
+def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of `lengths` in rows whose sums stay within `capacity` (longer items alone in a row), placed
+    longest first into the first row with room (first-fit decreasing: within 11/9 of the fewest rows, plus one)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        r = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if r is None:
+            rows.append([])
+            room.append(capacity)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= lengths[i]
+    return rows
