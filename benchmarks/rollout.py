@@ -61,6 +61,7 @@ def parse_args() -> argparse.Namespace:
     # waiting for each other at every op can cost far more than the second core brings: try 1.
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where the policy runs")
     p.add_argument("--quick", action="store_true", help="tiny settings, only to check that the script runs")
     args = p.parse_args()
     if args.quick:
@@ -153,6 +154,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = build_policy(args.env, args.num_envs, args.context_steps, args.size, args.seed)
+    policy.model.to(args.device)
     venv = make_vector_env(get_task(args.env), args.num_envs)
     tok = policy.tokenizer
     print(f"env {args.env}, {args.num_envs} envs, model {args.size} "
