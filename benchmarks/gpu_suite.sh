@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_suite.sh --dry-run            # each step at toy size on CPU: the script is known to work
 #   bash benchmarks/gpu_suite.sh [--dry-run] FILE     # results into FILE (default $OUT/gpu_suite.md, else ./)
 #
-# Steps: MFU of bclm's training step (~100M model, bf16) against the bare loop; decode env-steps/s at 64 envs
+# Steps: MFU of bclm's training step (~100M model, bf16) against the bare loop; fused AdamW; decode env-steps/s at 64 envs
 # (KV-batched against one-at-a-time; compiled decoding is not built yet); MT10 evaluation env-steps/s against
 # env-only stepping; one bf16 DeepSpeed ZeRO-2 training run; one MT10 DAgger round at small budgets.
 set -uo pipefail
@@ -51,6 +51,7 @@ step() {
 
 if [ $DRY = 1 ]; then
   step "MFU: bclm train_step vs the bare loop" 120 python benchmarks/mfu.py --quick
+  step "AdamW step: fused vs foreach" 60 python benchmarks/optimizer.py --quick
   step "Decode: env-steps/s, KV-batched vs one at a time" 120 \
     python benchmarks/rollout.py --quick --modes kv-batched one-at-a-time
   step "MT10 evaluation: env-steps/s" 180 python benchmarks/eval_speed.py --quick
@@ -59,6 +60,7 @@ if [ $DRY = 1 ]; then
                --eval.episodes 1)
 else
   step "MFU: bclm train_step vs the bare loop" 120 python benchmarks/mfu.py
+  step "AdamW step: fused vs foreach" 40 python benchmarks/optimizer.py --sizes base large
   step "Decode: env-steps/s, KV-batched vs one at a time" 90 \
     python benchmarks/rollout.py --num-envs 64 --size base --modes kv-batched one-at-a-time
   step "MT10 evaluation: env-steps/s" 90 python benchmarks/eval_speed.py --tasks "$MT10" --num-envs 50 --rounds 2

@@ -61,14 +61,21 @@ def test_packed_batch_trains_exactly_as_the_padded_one(attn):
 def test_windows_in_one_row_do_not_see_each_other(attn):
     """Changing one window's tokens leaves the loss of the window packed after it unchanged."""
     model = _model(attn).eval()
-    items = _windows([10, 10])
+    items = _windows([10, 6])
     items[0]["labels"][:] = IGNORE_INDEX                  # only the second window is scored
     collate = PackCollator(PAD, row_length=32)
-    assert collate(items)["position_ids"].tolist() == [list(range(10)) * 2]
+    assert collate(items)["position_ids"].tolist() == [list(range(10)) + list(range(6))]
     before, _ = action_loss(model, collate(items))
     items[0]["input_ids"] = torch.randint(1, 40, (10,))
     after, _ = action_loss(model, collate(items))
     torch.testing.assert_close(after, before, rtol=1e-6, atol=1e-6)
+
+
+def test_batches_that_packing_hardly_shrinks_stay_padded():
+    alike = _windows([30, 28, 29, 30])        # rows of 64: two per row, as many tokens as padded
+    assert torch.equal(PackCollator(PAD, row_length=64)(alike)["input_ids"], PadCollator(PAD)(alike)["input_ids"])
+    varied = _windows([30, 8, 29, 6])         # rows of 32: 30 | 29 | 8 + 6, a quarter fewer tokens
+    assert PackCollator(PAD, row_length=32)(varied)["input_ids"].shape == (3, 30)
 
 
 def test_first_fit_places_every_window_once_within_the_row_length():

@@ -48,15 +48,24 @@ class PackCollator:
     """Packs a batch's windows into rows of at most `row_length` tokens (first fit, longest first), each window
     with its own position ids from 0. A row's tail is filler: pad tokens with positions of their own (a
     sequence of their own to the attention) and no labels. A window's first token is never a target, so no
-    window is trained on predicting the next one's start. `task_index` and `loss_weight` become per token."""
+    window is trained on predicting the next one's start. `task_index` and `loss_weight` become per token.
+    A batch that packing would shrink by less than `MIN_SAVING` is padded instead."""
+
+    MIN_SAVING = 0.1        # pack only when it saves this share of the padded batch's tokens
 
     def __init__(self, pad_id: int, row_length: int):
         self.pad_id = pad_id
         self.row_length = row_length
+        self.padded = PadCollator(pad_id)
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        rows = first_fit([len(it["input_ids"]) for it in items], self.row_length)
-        length = max(sum(len(items[i]["input_ids"]) for i in row) for row in rows)
+        lengths = [len(it["input_ids"]) for it in items]
+        rows = first_fit(lengths, self.row_length)
+        length = max(sum(lengths[i] for i in row) for row in rows)
+        # Packed rows cost a few percent more per token than padded ones (a block mask built per batch,
+        # benchmarks/packing.py): where windows hardly differ in length, the padded batch is the faster one.
+        if len(rows) * length > (1 - self.MIN_SAVING) * len(items) * max(lengths):
+            return self.padded(items)
         shape = (len(rows), length)
         out = {"input_ids": torch.full(shape, self.pad_id, dtype=torch.long),
                "labels": torch.full(shape, IGNORE_INDEX, dtype=torch.long),
