@@ -171,17 +171,25 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--expert", default="", help="Expert for the mistake rate (default: the task's, if any).")
     p.add_argument("--sample", action="store_true", help="Sample actions instead of greedy decoding.")
     p.add_argument("--async-envs", action="store_true", help="Step the envs in worker processes (Meta-World).")
+    p.add_argument("--env-workers", type=int, default=0, help="With --async-envs, the worker processes the envs "
+                                                              "are spread over (0 = one per core).")
     p.add_argument("--output", default="", help="Write the JSON report here.")
+    p.add_argument("--video", type=int, default=0, help="Record the first N episodes of each task as MP4 (GIF "
+                                                        "without imageio-ffmpeg) into videos/ next to --output.")
     args = p.parse_args(argv)
     from bclm.envs import get_task
     from bclm.eval.evaluate import EvalConfig, evaluate, evaluate_tasks, write_report
     from bclm.policy import Policy
 
+    if args.video and not args.output:
+        raise BCLMError(f"--video {args.video} needs --output REPORT.json: the videos go to videos/ next to it")
     if args.output:
         atomic.check_writable(args.output, "--output")      # before the evaluation, not after it
+    video_dir = Path(args.output).parent / "videos" if args.video else None
     policy = Policy.from_pretrained(args.policy, revision=args.revision)
     config = EvalConfig(episodes=args.episodes, num_envs=args.num_envs, seed=args.seed, expert=args.expert,
-                        greedy=not args.sample, async_envs=args.async_envs)
+                        greedy=not args.sample, async_envs=args.async_envs, env_workers=args.env_workers,
+                        video=args.video)
     envs = policy.metadata.get("envs") or {}
     if args.task:
         policy = policy.for_task(args.task)
@@ -189,10 +197,10 @@ def _eval(argv: list[str]) -> int:
         raise BCLMError(f"--env {args.env} on a multi-task policy needs --task (one of {policy.tasks}): the task "
                         "picks the prompt and the action space")
     if envs and not args.task:
-        report = evaluate_tasks(policy, envs, config, progress=True)
+        report = evaluate_tasks(policy, envs, config, progress=True, video_dir=video_dir)
     else:
         task = get_task(args.env or envs.get(policy.task) or policy.metadata.get("env") or policy.task)
-        report = evaluate(policy, task, config, progress=True)
+        report = evaluate(policy, task, config, progress=True, video_dir=video_dir)
     if args.output:
         write_report(report, args.output)
     print(report_table(report, policy.task))

@@ -1,14 +1,18 @@
-"""Evaluation speed on Meta-World: envs stepped in the main process vs in worker processes.
+"""Evaluation speed on Meta-World: envs stepped in the main process, one worker process per env, or spread
+over one worker process per core (several envs each), against stepping the envs alone (the ceiling).
 
 A Meta-World step (MuJoCo physics plus the reward's geometry) costs about as much as the policy's share of
-a batched step, so with `eval.async_envs` (gymnasium's AsyncVectorEnv) the envs step in parallel, on
-spare cores, while the report stays the same (asserted here, and by tests/test_metaworld.py).
+a batched step, so with `eval.async_envs` the envs step in parallel, on spare cores, while the report stays
+the same (asserted here, and by tests/test_metaworld.py). gymnasium's AsyncVectorEnv gives each env a
+process; `eval.env_workers` spreads them over fewer (`bclm.envs.workers`), one round trip per worker.
 
-Both modes run `bclm.eval.evaluate` with the same policy ("small" Llama with random weights: speed does
-not depend on what it learned) on the same seeds, with episodes cut at `--horizon` steps so that both
-do the same work; modes alternate (A B A B ...) and each one's median over rounds is reported.
+The modes run `bclm.eval.evaluate` with the same policy ("small" Llama with random weights: speed does
+not depend on what it learned) on the same seeds, with episodes cut at `--horizon` steps so that all
+do the same work; modes alternate (A B C A B C ...) and each one's median over rounds is reported. "env
+only" steps the same envs with random actions and no policy, in-process and spread over the workers.
 
     python benchmarks/eval_speed.py            # reach/push/pick-place, 20 envs, 100-step episodes
+    python benchmarks/eval_speed.py --tasks reach-v3,push-v3,...   # MT10: the ten names, comma-separated
     python benchmarks/eval_speed.py --quick    # seconds, to check the script runs
 """
 
@@ -25,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # see train_throughput.py
 import numpy as np
 import torch
 
-from bclm.envs import get_task, make_env
+from bclm.envs import get_task, make_env, make_vector_env
 from bclm.eval.evaluate import EvalConfig, evaluate
 from bclm.models import ModelConfig, build_model
 from bclm.policy import Policy
@@ -72,32 +76,52 @@ def main() -> None:
           f"mode), model {args.size} ({policies[0].model.num_parameters() / 1e6:.2f}M), policy on "
           f"{policies[0].device}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
 
-    def run(async_envs: bool) -> tuple[float, list]:
-        cfg = EvalConfig(episodes=episodes, num_envs=args.num_envs, async_envs=async_envs)
+    def run(async_envs: bool, workers: int) -> tuple[float, list]:
+        cfg = EvalConfig(episodes=episodes, num_envs=args.num_envs, async_envs=async_envs, env_workers=workers)
         start = time.perf_counter()
         reports = [evaluate(policy, task, cfg) for policy, task in zip(policies, tasks)]
         return env_steps / (time.perf_counter() - start), reports
 
-    modes = {"in-process (SyncVectorEnv)": False, "worker processes (async_envs)": True}
+    modes = {"in-process (SyncVectorEnv)": (False, 0), "a process per env (AsyncVectorEnv)": (True, args.num_envs),
+             f"one process per core ({os.cpu_count()}), envs spread": (True, 0)}
     rates: dict[str, list[float]] = {m: [] for m in modes}
     reports = {}
     for r in range(args.rounds):
-        for mode, flag in modes.items():
-            rate, reports[mode] = run(flag)
+        for mode, (flag, workers) in modes.items():
+            rate, reports[mode] = run(flag, workers)
             rates[mode].append(rate)
         print(f"  round {r + 1}: " + ", ".join(f"{m} {v[-1]:,.0f} env-steps/s" for m, v in rates.items()),
               flush=True)
-    same = reports["in-process (SyncVectorEnv)"] == reports["worker processes (async_envs)"]
+    alone = {f"env only, {m}": env_only(tasks, args.num_envs, args.horizon, flag, workers)
+             for m, (flag, workers) in modes.items() if workers != args.num_envs}
+    same = all(rep == reports["in-process (SyncVectorEnv)"] for rep in reports.values())
     base = statistics.median(rates["in-process (SyncVectorEnv)"])
     print()
     print("| envs | median env-steps/s | vs in-process |")
     print("|---|---:|---:|")
     for mode, v in rates.items():
         print(f"| {mode} | {statistics.median(v):,.0f} | {statistics.median(v) / base:.2f}x |")
+    for mode, rate in alone.items():
+        print(f"| {mode} | {rate:,.0f} | {rate / base:.2f}x |")
     print(f"\nreports identical: {same}")
     if not same:
-        raise SystemExit("the two modes gave different reports")
+        raise SystemExit("the modes gave different reports")
 
+
+def env_only(tasks: list, num_envs: int, horizon: int, asynchronous: bool, workers: int) -> float:
+    """env-steps/s of the tasks' vector envs stepped with random actions, no policy: what evaluation tends to."""
+    steps, seconds = 0, 0.0
+    for task in tasks:
+        env = make_vector_env(task, num_envs, asynchronous, workers)
+        env.action_space.seed(0)
+        start = time.perf_counter()          # from the reset: building the envs is not stepping them
+        env.reset(seed=list(range(num_envs)))
+        for _ in range(horizon):
+            env.step(env.action_space.sample())
+        seconds += time.perf_counter() - start
+        steps += num_envs * horizon
+        env.close()
+    return steps / seconds
 
 if __name__ == "__main__":
     main()

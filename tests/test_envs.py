@@ -207,6 +207,38 @@ def test_vector_env_same_step_autoreset(asynchronous: bool) -> None:
         envs.close()
 
 
+def test_envs_spread_over_workers_step_as_one_sync_vector_env() -> None:
+    """5 CartPole envs in 2 worker processes: observations, rewards, ends and infos (the finished episodes'
+    final_obs / final_info included) equal a SyncVectorEnv's over 300 steps with many autoresets."""
+    task = get_task("CartPole-v1")
+    sync, spread = make_vector_env(task, 5), make_vector_env(task, 5, asynchronous=True, workers=2)
+    assert type(spread).__name__ == "WorkerVectorEnv" and spread.shares == [[0, 1, 2], [3, 4]]
+    try:
+        for a, b in zip(sync.reset(seed=[3, 4, 5, 6, 7]), spread.reset(seed=[3, 4, 5, 6, 7])):
+            assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a.keys() == b.keys()
+        sync.action_space.seed(0)
+        ends = 0
+        for _ in range(300):
+            actions = sync.action_space.sample()
+            *arrays_a, info_a = sync.step(actions)
+            *arrays_b, info_b = spread.step(actions)
+            assert all(np.array_equal(x, y) for x, y in zip(arrays_a, arrays_b))
+            assert info_a.keys() == info_b.keys()
+            if "final_obs" in info_a:
+                ends += int(info_a["_final_obs"].sum())
+                assert np.array_equal(info_a["_final_obs"], info_b["_final_obs"])
+                assert all(np.array_equal(x, y) for x, y in zip(info_a["final_obs"], info_b["final_obs"])
+                           if x is not None)
+        assert ends > 10
+        with pytest.raises(AssertionError):       # a worker's error reaches the caller, with its type
+            spread.step(np.array([0, 1, 7, 0, 1]))
+    finally:
+        sync.close()
+        spread.close()
+
+
 def test_make_vector_env_rejects_bad_num_envs() -> None:
     with pytest.raises(BCLMError, match="num_envs"):
         make_vector_env(get_task("CartPole-v1"), 0)
+    with pytest.raises(BCLMError, match="env_workers -1"):
+        make_vector_env(get_task("CartPole-v1"), 2, asynchronous=True, workers=-1)

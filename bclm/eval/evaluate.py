@@ -13,6 +13,7 @@ from bclm.envs import TaskSpec, get_task, load_expert, make_env
 from bclm.errors import BCLMError
 from bclm.policy import Policy
 from bclm.rollout import ExpertActor, action_mismatch, run_episodes, summarize
+from bclm.rollout.video import EpisodeFilm
 
 
 @dataclass
@@ -23,8 +24,13 @@ class EvalConfig:
     seed: int = option(10_000, "Seed of the first env; env i uses seed + i (kept apart from collection seeds).")
     expert: str = option("", "Expert for the mistake rate ('module:callable' or builtin name; '' = the task's).")
     async_envs: bool = option(
-        False, "Step the envs in worker processes (gymnasium AsyncVectorEnv): faster where an env step costs "
-               "more than the policy's share of it (Meta-World) and cores are spare; same results.")
+        False, "Step the envs in worker processes: faster where an env step costs more than the policy's share "
+               "of it (Meta-World) and cores are spare; same results.")
+    env_workers: int = option(0, "With async_envs, the worker processes the envs are spread over, several per "
+                                 "process (0 = one per core, at most one per env).")
+    video: int = option(0, "Record the first N episodes of each task (env 0's) as MP4, GIF without imageio-ffmpeg "
+                           "(the video extra), into videos/ next to the report; training records its final "
+                           "evaluation, and the model card shows them.")
     greedy: bool = option(True, "Greedy decoding; false samples with `temperature`.")
     temperature: float = option(1.0, "Sampling temperature when greedy is false.")
     mistake_tolerance: float = option(
@@ -34,6 +40,10 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.num_envs < 1:
             raise BCLMError(f"eval.episodes and eval.num_envs must be >= 1, got {self.episodes}, {self.num_envs}")
+        if self.env_workers < 0:
+            raise BCLMError(f"eval.env_workers must be >= 0 (0 = one per core), got {self.env_workers}")
+        if self.video < 0:
+            raise BCLMError(f"eval.video must be >= 0 (episodes recorded per task), got {self.video}")
 
 
 def check_env(policy: Policy, task: TaskSpec) -> int | None:
@@ -46,8 +56,11 @@ def check_env(policy: Policy, task: TaskSpec) -> int | None:
         env.close()
 
 
-def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool = False) -> dict[str, Any]:
-    """Success, return, length, and (with an expert) mistakes over `config.episodes` seeded episodes."""
+def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool = False,
+             video_dir: Path | None = None) -> dict[str, Any]:
+    """Success, return, length, and (with an expert) mistakes over `config.episodes` seeded episodes; with
+    `config.video` and a `video_dir`, the first episodes as videos there (`report["videos"]`, paths relative
+    to the directory above it, where the report goes)."""
     horizon = check_env(policy, task)
     expert_ref = config.expert or (task.expert or "")
     space = policy.tokenizer.action_space
@@ -56,30 +69,35 @@ def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool 
     num_envs = max(1, min(config.num_envs, config.episodes))
     session = policy.new_session(num_envs, greedy=config.greedy, temperature=config.temperature,
                                  seed=config.seed)
+    film = EpisodeFilm(config.video, task.name) if config.video and video_dir is not None else None
     was_training = policy.model.training
     policy.model.eval()
     try:
         result = run_episodes(task, session, config.episodes, num_envs=num_envs, seed=config.seed,
                               expert=expert, differ=partial(action_mismatch, space,
                                                             tolerance=config.mistake_tolerance),
-                              record=False, progress=progress, asynchronous=config.async_envs)
+                              record=False, progress=progress, asynchronous=config.async_envs,
+                              env_workers=config.env_workers, film=film)
     finally:
         policy.model.train(was_training)
     report = {"env": task.name, "seed": config.seed, "expert": expert_ref or None,
               **summarize(result.episodes, result.mistakes, horizon=horizon)}
     if expert is not None:
         report["expert_faults"] = expert.faults
+    if film is not None:
+        report["videos"] = [f"{video_dir.name}/{p.name}" for p in film.write(video_dir)]
     return report
 
 
-def evaluate_tasks(policy: Policy, envs: dict[str, str], config: EvalConfig,
-                   progress: bool = False) -> dict[str, Any]:
+def evaluate_tasks(policy: Policy, envs: dict[str, str], config: EvalConfig, progress: bool = False,
+                   video_dir: Path | None = None) -> dict[str, Any]:
     """Every task of a multi-task policy (`envs[task] = the TaskSpec name it is evaluated on`), each with its
     own prompt, tokenizer and action space: a report per task and the average success."""
     if config.expert or config.env:
         raise BCLMError(f"eval.expert={config.expert!r} / eval.env={config.env!r} name one expert or env, but a "
                         "multi-task evaluation uses each task's own: leave them empty (or evaluate one task)")
-    reports = {name: evaluate(policy.for_task(name), get_task(env), config, progress) for name, env in envs.items()}
+    reports = {name: evaluate(policy.for_task(name), get_task(env), config, progress, video_dir)
+               for name, env in envs.items()}
     rates = [r["success_rate"] for r in reports.values()]
     return {"success_rate": sum(rates) / len(rates), "seed": config.seed, "tasks": reports}
 

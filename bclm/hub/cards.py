@@ -84,7 +84,7 @@ def policy_card(directory: str | Path, *, repo_id: str = "", datasets: list[str]
         f"width {config.get('hidden_size', '?')}, context {meta.get('context_length', '?')} tokens) that reads "
         "tokenized observations and writes tokenized actions, trained by next-token log-likelihood on the action "
         "tokens.", "",
-        "## Evaluation", "", _eval_table(meta, report), "",
+        "## Evaluation", "", _eval_table(meta, report), "", *_videos(meta, report),
         "## Use", "", "```python", "from bclm.policy import Policy", "",
         f'policy = Policy.from_pretrained("{repo_id or directory}")',
         "actions = policy.act(observations)   # a batch, as from a gymnasium vector env", "```", "",
@@ -112,6 +112,19 @@ def _eval_table(meta: dict[str, Any], report: dict[str, Any]) -> str:
     return "\n".join(lines) + f"\n\nSeeded evaluation rollouts (first env seed {seed}), greedy decoding."
 
 
+def _videos(meta: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    """The evaluation's recorded episodes, shown by the Hub (paths relative to the policy directory)."""
+    rows = [(task, path) for task, r in task_reports(meta, report) for path in r.get("videos", [])]
+    if not rows:
+        return []
+    lines = ["### Videos", ""]
+    for task, path in rows:
+        tag = f'<video src="{path}" controls autoplay loop muted width="360"></video>' if path.endswith(".mp4") \
+            else f"![{task}]({path})"
+        lines += [f"{task}, `{path}`:", "", tag, ""]
+    return lines
+
+
 def _training_summary(recipe: dict[str, Any]) -> str:
     if not recipe:
         return "No `recipe.yaml` in this directory."
@@ -131,11 +144,12 @@ FILE_NOTES = {
     "recipe.yaml": "the training recipe",
     "eval_report.json": "the evaluation report behind the table above",
     "metrics.jsonl": "the training log (loss, accuracy, learning rate per logged step)",
+    "videos": "recorded episodes of the final evaluation",
 }
 
 
 def _file_notes(directory: Path) -> list[tuple[str, str]]:
-    return [(name, what) for name, what in FILE_NOTES.items() if (directory / name).is_file()]
+    return [(name, what) for name, what in FILE_NOTES.items() if (directory / name).exists()]
 
 
 def _hub_datasets(recipe: dict[str, Any]) -> list[str]:

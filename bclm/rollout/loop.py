@@ -3,6 +3,7 @@ DAgger rounds. Who acts (an actor from `bclm.rollout.actors`, the expert, a nois
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,25 +13,30 @@ from bclm.envs import TaskSpec, make_vector_env
 from bclm.errors import BCLMError
 from bclm.rollout.episodes import EpisodeTracker, RolloutResult
 from bclm.rollout.expert import Actor, ExpertActor
+from bclm.rollout.video import RENDER_MODE, EpisodeFilm
 
 
 def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int = 8, seed: int = 0,
                  expert: ExpertActor | None = None,
                  differ: Callable[[Any, Any], np.ndarray] | None = None,
-                 record: bool = True, progress: bool = False, asynchronous: bool = False,
-                 env_ids: Sequence[int] | None = None) -> RolloutResult:
+                 record: bool = True, progress: bool = False, asynchronous: bool = False, env_workers: int = 0,
+                 env_ids: Sequence[int] | None = None, film: EpisodeFilm | None = None) -> RolloutResult:
     """Run exactly `episodes` episodes (env i runs its share; seeds seed+i) and collect them.
 
     With an `expert`, its action is queried on every visited state; `differ(policy_actions,
     expert_actions)` marks the mistakes (the seed lecture's cost c(s, a)). `asynchronous` steps the envs
-    in worker processes (results are identical; stateful experts such as the BabyAI bot refuse it).
+    in `env_workers` processes (0 = one per core; results are identical; stateful experts such as the BabyAI
+    bot refuse it).
     `env_ids` runs only those of the `num_envs` envs (seeds and episode quotas as in the full run): the
-    share of one process of several; `merge_results` puts the shares back together.
+    share of one process of several; `merge_results` puts the shares back together. `film` records env 0's
+    first episodes as frames (the envs are made with rgb_array rendering).
     """
     ids, quota = env_quotas(episodes, num_envs, env_ids)
     if not ids:                                  # more processes than envs: this one has nothing to run
         return RolloutResult(episodes=[])
-    env = make_vector_env(task, len(ids), asynchronous)
+    if film is not None:
+        task = dataclasses.replace(task, env_kwargs={**task.env_kwargs, "render_mode": RENDER_MODE})
+    env = make_vector_env(task, len(ids), asynchronous, env_workers)
     spaces = (env.single_observation_space, env.single_action_space)
     parties = [p for p in (actor, expert) if p is not None]
     for party in parties:
@@ -39,6 +45,9 @@ def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int =
     tracker = EpisodeTracker(task, ids, quota, record=record, with_mistakes=expert is not None, progress=progress)
     try:
         obs, _ = env.reset(seed=[seed + i for i in ids])
+        if film is not None:
+            film.attach(env, int(quota[0]))
+            film.capture(False)
         new_episode = np.ones(len(ids), dtype=bool)
         while tracker.running():
             actions = actor.act(obs, new_episode)
@@ -50,6 +59,8 @@ def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int =
                 if hasattr(party, "observe"):
                     party.observe(actions)
             new_episode = tracker.after_step(reward, terminated, truncated, info)
+            if film is not None:
+                film.capture(bool(new_episode[0]))
     finally:
         env.close()
     return tracker.result()

@@ -339,11 +339,12 @@ def _evaluate_and_log(policy: Policy, data: Prepared, recipe: TrainRecipe, step:
                       out: Path, metrics_file: Path, final: bool = False) -> dict[str, Any] | None:
     if not accelerator.is_main_process:
         return None
+    videos = out / "videos" if final else None      # the final evaluation only, for the model card
     if len(data.tasks) == 1:
-        report = evaluate(policy, get_task(recipe.eval.env or data.tasks[0].env), recipe.eval)
+        report = evaluate(policy, get_task(recipe.eval.env or data.tasks[0].env), recipe.eval, video_dir=videos)
         scalars = _scalars(report, "eval/")
     else:
-        report = evaluate_tasks(policy, {t.name: t.env for t in data.tasks}, recipe.eval)
+        report = evaluate_tasks(policy, {t.name: t.env for t in data.tasks}, recipe.eval, video_dir=videos)
         scalars = {"eval/success_rate": report["success_rate"]}
         for name, task_report in report["tasks"].items():
             scalars.update(_scalars(task_report, f"eval/{name}/"))

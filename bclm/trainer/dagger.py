@@ -88,6 +88,8 @@ class DaggerConfig:
                                       "round used, and plot it against DAgger.")
     num_envs: int = option(8, "Environments stepped together while collecting.")
     async_envs: bool = option(False, "Step the rollout envs in worker processes (as eval.async_envs).")
+    env_workers: int = option(0, "With async_envs, the worker processes the rollout envs are spread over (as "
+                                 "eval.env_workers).")
     seed: int = option(0, "Seed of round 0's first env; round r uses seed + 100000 * r.")
 
     def __post_init__(self) -> None:
@@ -142,7 +144,8 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
     actor = round_actor(config, session, expert_ref, store, beta, seed,
                         list(range(num_envs)) if env_ids is None else env_ids)
     share = run_episodes(task, actor, config.episodes_per_round, num_envs=num_envs, seed=seed,
-                         expert=actor.labels(), asynchronous=config.async_envs, env_ids=env_ids)
+                         expert=actor.labels(), asynchronous=config.async_envs, env_workers=config.env_workers,
+                         env_ids=env_ids)
     for ep in share.episodes:
         ep.beta = beta if isinstance(actor, MixtureActor) else float("nan")   # the others toss no β coin
     if isinstance(actor, FittedNoiseActor):     # the level it ended the round with, over every rank's states
