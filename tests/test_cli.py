@@ -23,9 +23,9 @@ TINY = ["--model.size", "tiny", "--data.context_length", "14", "--train.batch_si
         "--eval.episodes", "8"]
 
 
-def bclm_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`python -m bclm ...` as a user types it."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+def bclm_process(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m bclm ...` as a user types it (with `env` added to this process's environment)."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env or {})}
     return subprocess.run([sys.executable, "-m", "bclm", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 

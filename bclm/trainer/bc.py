@@ -52,6 +52,7 @@ from bclm.trainer.rundir import (
     unmark_finished,
 )
 from bclm.trainer.step import make_optimizer, make_scheduler, sized_to_data, summarize_stats, train_step, validate
+from bclm.trainer.trackers import make_trackers
 
 QUANTIZATION_FILE = "quantization_report.json"
 
@@ -124,8 +125,9 @@ class _Run:
 def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy:
     """Fit a policy on the recipe's dataset; write it (safetensors + tokenizer + report) to output_dir."""
     out = check_output_dir(recipe)
-    accelerator = accelerator or make_accelerator("bf16" if recipe.train.bf16 else "no", recipe.train.grad_accum,
-                                                  str(out))
+    accelerator = accelerator or make_accelerator(
+        "bf16" if recipe.train.bf16 else "no", recipe.train.grad_accum, str(out),
+        log_with=make_trackers(recipe.loop.report_to, out, recipe.loop.project) or None)
     run = _set_up(recipe, accelerator, out)
     if accelerator.is_main_process:
         _announce(recipe, run, accelerator)
@@ -194,7 +196,7 @@ def _announce(recipe: TrainRecipe, run: _Run, accelerator: Accelerator) -> None:
     """The recipe as run, the tracker, and what is about to be trained (main process)."""
     cfg_dict = cfg.to_dict(recipe)
     atomic.write_text(run.out / "recipe.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
-    accelerator.init_trackers("tensorboard", config=_flat_scalars(cfg_dict))
+    accelerator.init_trackers(recipe.loop.project, config=_flat_scalars(cfg_dict))
     accelerator.print(f"launch: {describe_launch(accelerator)}")
     atomic.write_json(run.out / QUANTIZATION_FILE, run.data.quantization, indent=2)
     accelerator.print(quantization_summary(run.data.quantization))

@@ -11,6 +11,7 @@ from bclm.eval.evaluate import EvalConfig
 from bclm.models import ModelConfig
 from bclm.tokenizers import TokenizerConfig
 from bclm.trainer.best import HIGHER_IS_BETTER
+from bclm.trainer.trackers import check_trackers
 
 
 @dataclass
@@ -69,8 +70,14 @@ class LoopConfig:
     keep_checkpoints: int = option(2, "Keep the newest N checkpoints and delete older ones (0 = keep all).")
     num_workers: int = option(0, "DataLoader worker processes.")
     progress: bool = option(True, "Show a progress bar.")
+    report_to: list[str] = option(
+        ["tensorboard"], "Experiment trackers: tensorboard (OUTPUT_DIR/tensorboard), trackio (local, under "
+                         "TRACKIO_DIR), wandb (offline unless WANDB_MODE=online); [] for none. A resumed run "
+                         "continues the same tracker run.")
+    project: str = option("bclm", "The trackio / wandb project the runs are logged under.")
 
     def __post_init__(self) -> None:
+        check_trackers(self.report_to)
         if self.keep_best not in ("", "auto", *HIGHER_IS_BETTER):
             raise BCLMError(f"loop.keep_best must be one of {['', 'auto', *HIGHER_IS_BETTER]}, got "
                             f"{self.keep_best!r}")

@@ -45,7 +45,7 @@ def _process_group_kwargs() -> dict[str, Any]:
 
 
 def make_accelerator(mixed_precision: str, grad_accum: int, project_dir: str | None = None,
-                     log_with: str | None = "tensorboard") -> Accelerator:
+                     log_with: Any = None) -> Accelerator:
     """An Accelerator for this launch: GPUs with NCCL, or CPU processes with gloo (DDP or DeepSpeed)."""
     cpu = not torch.cuda.is_available()
     handlers = [InitProcessGroupKwargs(**_process_group_kwargs())] if launched_world_size() > 1 else []
