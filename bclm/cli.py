@@ -27,6 +27,7 @@ commands:
   export-lerobot    a bclm dataset as a LeRobotDataset v3.0 directory
   import-lerobot    a LeRobotDataset v3.0 directory as a bclm dataset
   import-imitation  an `imitation` trajectories .npz file as a bclm dataset
+  import-minari     a local Minari dataset (a directory or an id; nothing is downloaded) as a bclm dataset
 
 `bclm <command> --help` lists each command's options.
 """
@@ -319,10 +320,25 @@ def _import_imitation(argv: list[str]) -> int:
     return 0
 
 
+def _import_minari(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bclm import-minari",
+                                description="A local Minari dataset (directory or id; nothing is downloaded) as a "
+                                            "bclm dataset.")
+    p.add_argument("source", help="The dataset's directory, or its id under MINARI_DATASETS_PATH.")
+    p.add_argument("--output", required=True, help="New bclm dataset directory.")
+    p.add_argument("--env", default="", help="Task name or gymnasium id, where the dataset records none.")
+    args = p.parse_args(argv)
+    from bclm.data.minari import import_minari
+
+    store = import_minari(args.source, args.output, env_id=args.env)
+    print(_store_summary(store))
+    return 0
+
+
 COMMANDS = {"collect": _collect, "train": _train, "dagger": _dagger, "sweep": _sweep, "eval": _eval, "demo": _demo,
             "push": _push,
             "pull": _pull, "export-lerobot": _export_lerobot, "import-lerobot": _import_lerobot,
-            "import-imitation": _import_imitation}
+            "import-imitation": _import_imitation, "import-minari": _import_minari}
 
 
 def _end_process_group() -> None:
