@@ -28,6 +28,7 @@ commands:
   import-lerobot    a LeRobotDataset v3.0 directory as a bclm dataset
   import-imitation  an `imitation` trajectories .npz file as a bclm dataset
   import-minari     a local Minari dataset (a directory or an id; nothing is downloaded) as a bclm dataset
+  info      what a dataset or a policy directory holds: spaces, episodes, rounds, tokenizer layout, quantisation
 
 `bclm <command> --help` lists each command's options.
 """
@@ -197,28 +198,35 @@ def _eval(argv: list[str]) -> int:
     elif args.env and len(policy.tasks) > 1:
         raise BCLMError(f"--env {args.env} on a multi-task policy needs --task (one of {policy.tasks}): the task "
                         "picks the prompt and the action space")
+    clock: dict[str, float] = {}
     if envs and not args.task:
-        report = evaluate_tasks(policy, envs, config, progress=True, video_dir=video_dir)
+        report = evaluate_tasks(policy, envs, config, progress=True, video_dir=video_dir, clock=clock)
     else:
         task = get_task(args.env or envs.get(policy.task) or policy.metadata.get("env") or policy.task)
-        report = evaluate(policy, task, config, progress=True, video_dir=video_dir)
+        report = evaluate(policy, task, config, progress=True, video_dir=video_dir, clock=clock)
     if args.output:
         write_report(report, args.output)
-    print(report_table(report, policy.task))
+    print(report_table(report, policy.task, clock))
     return 0
 
 
-def report_table(report: dict[str, Any], task: str = "") -> str:
-    """An evaluation report as a table: a row per task of a multi-task report, with the average."""
+def report_table(report: dict[str, Any], task: str = "", clock: dict[str, float] | None = None) -> str:
+    """An evaluation report as a table: a row per task of a multi-task report, with the average; with the
+    rollouts' wall times (`clock[env]`), their env-steps/s."""
     from bclm.eval.evaluate import format_table
 
     if "tasks" in report:
         rows = [{"task": name, **r} for name, r in report["tasks"].items()]
-        rows.append({"task": "average", "success_rate": report["success_rate"]})
     else:
         rows = [{"task": task or report.get("env", ""), **report}]
+    for row in rows:
+        if clock and row.get("env") in clock:
+            row["env_steps_per_s"] = f"{row['episodes'] * row['mean_length'] / max(clock[row['env']], 1e-9):,.0f}"
+    if "tasks" in report:
+        rows.append({"task": "average", "success_rate": report["success_rate"]})
     return format_table(rows, ["task", "env", "episodes", "success_rate", "mean_return", "mean_length"]
-                        + (["mistake_rate"] if any("mistake_rate" in r for r in rows) else []))
+                        + (["mistake_rate"] if any("mistake_rate" in r for r in rows) else [])
+                        + (["env_steps_per_s"] if any("env_steps_per_s" in r for r in rows) else []))
 
 
 def _demo(argv: list[str]) -> int:
@@ -335,10 +343,20 @@ def _import_minari(argv: list[str]) -> int:
     return 0
 
 
+def _info(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bclm info", description="What a dataset or a policy directory holds.")
+    p.add_argument("path", help="A bclm dataset or policy directory.")
+    args = p.parse_args(argv)
+    from bclm.info import describe
+
+    print(describe(args.path))
+    return 0
+
+
 COMMANDS = {"collect": _collect, "train": _train, "dagger": _dagger, "sweep": _sweep, "eval": _eval, "demo": _demo,
             "push": _push,
             "pull": _pull, "export-lerobot": _export_lerobot, "import-lerobot": _import_lerobot,
-            "import-imitation": _import_imitation, "import-minari": _import_minari}
+            "import-imitation": _import_imitation, "import-minari": _import_minari, "info": _info}
 
 
 def _end_process_group() -> None:

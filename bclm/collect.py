@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from bclm import atomic
 from bclm.data.store import META_FILE, TrajectoryStore
 from bclm.envs import TaskSpec, make_env
@@ -55,7 +57,8 @@ def collect(task: TaskSpec, expert_ref: str | None, episodes: int, output: str |
     store = collect_store(task, output, request)
     chunks = [chunk_name(c) for c in range(math.ceil(episodes / CHUNK))]
     done, now = set(store.shard_names()), []
-    for c, name in enumerate(chunks):
+    for c, name in enumerate(tqdm(chunks, desc=f"collect {task.name}", unit="chunk",
+                                  disable=not progress or len(chunks) == 1)):
         if name not in done:
             now += write_expert_shard(store, task, ref, min(CHUNK, episodes - c * CHUNK), seed=seed + c * CHUNK_SEEDS,
                                       num_envs=num_envs, shard=name, progress=progress, noise=noise).episodes

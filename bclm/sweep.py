@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from bclm import atomic
 from bclm.config import option
@@ -196,16 +197,24 @@ def run_sweep(recipe: SweepRecipe) -> dict[str, Any]:
         for seed in range(recipe.sweep.seeds):
             expert_episodes(recipe, out, seed, method)
     jobs = recipe.sweep.jobs or max(1, (os.cpu_count() or 2) // 2)
+    bar = tqdm(total=len(todo), desc="sweep cells", unit="cell", disable=not recipe.loop.progress)
     if jobs == 1:
-        results = [run_cell(recipe, out, c) for c in todo]
+        results = [_counted(run_cell(recipe, out, c), bar) for c in todo]
     else:
         threads = max(1, (os.cpu_count() or 2) // jobs)
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(run_cell, [recipe] * len(todo), [out] * len(todo), todo, [threads] * len(todo)))
+            results = [_counted(r, bar) for r in pool.map(run_cell, [recipe] * len(todo), [out] * len(todo), todo,
+                                                           [threads] * len(todo))]
+    bar.close()
     report = {"env": recipe.dagger.env, "budgets": recipe.sweep.budgets, "cells": results,
               "summary": summarize(results, recipe.sweep)}
     write_outputs(report, out, recipe.dagger.env)
     return report
+
+
+def _counted(result: dict[str, Any], bar: tqdm) -> dict[str, Any]:
+    bar.update(1)
+    return result
 
 
 def at_budget(points: list[dict[str, Any]], budget: int) -> dict[str, Any] | None:

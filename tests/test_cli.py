@@ -61,7 +61,18 @@ def custom_run(tmp_path_factory) -> Path:
     r = bclm("eval", "--policy", "policy", "--env", ENV, "--expert", EXPERT, "--episodes", "16",
              "--output", "report.json", cwd=work)
     assert r.returncode == 0, r.stderr
+    (work / "eval_stdout.txt").write_text(r.stdout)
     return work
+
+
+def test_eval_prints_a_table_with_success_mistakes_and_env_steps_per_second(custom_run):
+    header, _, row = (custom_run / "eval_stdout.txt").read_text().splitlines()[-3:]
+    assert header.split() == ["task", "env", "episodes", "success_rate", "mean_return", "mean_length",
+                              "mistake_rate", "env_steps_per_s"]
+    report = json.loads((custom_run / "report.json").read_text())
+    cells = row.split()
+    assert cells[2] == "16" and float(cells[3]) == round(report["success_rate"], 3)
+    assert float(cells[-1].replace(",", "")) > 0 and "env_steps_per_s" not in report   # the report stays reproducible
 
 
 def test_custom_env_and_expert_train_and_evaluate_by_import_path(custom_run):
@@ -225,3 +236,22 @@ def test_a_full_disk_is_named_in_one_line(tmp_path, monkeypatch, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
     assert code == 2 and len(err) == 1, err
     assert "the disk is full" in err[0] and str(tmp_path / "d" / "round-000") in err[0]
+
+
+def test_info_describes_a_dataset_and_a_policy(custom_run):
+    r = bclm("info", "data", cwd=custom_run)
+    assert r.returncode == 0, r.stderr
+    from bclm.data.store import TrajectoryStore
+
+    steps = len(TrajectoryStore(custom_run / "data").load())
+    assert f"dataset data: env {ENV}" in r.stdout
+    assert f"round-000 (expert): 40 episodes, {steps:,} steps, {steps:,} expert labels" in r.stdout
+    r = bclm("info", "policy", cwd=custom_run)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((custom_run / "policy" / "eval_report.json").read_text())
+    for part in ("policy policy: llama", "context 14 tokens, history full", "a step is",
+                 f"tokenizer ({ENV}): observations max error",
+                 f"evaluation: success {report['success_rate']:.1%} over {report['episodes']} episodes"):
+        assert part in r.stdout, (part, r.stdout)
+    assert _error(bclm("info", ".", cwd=custom_run)).endswith("neither a bclm dataset (no bclm_dataset.json) "
+                                                               "nor a bclm policy (no bclm_policy.json)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -57,10 +58,10 @@ def check_env(policy: Policy, task: TaskSpec) -> int | None:
 
 
 def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool = False,
-             video_dir: Path | None = None) -> dict[str, Any]:
+             video_dir: Path | None = None, clock: dict[str, float] | None = None) -> dict[str, Any]:
     """Success, return, length, and (with an expert) mistakes over `config.episodes` seeded episodes; with
     `config.video` and a `video_dir`, the first episodes as videos there (`report["videos"]`, paths relative
-    to the directory above it, where the report goes)."""
+    to the directory above it, where the report goes). `clock[env]` gets the rollout's wall time."""
     horizon = check_env(policy, task)
     expert_ref = config.expert or (task.expert or "")
     space = policy.tokenizer.action_space
@@ -72,6 +73,7 @@ def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool 
     film = EpisodeFilm(config.video, task.name) if config.video and video_dir is not None else None
     was_training = policy.model.training
     policy.model.eval()
+    start = time.perf_counter()
     try:
         result = run_episodes(task, session, config.episodes, num_envs=num_envs, seed=config.seed,
                               expert=expert, differ=partial(action_mismatch, space,
@@ -82,6 +84,8 @@ def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool 
         policy.model.train(was_training)
     report = {"env": task.name, "seed": config.seed, "expert": expert_ref or None,
               **summarize(result.episodes, result.mistakes, horizon=horizon)}
+    if clock is not None:       # kept out of the report, which must not depend on the machine's speed
+        clock[task.name] = time.perf_counter() - start
     if expert is not None:
         report["expert_faults"] = expert.faults
     if film is not None:
@@ -90,13 +94,13 @@ def evaluate(policy: Policy, task: TaskSpec, config: EvalConfig, progress: bool 
 
 
 def evaluate_tasks(policy: Policy, envs: dict[str, str], config: EvalConfig, progress: bool = False,
-                   video_dir: Path | None = None) -> dict[str, Any]:
+                   video_dir: Path | None = None, clock: dict[str, float] | None = None) -> dict[str, Any]:
     """Every task of a multi-task policy (`envs[task] = the TaskSpec name it is evaluated on`), each with its
     own prompt, tokenizer and action space: a report per task and the average success."""
     if config.expert or config.env:
         raise BCLMError(f"eval.expert={config.expert!r} / eval.env={config.env!r} name one expert or env, but a "
                         "multi-task evaluation uses each task's own: leave them empty (or evaluate one task)")
-    reports = {name: evaluate(policy.for_task(name), get_task(env), config, progress, video_dir)
+    reports = {name: evaluate(policy.for_task(name), get_task(env), config, progress, video_dir, clock)
                for name, env in envs.items()}
     rates = [r["success_rate"] for r in reports.values()]
     return {"success_rate": sum(rates) / len(rates), "seed": config.seed, "tasks": reports}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from bclm import atomic, distributed, failpoints
 from bclm.config import option
@@ -271,6 +272,8 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
     check_finished_rounds(tasks, out, cfg.rounds)
     beta = beta_schedule(cfg)
     rows = []
+    bar = tqdm(total=cfg.rounds + 1, desc="dagger rounds", unit="round",
+               disable=not (recipe.loop.progress and distributed.is_main()))
     for k in range(cfg.rounds + 1):
         pending = [t for t in tasks if ROUND.format(k) not in t.store.shard_names()]
         policy = None
@@ -293,6 +296,8 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
         if distributed.is_main():
             write_report(_report(tasks, rows), out / "dagger_report.json")
             failpoints.point("round-reported")
+        bar.update(1)
+    bar.close()
     report = _report(tasks, rows)
     if tasks[0].name is not None:
         return report
