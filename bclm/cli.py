@@ -174,7 +174,7 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--sample", action="store_true", help="Sample actions instead of greedy decoding.")
     p.add_argument("--async-envs", action="store_true", help="Step the envs in worker processes (Meta-World).")
     p.add_argument("--env-workers", type=int, default=0, help="With --async-envs, the worker processes the envs "
-                                                              "are spread over (0 = one per core).")
+                                                              "are spread over (0 = one per env).")
     p.add_argument("--output", default="", help="Write the JSON report here.")
     p.add_argument("--video", type=int, default=0, help="Record the first N episodes of each task as MP4 (GIF "
                                                         "without imageio-ffmpeg) into videos/ next to --output.")

@@ -1,5 +1,6 @@
 """Evaluation speed on Meta-World: envs stepped in the main process, one worker process per env, or spread
-over one worker process per core (several envs each), against stepping the envs alone (the ceiling).
+over one worker process per core (`eval.env_workers`, several envs each), against stepping the envs alone
+(the ceiling).
 
 A Meta-World step (MuJoCo physics plus the reward's geometry) costs about as much as the policy's share of
 a batched step, so with `eval.async_envs` the envs step in parallel, on spare cores, while the report stays
@@ -82,8 +83,9 @@ def main() -> None:
         reports = [evaluate(policy, task, cfg) for policy, task in zip(policies, tasks)]
         return env_steps / (time.perf_counter() - start), reports
 
-    modes = {"in-process (SyncVectorEnv)": (False, 0), "a process per env (AsyncVectorEnv)": (True, args.num_envs),
-             f"one process per core ({os.cpu_count()}), envs spread": (True, 0)}
+    cores = os.cpu_count() or 1
+    modes = {"in-process (SyncVectorEnv)": (False, 0), "a process per env (AsyncVectorEnv)": (True, 0),
+             f"one process per core ({cores}), envs spread": (True, cores)}
     rates: dict[str, list[float]] = {m: [] for m in modes}
     reports = {}
     for r in range(args.rounds):
@@ -93,7 +95,7 @@ def main() -> None:
         print(f"  round {r + 1}: " + ", ".join(f"{m} {v[-1]:,.0f} env-steps/s" for m, v in rates.items()),
               flush=True)
     alone = {f"env only, {m}": env_only(tasks, args.num_envs, args.horizon, flag, workers)
-             for m, (flag, workers) in modes.items() if workers != args.num_envs}
+             for m, (flag, workers) in modes.items() if not (flag and workers == 0)}
     same = all(rep == reports["in-process (SyncVectorEnv)"] for rep in reports.values())
     base = statistics.median(rates["in-process (SyncVectorEnv)"])
     print()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,8 +145,8 @@ def make_env(task: TaskSpec, **overrides: Any) -> gymnasium.Env:
 def make_vector_env(task: TaskSpec, num_envs: int, asynchronous: bool = False,
                     workers: int = 0) -> gymnasium.vector.VectorEnv:
     """``num_envs`` copies of the task's env in one vector env with SAME_STEP autoreset: a SyncVectorEnv, or
-    with ``asynchronous`` the envs spread over ``workers`` processes (0 = one per core, at most one per env):
-    gymnasium's AsyncVectorEnv where each process has one env, else a `WorkerVectorEnv`.
+    with ``asynchronous`` the envs spread over ``workers`` processes (0 = one per env): gymnasium's
+    AsyncVectorEnv where each process has one env, else a `WorkerVectorEnv`.
 
     With ``AutoresetMode.SAME_STEP`` (gymnasium 1.x), on the step where sub-env ``i`` terminates or
     truncates:
@@ -165,11 +164,11 @@ def make_vector_env(task: TaskSpec, num_envs: int, asynchronous: bool = False,
     if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
         raise BCLMError(f"num_envs {num_envs!r} is not valid: expected an integer >= 1")
     if workers < 0:
-        raise BCLMError(f"env_workers {workers} is not valid: expected 0 (one per core) or more")
+        raise BCLMError(f"env_workers {workers} is not valid: expected 0 (one process per env) or more")
     env_fns = [functools.partial(make_env, task) for _ in range(num_envs)]
     mode = gymnasium.vector.AutoresetMode.SAME_STEP
     if asynchronous:
-        workers = min(num_envs, workers or os.cpu_count() or 1)
+        workers = min(num_envs, workers or num_envs)
         if workers < num_envs:
             return WorkerVectorEnv(env_fns, workers, autoreset_mode=mode)
         return gymnasium.vector.AsyncVectorEnv(env_fns, autoreset_mode=mode)

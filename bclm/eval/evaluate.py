@@ -28,7 +28,7 @@ class EvalConfig:
         False, "Step the envs in worker processes: faster where an env step costs more than the policy's share "
                "of it (Meta-World) and cores are spare; same results.")
     env_workers: int = option(0, "With async_envs, the worker processes the envs are spread over, several per "
-                                 "process (0 = one per core, at most one per env).")
+                                 "process (0 = one process per env).")
     video: int = option(0, "Record the first N episodes of each task (env 0's) as MP4, GIF without imageio-ffmpeg "
                            "(the video extra), into videos/ next to the report; training records its final "
                            "evaluation, and the model card shows them.")
@@ -42,7 +42,7 @@ class EvalConfig:
         if self.episodes < 1 or self.num_envs < 1:
             raise BCLMError(f"eval.episodes and eval.num_envs must be >= 1, got {self.episodes}, {self.num_envs}")
         if self.env_workers < 0:
-            raise BCLMError(f"eval.env_workers must be >= 0 (0 = one per core), got {self.env_workers}")
+            raise BCLMError(f"eval.env_workers must be >= 0 (0 = one process per env), got {self.env_workers}")
         if self.video < 0:
             raise BCLMError(f"eval.video must be >= 0 (episodes recorded per task), got {self.video}")
 

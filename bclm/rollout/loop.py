@@ -25,7 +25,7 @@ def run_episodes(task: TaskSpec, actor: Actor, episodes: int, *, num_envs: int =
 
     With an `expert`, its action is queried on every visited state; `differ(policy_actions,
     expert_actions)` marks the mistakes (the seed lecture's cost c(s, a)). `asynchronous` steps the envs
-    in `env_workers` processes (0 = one per core; results are identical; stateful experts such as the BabyAI
+    in `env_workers` processes (0 = one per env; results are identical; stateful experts such as the BabyAI
     bot refuse it).
     `env_ids` runs only those of the `num_envs` envs (seeds and episode quotas as in the full run): the
     share of one process of several; `merge_results` puts the shares back together. `film` records env 0's
