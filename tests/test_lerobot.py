@@ -107,6 +107,21 @@ def test_synthetic_store_round_trips_exactly_across_files_and_chunks(synthetic_s
     assert_stores_equal(synthetic_store, imported)
 
 
+def test_an_export_written_before_img_still_imports_exactly(synthetic_store, tmp_path):
+    """Exports before the "img" spelling named the leaf "observation.image": they import as before."""
+    out = export_lerobot(synthetic_store.path, tmp_path / "lerobot", fps=10)
+    for name in ("meta/info.json", "meta/stats.json"):
+        body = json.loads((out / name).read_text())
+        table = body["features"] if name.endswith("info.json") else body
+        table["observation.image"] = table.pop("observation.img")
+        (out / name).write_text(json.dumps(body))
+    for path in (out / "data").rglob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.rename_columns(["observation.image" if c == "observation.img" else c
+                                             for c in table.column_names]), path)
+    assert_stores_equal(synthetic_store, import_lerobot(out, tmp_path / "back"))
+
+
 def test_cartpole_store_round_trips_exactly(tmp_path):
     from bclm.collect import collect
     from bclm.envs import get_task
@@ -134,7 +149,9 @@ def test_export_layout_follows_the_v3_spec(synthetic_store, tmp_path):
     for name, dtype in DEFAULT_FEATURES.items():
         assert features[name] == {"dtype": dtype, "shape": [1], "names": None}
     assert features["observation.pos"]["shape"] == [2, 3] and features["observation.pos"]["dtype"] == "float32"
-    assert features["observation.image"] == {"dtype": "uint8", "shape": [3, 3, 3], "names": None}
+    # "img": lerobot takes any feature named "image" for a camera frame (and refuses its statistics)
+    assert features["observation.img"] == {"dtype": "uint8", "shape": [3, 3, 3], "names": None}
+    assert not any("image" in name for name in features)
     assert features["observation.direction"]["shape"] == [1]
     assert features["observation.mission"]["dtype"] == "string"
     assert features["action"] == {"dtype": "int64", "shape": [2], "names": None}
@@ -283,7 +300,7 @@ def test_lerobot_reads_the_export(synthetic_store, tmp_path):
     ds = lerobot_dataset.LeRobotDataset("local/toy", root=out, delta_timestamps={"action": [0.0, 0.1]})
     assert (len(ds), ds.num_episodes) == (12, 3)
     item = ds[11]
-    assert item["task"] == MISSIONS[0] and tuple(item["observation.image"].shape) == (3, 3, 3)
+    assert item["task"] == MISSIONS[0] and tuple(item["observation.img"].shape) == (3, 3, 3)
     assert item["action_is_pad"].tolist() == [False, True]
 
 

@@ -79,8 +79,16 @@ _ARRAY_TYPES = {2: datasets.Array2D, 3: datasets.Array3D, 4: datasets.Array4D, 5
 # --- shared: names, features, stats ------------------------------------------------------------------
 
 def feature_name(column: str) -> str:
-    """The LeRobot feature of a bclm leaf column; a lone observation is the state vector LeRobot policies read."""
-    return "observation.state" if column == "observation" else column
+    """The LeRobot feature of a bclm leaf column; a lone observation is the state vector LeRobot policies read.
+    "image" is written "img": lerobot takes every feature whose name holds "image" for a camera frame, and its
+    `aggregate_stats` (0.6.1) refused the (49, 3) statistics of BabyAI's symbolic grid leaf `image`."""
+    return ("observation.state" if column == "observation" else column).replace("image", "img")
+
+
+def _exported_name(column: str, features: dict[str, Any]) -> str:
+    """The feature an export holds for `column`: today's name, or the one exports before "img" used."""
+    name = feature_name(column)
+    return name if name in features else ("observation.state" if column == "observation" else column)
 
 
 def leaf_feature(leaf: gym.Space) -> dict[str, Any]:
@@ -376,8 +384,8 @@ def import_lerobot(input_dir: str | Path, output_dir: str | Path) -> TrajectoryS
     if bclm_meta.is_file():
         # meta/ holds the store's own metadata file, so the store's reader checks format, version and spaces.
         original = TrajectoryStore(bclm_meta.parent)
-        sources = {column: feature_name(column) for column, _ in _leaves(original.observation_space,
-                                                                         original.action_space)}
+        sources = {column: _exported_name(column, info["features"])
+                   for column, _ in _leaves(original.observation_space, original.action_space)}
         wanted = [*sources.values(), *STEP_FEATURES.values(), "frame_index"]
         return _import_bclm(_read_source(root, info, wanted), original, sources, Path(output_dir))
     observation, action = _foreign_features(root, info["features"])
