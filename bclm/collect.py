@@ -57,11 +57,15 @@ def collect(task: TaskSpec, expert_ref: str | None, episodes: int, output: str |
     store = collect_store(task, output, request)
     chunks = [chunk_name(c) for c in range(math.ceil(episodes / CHUNK))]
     done, now = set(store.shard_names()), []
-    for c, name in enumerate(tqdm(chunks, desc=f"collect {task.name}", unit="chunk",
-                                  disable=not progress or len(chunks) == 1)):
+    # One bar: over the chunks (with an ETA) when there are several, else the rollout's own over episodes.
+    bar = tqdm(total=episodes, desc=f"collect {task.name}", unit="episode", disable=not progress or len(chunks) == 1)
+    for c, name in enumerate(chunks):
+        size = min(CHUNK, episodes - c * CHUNK)
         if name not in done:
-            now += write_expert_shard(store, task, ref, min(CHUNK, episodes - c * CHUNK), seed=seed + c * CHUNK_SEEDS,
-                                      num_envs=num_envs, shard=name, progress=progress, noise=noise).episodes
+            now += write_expert_shard(store, task, ref, size, seed=seed + c * CHUNK_SEEDS, num_envs=num_envs,
+                                      shard=name, progress=progress and len(chunks) == 1, noise=noise).episodes
+        bar.update(size)
+    bar.close()
     summary = {"steps": sum(ep.length for ep in now), **summarize(now)} if now else {"episodes": 0}
     return {"dataset": str(store.path), "env": task.name, "expert": ref, "seed": seed, **noisy,
             "episodes_in_dataset": store.next_episode_id(), **summary}

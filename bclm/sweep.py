@@ -197,7 +197,7 @@ def run_sweep(recipe: SweepRecipe) -> dict[str, Any]:
         for seed in range(recipe.sweep.seeds):
             expert_episodes(recipe, out, seed, method)
     jobs = recipe.sweep.jobs or max(1, (os.cpu_count() or 2) // 2)
-    bar = tqdm(total=len(todo), desc="sweep cells", unit="cell", disable=not recipe.loop.progress)
+    bar = tqdm(total=len(todo), desc="sweep cells", unit="cell", leave=False, disable=not recipe.loop.progress)
     if jobs == 1:
         results = [_counted(run_cell(recipe, out, c), bar) for c in todo]
     else:

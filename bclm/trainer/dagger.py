@@ -272,7 +272,7 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
     check_finished_rounds(tasks, out, cfg.rounds)
     beta = beta_schedule(cfg)
     rows = []
-    bar = tqdm(total=cfg.rounds + 1, desc="dagger rounds", unit="round",
+    bar = tqdm(total=cfg.rounds + 1, desc="dagger rounds", unit="round", leave=False,
                disable=not (recipe.loop.progress and distributed.is_main()))
     for k in range(cfg.rounds + 1):
         pending = [t for t in tasks if ROUND.format(k) not in t.store.shard_names()]
