@@ -275,24 +275,7 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
     bar = tqdm(total=cfg.rounds + 1, desc="dagger rounds", unit="round", leave=False,
                disable=not (recipe.loop.progress and distributed.is_main()))
     for k in range(cfg.rounds + 1):
-        pending = [t for t in tasks if ROUND.format(k) not in t.store.shard_names()]
-        policy = None
-        if k and pending:
-            with whole_models():
-                policy = Policy.from_pretrained(out / ROUND.format(k - 1))
-        for t in pending:
-            if policy is None:
-                noise = Noise.parse(cfg.noise)      # a fitted level needs a learner: round 0 is clean
-                write_expert_shard(t.store, t.spec, t.expert_ref, t.initial_episodes, seed=cfg.seed,
-                                   num_envs=cfg.num_envs, noise=NO_NOISE if noise.fit else noise)
-            else:
-                collect_round(t.spec, t.expert_ref, policy.for_task(t.name) if t.name else policy, t.store, k,
-                              beta(k), cfg)
-        policy_dir = out / ROUND.format(k)
-        if needs_training(recipe, policy_dir):
-            train(round_recipe(recipe, out, k, tasks))
-        no_coin = cfg.intervener or cfg.gate or Noise.parse(cfg.noise).fit
-        rows.append(_round_row(tasks, k, None if k and no_coin else beta(k), policy_dir))
+        rows.append(run_round(recipe, tasks, k, beta, out))
         if distributed.is_main():
             write_report(_report(tasks, rows), out / "dagger_report.json")
             failpoints.point("round-reported")
@@ -314,6 +297,31 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
     if all(c.get("mistakes_vs_t") for c in curves):
         plot_mistakes(curves, out / "mistakes.png", title=f"{task.name}: BC vs DAgger")
     return report
+
+
+def run_round(recipe: DaggerRecipe, tasks: list[DaggerTask], k: int, beta: Callable[[int], float],
+              out: Path) -> dict[str, Any]:
+    """Round k (unless its data and policy are there already): the expert's demonstrations (k = 0) or the
+    round's rollouts labeled, then training on every round so far; returns the round's report row."""
+    cfg = recipe.dagger
+    pending = [t for t in tasks if ROUND.format(k) not in t.store.shard_names()]
+    policy = None
+    if k and pending:
+        with whole_models():
+            policy = Policy.from_pretrained(out / ROUND.format(k - 1))
+    for t in pending:
+        if policy is None:
+            noise = Noise.parse(cfg.noise)      # a fitted level needs a learner: round 0 is clean
+            write_expert_shard(t.store, t.spec, t.expert_ref, t.initial_episodes, seed=cfg.seed,
+                               num_envs=cfg.num_envs, noise=NO_NOISE if noise.fit else noise)
+        else:
+            collect_round(t.spec, t.expert_ref, policy.for_task(t.name) if t.name else policy, t.store, k,
+                          beta(k), cfg)
+    policy_dir = out / ROUND.format(k)
+    if needs_training(recipe, policy_dir):
+        train(round_recipe(recipe, out, k, tasks))
+    no_coin = cfg.intervener or cfg.gate or Noise.parse(cfg.noise).fit
+    return _round_row(tasks, k, None if k and no_coin else beta(k), policy_dir)
 
 
 def _report(tasks: list[DaggerTask], rows: list[dict[str, Any]]) -> dict[str, Any]:
