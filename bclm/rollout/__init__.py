@@ -1,6 +1,7 @@
 """The rollout layer that collection, evaluation, DAgger and the sweep stand on: the vector-env loop
 (`loop`), who acts (`expert`, `actors`, `noise`, with `gate` for budgeted DAgger), the episodes it records and
-their metrics (`episodes`, `metrics`), and rollouts written to a store (`shards`)."""
+their metrics (`episodes`, `metrics`), videos of the first episodes (`video`), and rollouts written to a store
+(`shards`)."""
 
 from bclm.rollout.actors import GatedActor, InterventionActor, MixtureActor, load_intervener
 from bclm.rollout.episodes import RolloutResult, merge_results

@@ -17,8 +17,7 @@ from accelerate.tracking import GeneralTracker, TensorBoardTracker, TrackioTrack
 
 from bclm.errors import BCLMError
 
-TRACKERS = ("tensorboard", "trackio", "wandb")
-PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
+TRACKERS = ("tensorboard", "trackio", "wandb")      # each also the name of the package it needs
 
 
 def run_name(out: Path) -> str:
@@ -33,8 +32,8 @@ def check_trackers(names: list[str]) -> None:
     for name in names:
         if name not in TRACKERS:
             raise BCLMError(f"loop.report_to: {name!r} is not one of {', '.join(TRACKERS)} (or [] for none)")
-        if importlib.util.find_spec(PACKAGES[name]) is None:
-            raise BCLMError(f"loop.report_to: {name} is not installed (pip install {PACKAGES[name]})")
+        if importlib.util.find_spec(name) is None:
+            raise BCLMError(f"loop.report_to: {name} is not installed (pip install {name})")
 
 
 def make_trackers(names: list[str], out: Path, project: str) -> list[GeneralTracker]:
