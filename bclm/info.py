@@ -3,19 +3,19 @@ dataset's step columns, a policy's JSON files and safetensors headers; no weight
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from bclm.data.store import META_FILE, TrajectoryStore
 from bclm.errors import BCLMError
+from bclm.hub.cards import SUMMARY_COLUMNS, parameter_count, read_json_or_empty, shard_summary
+from bclm.policy import POLICY_FILE
+from bclm.tokenizers import load_tokenizers
+from bclm.trainer.bc import QUANTIZATION_FILE, quantization_summary
 
 
 def describe(path: str | Path) -> str:
-    from bclm.policy import POLICY_FILE
-
     path = Path(path)
     if (path / META_FILE).is_file():
         return "\n".join(describe_dataset(TrajectoryStore(path)))
@@ -26,8 +26,6 @@ def describe(path: str | Path) -> str:
 
 def describe_dataset(store: TrajectoryStore) -> list[str]:
     """Env, spaces, and per shard (a DAgger round) its source, episodes, steps and expert labels."""
-    from bclm.hub.cards import SUMMARY_COLUMNS, shard_summary
-
     meta = store.meta
     lines = [f"dataset {store.path}: env {meta.get('env_id')}, task {meta.get('task')}",
              f"  observations {store.observation_space}", f"  actions {store.action_space}"]
@@ -44,11 +42,7 @@ def describe_dataset(store: TrajectoryStore) -> list[str]:
 
 def describe_policy(directory: Path) -> list[str]:
     """Model, context and history layout, each task's tokenizer layout, the quantisation and the evaluation."""
-    from bclm.hub.cards import parameter_count
-    from bclm.policy import POLICY_FILE
-    from bclm.tokenizers import load_tokenizers
-
-    meta, config = _json(directory / POLICY_FILE), _json(directory / "config.json")
+    meta, config = read_json_or_empty(directory / POLICY_FILE), read_json_or_empty(directory / "config.json")
     tokenizers = load_tokenizers(directory)
     lines = [f"policy {directory}: {config.get('model_type', '?')}, {parameter_count(directory) / 1e6:.2f}M "
              f"parameters ({config.get('num_hidden_layers', '?')} layers, width {config.get('hidden_size', '?')}), "
@@ -65,14 +59,12 @@ def describe_policy(directory: Path) -> list[str]:
 
 
 def _quantization(directory: Path) -> list[str]:
-    from bclm.trainer.bc import QUANTIZATION_FILE, quantization_summary
-
-    report = _json(directory / QUANTIZATION_FILE)
+    report = read_json_or_empty(directory / QUANTIZATION_FILE)
     return ["  " + line for line in quantization_summary(report).splitlines()] if report else []
 
 
 def _evaluation(directory: Path) -> list[str]:
-    report = _json(directory / "eval_report.json")
+    report = read_json_or_empty(directory / "eval_report.json")
     if not report:
         return ["  not evaluated (no eval_report.json)"]
     rows = report.get("tasks", {"": report})
@@ -80,9 +72,3 @@ def _evaluation(directory: Path) -> list[str]:
             f"episodes, mean return {r['mean_return']:.2f}, mean length {r['mean_length']:.1f}"
             for name, r in rows.items()]
 
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError as e:
-        raise BCLMError(f"{path} is not valid JSON: {e}") from None

@@ -25,7 +25,8 @@ TAGS = ["bclm", "behavior-cloning", "imitation-learning", "reinforcement-learnin
 METRICS = (("success_rate", "success rate"), ("mean_return", "mean return"), ("mistake_rate", "mistake rate"))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_or_empty(path: Path) -> dict[str, Any]:
+    """A JSON file that may be absent ({}); a damaged one is an error naming it."""
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError as e:
@@ -66,9 +67,9 @@ def policy_card(directory: str | Path, *, repo_id: str = "", datasets: list[str]
                 tags: list[str] | None = None, license: str | None = None) -> ModelCard:
     """The model card of the policy in `directory`, from its metadata, evaluation report and recipe."""
     directory = Path(directory)
-    meta = _read_json(directory / POLICY_FILE)
-    report = _read_json(directory / "eval_report.json")
-    config = _read_json(directory / "config.json")
+    meta = read_json_or_empty(directory / POLICY_FILE)
+    report = read_json_or_empty(directory / "eval_report.json")
+    config = read_json_or_empty(directory / "config.json")
     recipe_path = directory / "recipe.yaml"
     recipe = yaml.safe_load(recipe_path.read_text()) if recipe_path.is_file() else {}
     name = repo_id.split("/")[-1] if repo_id else directory.resolve().name
@@ -155,7 +156,7 @@ def _file_notes(directory: Path) -> list[tuple[str, str]]:
 def _hub_datasets(recipe: dict[str, Any]) -> list[str]:
     """Hub dataset repos the recipe's local datasets were pulled from (`bclm pull` records the repo)."""
     paths = [recipe.get("dataset", "")] + [t.get("dataset", "") for t in recipe.get("tasks", []) or []]
-    repos = [_read_json(Path(p) / META_FILE).get("hub_repo_id") for p in paths if p]
+    repos = [read_json_or_empty(Path(p) / META_FILE).get("hub_repo_id") for p in paths if p]
     return sorted({r for r in repos if r})
 
 
