@@ -1,0 +1,32 @@
+"""The learning benchmarks run end to end: label efficiency (bclm against the MLP), then the Pendulum probe."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def _run(*args: str) -> str:
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_label_efficiency_then_the_pendulum_probe_print_their_tables(tmp_path):
+    out = _run(str(BENCHMARKS / "label_efficiency.py"), "--quick", "--tasks", "Pendulum-v1", "--out", str(tmp_path))
+    assert re.search(r"\| Pendulum-v1 \| 200 \| \d+% ± \d+ \| \d+% ± \d+ \|", out), out
+    task_dir = tmp_path / "quick" / "Pendulum-v1"
+    table = _run(str(BENCHMARKS / "pendulum_generalization.py"), str(task_dir))
+    row = next(line for line in table.splitlines() if line.startswith("| 200 |"))
+    errors = [float(x) for x in row.strip("| ").split(" | ")[3:]]
+    assert len(errors) == 4 and all(0 <= e <= 4 for e in errors), row     # torques are within ±2
+
+
+def test_the_pendulum_probe_names_a_directory_without_cells(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "pendulum_generalization.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and str(tmp_path) in done.stderr and "no trained cells" in done.stderr
