@@ -48,12 +48,16 @@ def grid_states() -> np.ndarray:
     return np.stack([np.cos(theta.ravel()), np.sin(theta.ravel()), thetad.ravel()], 1).astype(np.float32)
 
 
-def torque_error(act, states: np.ndarray) -> float:
-    expert = np.array([pendulum_swingup(o)[0] for o in states])
+def labelled(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return states, np.array([pendulum_swingup(o)[0] for o in states])
+
+
+def torque_error(act, probe: tuple[np.ndarray, np.ndarray]) -> float:
+    states, expert = probe
     return float(np.abs(np.asarray(act(states))[:, 0] - expert).mean())
 
 
-def cell_row(cell: Path, probes: dict[str, np.ndarray]) -> dict:
+def cell_row(cell: Path, probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
     policy = Policy.from_pretrained(cell, device="cpu")
     recipe = yaml.safe_load((cell / "recipe.yaml").read_text())
     store = TrajectoryStore(recipe["dataset"])
@@ -66,8 +70,8 @@ def cell_row(cell: Path, probes: dict[str, np.ndarray]) -> dict:
 
     row = {"budget": int(cell.parent.name.split("-")[1]), "seed": seed,
            "success": json.loads((cell / "eval_report.json").read_text())["success_rate"]}
-    for name, states in probes.items():
-        row[f"bclm {name}"], row[f"mlp {name}"] = torque_error(bclm_act, states), torque_error(mlp.act, states)
+    for name, probe in probes.items():
+        row[f"bclm {name}"], row[f"mlp {name}"] = torque_error(bclm_act, probe), torque_error(mlp.act, probe)
     return row
 
 
@@ -75,7 +79,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path, help="A label_efficiency.py task directory (OUT/Pendulum-v1).")
     args = p.parse_args()
-    probes = {"expert states": expert_states(), "around the top": grid_states()}
+    probes = {"expert states": labelled(expert_states()), "around the top": labelled(grid_states())}
     cells = sorted(args.sweep.glob("bc/labels-*/seed-*"), key=lambda c: (int(c.parent.name.split("-")[1]), c.name))
     rows = [cell_row(c, probes) for c in cells if (c / "model.safetensors").is_file()]
     if not rows:
