@@ -1,0 +1,167 @@
+"""Which part of a transformer loses Pendulum's law off the expert's path: the tokens, the output, or the trunk.
+
+`pendulum_generalization.py` shows bclm's policies fitting the expert's own states better than the MLP and
+erring 2-3x more just off them. Here eight learners train on the same 800 expert labels (4 episodes of the
+swing-up expert, collection seeds 1000*seed+i), all on standardised raw observations, 800 batches of 64,
+Adam 1e-3, and are measured as `pendulum_generalization.py` measures (torque error on fresh expert states
+and on the 13 x 13 grid around the top) and by closed-loop success (20 episodes, seeds 10000+i):
+
+- the label-efficiency MLP (2 x 64 tanh) and the same with SiLU;
+- a gated MLP (two SwiGLU layers without biases, Llama's MLP), and residual SwiGLU blocks without and with
+  RMSNorm (pre-norm and final, as in Llama);
+- Llama "small" (bclm's default trunk) on one token holding the whole observation, with a regression head;
+  on a token per dimension (a constant plus the value along a direction of its own, bclm's number
+  tokens), with a regression head; and with bclm's 256-bin categorical head (argmax decoding).
+
+    .venv/bin/python benchmarks/pendulum_architecture.py --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaModel
+
+sys.path.insert(0, str(Path(__file__).parent))
+from label_efficiency import MLPActor, evaluate_actor
+from pendulum_generalization import expert_states, grid_states, labelled, torque_error
+
+from bclm.envs.experts import pendulum_swingup
+
+BINS = 256
+
+
+def collect(seed: int, episodes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    env, obs_list, actions = gym.make("Pendulum-v1"), [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=1000 * seed + i)
+        for _ in range(200):
+            action = pendulum_swingup(obs)
+            obs_list.append(obs)
+            actions.append(action[0] / 2.0)     # torque scaled to [-1, 1]
+            obs, *_ = env.step(action)
+    return np.asarray(obs_list, np.float32), np.asarray(actions, np.float32)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.gate, self.up = nn.Linear(d_in, d_out, bias=False), nn.Linear(d_in, d_out, bias=False)
+
+    def forward(self, x):
+        return nn.functional.silu(self.gate(x)) * self.up(x)
+
+
+class Residual(nn.Module):
+    """Linear embedding, two residual SwiGLU blocks, a head; `norm`: Llama's pre-norm and final RMSNorm."""
+
+    def __init__(self, norm: bool, d: int = 64):
+        super().__init__()
+        make_norm = (lambda: nn.RMSNorm(d)) if norm else nn.Identity
+        self.embed, self.final, self.head = nn.Linear(3, d), make_norm(), nn.Linear(d, 1)
+        self.blocks = nn.ModuleList(nn.Sequential(make_norm(), SwiGLU(d, 2 * d), nn.Linear(2 * d, d, bias=False))
+                                    for _ in range(2))
+
+    def forward(self, x):
+        h = self.embed(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(self.final(h))
+
+
+class LlamaLearner(nn.Module):
+    """Llama "small" over [task, observation token(s), ACT]; the action is read at ACT."""
+
+    def __init__(self, tokens: str, out: int, d: int = 128):
+        super().__init__()
+        self.trunk = LlamaModel(LlamaConfig(hidden_size=d, intermediate_size=4 * d, num_hidden_layers=4,
+                                            num_attention_heads=4, num_key_value_heads=4, vocab_size=8,
+                                            max_position_embeddings=16))
+        self.tokens = tokens
+        self.const = nn.Parameter(torch.randn(5, d) * 0.02)        # task, one per dimension, ACT
+        self.value = nn.Linear(3, d) if tokens == "one" else nn.Parameter(torch.randn(3, d) * 0.02)
+        self.head = nn.Linear(d, out)
+
+    def forward(self, x):
+        task, act = self.const[0].expand(len(x), 1, -1), self.const[4].expand(len(x), 1, -1)
+        obs = self.value(x)[:, None] if self.tokens == "one" else self.const[1:4] + x[..., None] * self.value
+        return self.head(self.trunk(inputs_embeds=torch.cat([task, obs, act], 1)).last_hidden_state[:, -1])
+
+
+def mlp(act: type[nn.Module]) -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 64), act(), nn.Linear(64, 64), act(), nn.Linear(64, 1))
+
+
+LEARNERS = {
+    "MLP 2 x 64 tanh (the reference)": lambda: mlp(nn.Tanh),
+    "MLP 2 x 64 SiLU": lambda: mlp(nn.SiLU),
+    "gated MLP (2 SwiGLU layers)": lambda: nn.Sequential(SwiGLU(3, 64), SwiGLU(64, 64), nn.Linear(64, 1)),
+    "residual SwiGLU blocks": lambda: Residual(norm=False),
+    "residual SwiGLU blocks + RMSNorm": lambda: Residual(norm=True),
+    "Llama small, one observation token, regression": lambda: LlamaLearner("one", 1),
+    "Llama small, a token per dimension, regression": lambda: LlamaLearner("dims", 1),
+    "Llama small, a token per dimension, 256 bins": lambda: LlamaLearner("dims", BINS),
+}
+
+
+class BinActor(MLPActor):
+    """Argmax bin of a categorical head, decoded to its centre."""
+
+    @torch.no_grad()
+    def act(self, observations, new_episode=None):
+        x = torch.as_tensor((np.asarray(observations, np.float32) - self.mean) / self.std)
+        u = self.net(x).argmax(-1).numpy() / (BINS - 1) * 2 - 1
+        return (self.space.high * u[:, None]).astype(self.space.dtype)
+
+
+def fit(net: nn.Module, obs: np.ndarray, target: np.ndarray, seed: int, batches: int = 800) -> MLPActor:
+    mean, std = obs.mean(0), obs.std(0) + 1e-6
+    x, y = torch.as_tensor((obs - mean) / std), torch.as_tensor(target)
+    bins = ((y + 1) / 2 * (BINS - 1)).round().long()
+    categorical = net(x[:1]).shape[-1] == BINS
+    opt, g = torch.optim.Adam(net.parameters(), lr=1e-3), torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        idx = torch.randint(0, len(x), (64,), generator=g)
+        out = net(x[idx])
+        loss = (nn.functional.cross_entropy(out, bins[idx]) if categorical
+                else nn.functional.mse_loss(torch.tanh(out[:, 0]), y[idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    space = gym.make("Pendulum-v1").action_space
+    return (BinActor if categorical else MLPActor)(net.eval(), mean, std, space)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--episodes", type=int, default=20, help="Evaluation episodes per learner and seed.")
+    p.add_argument("--batches", type=int, default=800, help="Training batches of 64 per learner.")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    probes = {"expert states": labelled(expert_states()), "around the top": labelled(grid_states())}
+    data = [collect(seed) for seed in range(args.seeds)]
+    print("| learner | success (per seed) | torque error on expert states (N·m) | around the top (N·m) | "
+          "s per seed |\n|---|---|---:|---:|---:|")
+    for name, make in LEARNERS.items():
+        rows, t0 = [], time.perf_counter()
+        for seed, (obs, target) in enumerate(data):
+            torch.manual_seed(seed)
+            actor = fit(make(), obs, target, seed, args.batches)
+            rows.append([evaluate_actor("Pendulum-v1", actor, args.episodes),
+                         *(torque_error(actor.act, probe) for probe in probes.values())])
+        r = np.asarray(rows)
+        per_seed = ", ".join(f"{s:.0%}" for s in r[:, 0])
+        print(f"| {name} | {r[:, 0].mean():.0%} ({per_seed}) | {r[:, 1].mean():.3f} | {r[:, 2].mean():.3f} | "
+              f"{(time.perf_counter() - t0) / len(data):.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
