@@ -32,7 +32,7 @@ def test_the_pendulum_probe_names_a_directory_without_cells(tmp_path):
     assert done.returncode == 2 and str(tmp_path) in done.stderr and "no trained cells" in done.stderr
 
 
-def test_the_architecture_probe_prints_every_learner(tmp_path):
+def test_the_architecture_probe_prints_every_learner():
     out = _run(str(BENCHMARKS / "pendulum_architecture.py"), "--seeds", "1", "--episodes", "2", "--batches", "20")
     rows = [line for line in out.splitlines() if line.startswith("| ") and "%" in line]
     assert len(rows) == 8, out
