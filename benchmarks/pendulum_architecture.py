@@ -33,21 +33,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from label_efficiency import MLPActor, evaluate_actor
 from pendulum_generalization import expert_states, grid_states, labelled, torque_error
 
-from bclm.envs.experts import pendulum_swingup
-
 BINS = 256
 
 
 def collect(seed: int, episodes: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    env, obs_list, actions = gym.make("Pendulum-v1"), [], []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=1000 * seed + i)
-        for _ in range(200):
-            action = pendulum_swingup(obs)
-            obs_list.append(obs)
-            actions.append(action[0] / 2.0)     # torque scaled to [-1, 1]
-            obs, *_ = env.step(action)
-    return np.asarray(obs_list, np.float32), np.asarray(actions, np.float32)
+    """The expert's states (collection seeds 1000*seed+i) and its torques scaled to [-1, 1]."""
+    states, torques = labelled(expert_states(episodes, seed=1000 * seed))
+    return states, (torques / 2.0).astype(np.float32)
 
 
 class SwiGLU(nn.Module):
