@@ -14,8 +14,14 @@ import numpy as np
 from bclm.errors import BCLMError
 from bclm.tokenizers.spaces import floats_from_json, floats_to_json
 
-MODES = ("uniform", "mulaw")
+MODES = ("uniform", "mulaw", "quantile")
 BOUNDS = ("space", "data", "auto")
+# Quantile mode: the data's distribution is read at this many levels between the percentiles, a piecewise-
+# linear CDF (more levels follow a small dataset's noise, fewer lose its shape) ...
+QUANTILE_LEVELS = 33
+# ... and each margin beyond the data (data-fitted bounds, or space bounds wider than the data) gets this
+# fraction of the bins.
+QUANTILE_MARGIN = 0.1
 
 
 def _leaf(path: str) -> str:
@@ -41,7 +47,8 @@ class BoxCodec:
     def __init__(self, path: str, shape: tuple[int, ...], dtype: str, low: np.ndarray, high: np.ndarray,
                  *, bins: int, mode: str = "uniform", mu: float = 100.0, bounds: str = "space",
                  percentiles: tuple[float, float] = (1.0, 99.0), exact: np.ndarray | None = None,
-                 needs_data: bool | None = None, fitted: bool = False, margin: float = 0.0):
+                 needs_data: bool | None = None, fitted: bool = False, margin: float = 0.0,
+                 knots: list | None = None):
         self.path = path
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
@@ -56,6 +63,8 @@ class BoxCodec:
         self.exact = self._exact_dims() if exact is None else np.asarray(exact, dtype=bool)
         self.needs_data = self._needs_data() if needs_data is None else bool(needs_data)
         self.fitted = bool(fitted)
+        # Per dimension (values, positions in [0, 1]) of the piecewise-linear CDF; quantile mode only.
+        self.knots = [(floats_from_json(x), floats_from_json(t)) for x, t in knots] if knots else []
         binned = ~self.exact
         finite = np.isfinite(self.low[binned]).all() and np.isfinite(self.high[binned]).all()
         if self.bounds == "space" and not finite:
@@ -75,14 +84,13 @@ class BoxCodec:
             return np.zeros(self.low.shape, dtype=bool)
         return (self.high - self.low + 1) <= self.bins
 
-    def _needs_data(self) -> bool:
-        if self.exact.all():
-            return False
-        if self.bounds == "data":
-            return True
+    def _bounds_from_data(self) -> bool:
         if self.bounds == "auto":
             return not (np.isfinite(self.low).all() and np.isfinite(self.high).all())
-        return False
+        return self.bounds == "data"
+
+    def _needs_data(self) -> bool:
+        return not self.exact.all() and (self._bounds_from_data() or self.mode == "quantile")
 
     def sizes(self) -> np.ndarray:
         exact_sizes = (self.high - self.low + 1).clip(1, self.bins) if self.exact.any() else 0
@@ -98,16 +106,54 @@ class BoxCodec:
             raise BCLMError(f"cannot fit {_leaf(self.path)}: the data contains NaN or inf")
         lo, hi = np.percentile(flat, self.percentiles, axis=0)
         hi = np.maximum(hi, lo)
-        # A margin beyond the data gives states a little past the demonstrations their own bins, so that a
-        # policy drifting out of the demonstrated range still sees how far out it is (clipping would hide it).
-        lo, hi = lo - self.margin * (hi - lo), hi + self.margin * (hi - lo)
-        self.low = np.where(self.exact, self.low, lo)
-        self.high = np.where(self.exact, self.high, hi)
+        if self._bounds_from_data():
+            # A margin beyond the data gives states a little past the demonstrations their own bins, so that a
+            # policy drifting out of the demonstrated range still sees how far out it is (clipping would hide it).
+            self.low = np.where(self.exact, self.low, lo - self.margin * (hi - lo))
+            self.high = np.where(self.exact, self.high, hi + self.margin * (hi - lo))
+        if self.mode == "quantile":
+            self.knots = [self._fit_knots(flat[:, d], d) for d in range(flat.shape[1])]
         self.fitted = True
+
+    def _fit_knots(self, col: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """Equal-mass bins between the percentiles: bin edges at the data's quantiles. A value the data takes
+        often (a clipped torque, a resting joint) is one knot, not many, so it costs one bin, not a run of
+        empty ones; its mass goes to its neighbours."""
+        if self.exact[d]:
+            return np.zeros(0), np.zeros(0)
+        levels = min(QUANTILE_LEVELS, self.bins // 2 + 1)     # knots at least a bin apart once snapped below
+        inner = np.unique(np.percentile(col, np.linspace(*self.percentiles, levels)))
+        inner = np.clip(inner, self.low[d], self.high[d])
+        below, above = self.low[d] < inner[0], self.high[d] > inner[-1]
+        t0, t1 = QUANTILE_MARGIN * below, 1.0 - QUANTILE_MARGIN * above
+        ts = np.linspace(t0, t1, len(inner)) if len(inner) > 1 else np.array([(t0 + t1) / 2])
+        # Each knot sits at the centre of a bin, which decodes at its centre: a value the data holds often
+        # comes back exactly instead of as the middle of a bin that reaches into the coarse margin.
+        ts = (np.clip(np.floor(ts * self.bins), 0, self.bins - 1) + 0.5) / self.bins
+        # Margin bins grow geometrically away from the data, as mu-law's do: fine just past the demonstrations,
+        # where a drifting policy first goes, coarse far out.
+        grow = np.geomspace(1 / 64, 1, 7)
+        m_ts = np.linspace(0, 1, 8)[1:] * QUANTILE_MARGIN
+        lo_x = inner[0] - grow[::-1] * (inner[0] - self.low[d]) if below else np.zeros(0)
+        hi_x = inner[-1] + grow * (self.high[d] - inner[-1]) if above else np.zeros(0)
+        lo_t = (QUANTILE_MARGIN - m_ts)[::-1] if below else np.zeros(0)
+        hi_t = 1.0 - QUANTILE_MARGIN + m_ts if above else np.zeros(0)
+        return np.concatenate([lo_x, inner, hi_x]), np.concatenate([lo_t, ts, hi_t])
+
+    def _interp(self, v: np.ndarray, forward: bool) -> np.ndarray:
+        """Quantile mode: value -> position in [0, 1] (forward) or back, one dimension at a time."""
+        out = np.zeros_like(v, dtype=np.float64)
+        for d, (xs, ts) in enumerate(self.knots):
+            if len(xs) > 1:
+                out[:, d] = np.interp(v[:, d], xs, ts) if forward else np.interp(v[:, d], ts, xs)
+            elif len(xs):
+                out[:, d] = ts[0] if forward else xs[0]
+        return out
 
     def _check_ready(self) -> None:
         if self.needs_data and not self.fitted:
-            raise _not_fitted(self.path, f"'{self.bounds}' bounds (percentiles of the training data)")
+            raise _not_fitted(self.path, "quantile bins (of the training data)" if self.mode == "quantile" else
+                              f"'{self.bounds}' bounds (percentiles of the training data)")
 
     # Companding maps the normalised z in [-1, 1] to c in [-1, 1]; bins are uniform in c.
     def _compand(self, z: np.ndarray) -> np.ndarray:
@@ -118,6 +164,8 @@ class BoxCodec:
 
     def _unit(self, x: np.ndarray, width: np.ndarray) -> np.ndarray:
         """Position in [0, 1] of x inside the bounds, in the (possibly companded) binning coordinate."""
+        if self.mode == "quantile":
+            return self._interp(x, forward=True)
         u = np.divide(x - self.low, width, out=np.zeros_like(x), where=width > 0)
         if self.mode == "mulaw":
             u = (self._compand(2.0 * u - 1.0) + 1.0) / 2.0
@@ -125,6 +173,8 @@ class BoxCodec:
 
     def _edge(self, t: np.ndarray, width: np.ndarray) -> np.ndarray:
         """x-space value of the binning coordinate t in [0, 1]."""
+        if self.mode == "quantile":
+            return self._interp(t, forward=False)
         if self.mode == "mulaw":
             t = (self._expand(2.0 * t - 1.0) + 1.0) / 2.0
         return self.low + t * width
@@ -144,7 +194,7 @@ class BoxCodec:
         self._check_ready()
         ids = np.broadcast_to(np.arange(self.bins), (self.num_tokens, self.bins)).T       # (bins, num_tokens)
         values = self.decode(ids).reshape(self.bins, -1).T.astype(np.float64)
-        half = (self.high - self.low) / 2 / ((1 + 2 * self.margin) if self.needs_data else 1.0)
+        half = (self.high - self.low) / 2 / ((1 + 2 * self.margin) if self._bounds_from_data() else 1.0)
         return np.divide(values - ((self.low + self.high) / 2)[:, None], half[:, None],
                          out=np.zeros_like(values), where=half[:, None] > 0)
 
@@ -153,8 +203,11 @@ class BoxCodec:
         ids = np.clip(np.asarray(ids, dtype=np.int64), 0, self.sizes() - 1).astype(np.float64)
         width = self.high - self.low
         # The midpoint of the bin's edges in x-space bounds the error by half the x-space bin width,
-        # which the companded-space centre would not.
-        mid = 0.5 * (self._edge(ids / self.bins, width) + self._edge((ids + 1) / self.bins, width))
+        # which the companded-space centre would not; quantile bins decode at their centre, where their knots are.
+        if self.mode == "quantile":
+            mid = self._edge((ids + 0.5) / self.bins, width)
+        else:
+            mid = 0.5 * (self._edge(ids / self.bins, width) + self._edge((ids + 1) / self.bins, width))
         x = np.where(width > 0, mid, self.low)
         x = np.where(self.exact, self.low + ids, x)
         if np.issubdtype(self.dtype, np.integer):
@@ -168,14 +221,17 @@ class BoxCodec:
                 "percentiles": list(self.percentiles), "low": floats_to_json(self.low),
                 "high": floats_to_json(self.high), "exact": self.exact.tolist(),
                 "needs_data": self.needs_data, "fitted": self.fitted,
-                **({"margin": self.margin} if self.margin else {})}
+                **({"margin": self.margin} if self.margin else {}),
+                **({"knots": [[floats_to_json(x), floats_to_json(t)] for x, t in self.knots]}
+                   if self.knots else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> BoxCodec:
         return cls(d["path"], tuple(d["shape"]), d["dtype"], floats_from_json(d["low"]),
                    floats_from_json(d["high"]), bins=d["bins"], mode=d["mode"], mu=d["mu"],
                    bounds=d["bounds"], percentiles=tuple(d["percentiles"]), exact=np.array(d["exact"]),
-                   needs_data=d["needs_data"], fitted=d["fitted"], margin=d.get("margin", 0.0))
+                   needs_data=d["needs_data"], fitted=d["fitted"], margin=d.get("margin", 0.0),
+                   knots=d.get("knots"))
 
 
 # --- integer leaves: mixed-radix packing ---------------------------------------------------------

@@ -41,7 +41,8 @@ class TokenizerConfig:
     action_bins: int = field(default=256, metadata={"help": "Bins per continuous action dimension."})
     mode: str = field(default="mulaw", metadata={
         "help": "Continuous binning: 'mulaw' (Gato-style companding: fine bins near the centre of the bounds, "
-                "coarse ones in the margin beyond the data), or 'uniform'."})
+                "coarse ones in the margin beyond the data), 'uniform', or 'quantile' (equal-mass bins between "
+                "the data's percentiles, fitted on the training data: fine where the demonstrations dwell)."})
     mu: float = field(default=100.0, metadata={"help": "mu of the mu-law companding (mode 'mulaw')."})
     obs_bounds: str = field(default="data", metadata={
         "help": "Where observation Box bounds come from: 'space', 'data' (training-data percentiles), or "
