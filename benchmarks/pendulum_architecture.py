@@ -113,17 +113,36 @@ class BinActor(MLPActor):
         return (self.space.high * u[:, None]).astype(self.space.dtype)
 
 
-def fit(net: nn.Module, obs: np.ndarray, target: np.ndarray, seed: int, batches: int = 800) -> MLPActor:
+def neighbours(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Each state's k nearest other states (standardised distance), for local mixup."""
+    d = torch.cdist(x, x)
+    d.fill_diagonal_(float("inf"))
+    return d.topk(k, largest=False).indices
+
+
+def batch(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, near: torch.Tensor | None):
+    """64 random states, or with `near` (local mixup) each one mixed with one of its nearest neighbours,
+    state and torque alike: the learner is taught to be linear between neighbouring demonstrated states."""
+    idx = torch.randint(0, len(x), (64,), generator=g)
+    if near is None:
+        return x[idx], y[idx]
+    other = near[idx, torch.randint(0, near.shape[1], (64,), generator=g)]
+    lam = torch.rand(64, generator=g)
+    return lam[:, None] * x[idx] + (1 - lam[:, None]) * x[other], lam * y[idx] + (1 - lam) * y[other]
+
+
+def fit(net: nn.Module, obs: np.ndarray, target: np.ndarray, seed: int, batches: int = 800,
+        mixup: int = 0) -> MLPActor:
     mean, std = obs.mean(0), obs.std(0) + 1e-6
     x, y = torch.as_tensor((obs - mean) / std), torch.as_tensor(target)
-    bins = ((y + 1) / 2 * (BINS - 1)).round().long()
     categorical = net(x[:1]).shape[-1] == BINS
     opt, g = torch.optim.Adam(net.parameters(), lr=1e-3), torch.Generator().manual_seed(seed)
+    near = neighbours(x, mixup) if mixup else None
     for _ in range(batches):
-        idx = torch.randint(0, len(x), (64,), generator=g)
-        out = net(x[idx])
-        loss = (nn.functional.cross_entropy(out, bins[idx]) if categorical
-                else nn.functional.mse_loss(torch.tanh(out[:, 0]), y[idx]))
+        xb, yb = batch(x, y, g, near)
+        out = net(xb)
+        loss = (nn.functional.cross_entropy(out, ((yb + 1) / 2 * (BINS - 1)).round().long()) if categorical
+                else nn.functional.mse_loss(torch.tanh(out[:, 0]), yb))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -136,17 +155,19 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--episodes", type=int, default=20, help="Evaluation episodes per learner and seed.")
     p.add_argument("--batches", type=int, default=800, help="Training batches of 64 per learner.")
+    p.add_argument("--mixup", type=int, default=0, help="Local mixup with this many nearest neighbours (0 = off).")
+    p.add_argument("--only", default="", help="Only the learners whose name contains this.")
     args = p.parse_args()
     torch.set_num_threads(1)
     probes = {"expert states": labelled(expert_states()), "around the top": labelled(grid_states())}
     data = [collect(seed) for seed in range(args.seeds)]
     print("| learner | success (per seed) | torque error on expert states (N·m) | around the top (N·m) | "
           "s per seed |\n|---|---|---:|---:|---:|")
-    for name, make in LEARNERS.items():
+    for name, make in ((n, m) for n, m in LEARNERS.items() if args.only in n):
         rows, t0 = [], time.perf_counter()
         for seed, (obs, target) in enumerate(data):
             torch.manual_seed(seed)
-            actor = fit(make(), obs, target, seed, args.batches)
+            actor = fit(make(), obs, target, seed, args.batches, args.mixup)
             rows.append([evaluate_actor("Pendulum-v1", actor, args.episodes),
                          *(torque_error(actor.act, probe) for probe in probes.values())])
         r = np.asarray(rows)
