@@ -13,6 +13,9 @@ and on the 13 x 13 grid around the top) and by closed-loop success (20 episodes,
   on a token per dimension (a constant plus the value along a direction of its own, bclm's number
   tokens), with a regression head; and with bclm's 256-bin categorical head (argmax decoding).
 
+`--mixup K` trains every learner with local mixup (each state mixed with one of its K nearest demonstrated
+states, torque alike), `--only NAME` runs the learners whose name contains NAME.
+
     .venv/bin/python benchmarks/pendulum_architecture.py --seeds 3
 """
 
