@@ -41,17 +41,17 @@ def test_the_architecture_probe_prints_every_learner():
         assert all(0 <= float(c) <= 4 for c in cells[2:4]), row          # torques are within ±2
 
 
-def test_local_mixup_mixes_state_and_torque_alike_between_neighbours():
-    sys.path.insert(0, str(BENCHMARKS))
+def test_local_mixup_mixes_state_and_torque_alike_between_neighbours(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     import torch
     from pendulum_architecture import batch, neighbours
 
-    x = torch.randn(50, 3)
-    y = x @ torch.tensor([1.0, -2.0, 0.5])                     # a linear law: mixing must keep it exactly
+    x, law = torch.randn(50, 3), torch.tensor([1.0, -2.0, 0.5])
+    y = x @ law                                                # a linear law: mixing must keep it exactly
     near = neighbours(x, 4)
     assert (near != torch.arange(50)[:, None]).all()           # a state is not its own neighbour
     xb, yb = batch(x, y, torch.Generator().manual_seed(0), near)
-    assert torch.allclose(xb @ torch.tensor([1.0, -2.0, 0.5]), yb, atol=1e-5)
+    assert torch.allclose(xb @ law, yb, atol=1e-5)
     assert not any(torch.isclose(xb, r, atol=1e-6).all(-1).any() for r in x)   # new states, not copies
     out = _run(str(BENCHMARKS / "pendulum_architecture.py"), "--seeds", "1", "--episodes", "2", "--batches", "20",
                "--mixup", "4", "--only", "tanh")
