@@ -19,7 +19,7 @@ def test_defaults_recipe_and_overrides_compose(tmp_path):
     assert r.model.size == "tiny" and r.train.lr == 0.01        # from the recipe
     assert r.train.max_steps == 7 and r.output_dir == "out"     # overrides win
     assert r.tokenizer.percentiles == (2.0, 98.0) and r.train.bf16 is True
-    assert r.data.context_length == 0 and r.train.epochs == 50   # defaults kept
+    assert r.data.context_length == 0 and r.train.epochs == -1   # defaults kept
 
 
 @pytest.mark.parametrize("text,needle", [

@@ -129,9 +129,12 @@ def test_jitter_never_moves_a_grid_value_onto_its_neighbour():
     assert (jitter_bins(tok, steps, 8 / 64)[:4] < np.median(gaps) / 2).all()
 
 
-@pytest.mark.parametrize(("epochs", "windows", "expected"), [(50, 1000, 1563), (50, 100_000, 2000), (0, 10, 2000)])
-def test_training_length_follows_the_data(epochs, windows, expected):
-    optim = sized_to_data(OptimConfig(epochs=epochs, max_steps=2000, batch_size=32), windows)
+@pytest.mark.parametrize(("epochs", "windows", "continuous", "expected"), [
+    (50, 1000, False, 1563), (50, 100_000, False, 2000), (0, 10, False, 2000), (50, 500, True, 782),
+    (-1, 500, False, 782), (-1, 500, True, 1563), (-1, 100_000, True, 2000)])
+def test_training_length_follows_the_data(epochs, windows, continuous, expected):
+    """Passes over the windows, capped; auto (-1) gives continuous actions twice the passes of discrete ones."""
+    optim = sized_to_data(OptimConfig(epochs=epochs, max_steps=2000, batch_size=32), windows, continuous=continuous)
     assert optim.max_steps == expected and optim.warmup_steps <= max(expected // 10, 100 if not epochs else 0)
 
 

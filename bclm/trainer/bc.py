@@ -158,7 +158,7 @@ def _set_up(recipe: TrainRecipe, accelerator: Accelerator, out: Path) -> _Run:
                         "the exported policy instead (bclm eval --policy OUTPUT_DIR), or use ZeRO-2")
     set_seed(loop.seed)
     model, data = _model_and_data(recipe)
-    optim = sized_to_data(optim, len(data.train_set), accelerator.num_processes)
+    optim = sized_to_data(optim, len(data.train_set), accelerator.num_processes, _continuous(data.tokenizers))
     tok = data.tokenizers[data.task_names[0]]
     optimizer = make_optimizer(model, optim)
     scheduler = make_scheduler(optimizer, optim)
@@ -309,7 +309,12 @@ def best_metric(setting: str, tokenizers: dict[str, BCTokenizer]) -> str:
     """The validation metric `loop.keep_best` chooses on ('' = keep the last weights); see its help for 'auto'."""
     if setting != "auto":
         return setting
-    return "" if any(t.continuous_actions for t in tokenizers.values()) else "val_action_accuracy"
+    return "" if _continuous(tokenizers) else "val_action_accuracy"
+
+
+def _continuous(tokenizers: dict[str, BCTokenizer]) -> bool:
+    """Whether any task has a continuous action: the 'auto' settings of train.epochs and loop.keep_best."""
+    return any(t.continuous_actions for t in tokenizers.values())
 
 
 def _keeper(recipe: TrainRecipe, data: Prepared, out: Path, zero3: bool, accelerator: Accelerator) -> KeepBest | None:

@@ -17,8 +17,10 @@ from bclm.trainer.trackers import check_trackers
 @dataclass
 class OptimConfig:
     epochs: float = option(
-        50.0, "Training length in passes over the training windows; the step count this gives is capped by "
-              "max_steps (0 = exactly max_steps).")
+        -1.0, "Training length in passes over the training windows; the step count this gives is capped by "
+              "max_steps (0 = exactly max_steps). -1 = auto: 50 when every action is discrete, 100 when any is "
+              "continuous (its 256-way bins fit slowly: LunarLanderContinuous from 1,500 labels reached 52-63% "
+              "action accuracy and 57% success in 50 passes, 81-87% and 87% in 100).")
     max_steps: int = option(2000, "Optimizer steps: the cap on the steps `epochs` gives, or the length itself "
                                   "when epochs is 0.")
     batch_size: int = option(64, "Windows per optimizer step (per process, before gradient accumulation).")
@@ -43,8 +45,8 @@ class OptimConfig:
         for name in ("max_steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise BCLMError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.epochs < 0:
-            raise BCLMError(f"train.epochs must be >= 0, got {self.epochs}")
+        if self.epochs < 0 and self.epochs != -1:
+            raise BCLMError(f"train.epochs must be >= 0, or -1 for auto, got {self.epochs}")
         if not self.ordinal_sigma >= 0:
             raise BCLMError(f"train.ordinal_sigma must be >= 0 (bins), got {self.ordinal_sigma}")
         if not self.lr > 0:

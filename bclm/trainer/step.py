@@ -68,13 +68,17 @@ def _per_target(values: torch.Tensor, keep: torch.Tensor, chosen: torch.Tensor) 
     return values[:, 1:][:, keep] if values.dim() == 2 else values[:, None].expand_as(chosen)
 
 
-def sized_to_data(optim: OptimConfig, windows: int, processes: int = 1) -> OptimConfig:
+AUTO_EPOCHS = {False: 50.0, True: 100.0}   # train.epochs -1, by whether any action is continuous
+
+
+def sized_to_data(optim: OptimConfig, windows: int, processes: int = 1, continuous: bool = False) -> OptimConfig:
     """`optim` with max_steps set to `epochs` passes over `windows` (capped by max_steps), the warmup at most
     a tenth of them: a small dataset trains for as long as it needs to, not a fixed number of steps."""
     if not optim.epochs:
         return optim
+    epochs = AUTO_EPOCHS[continuous] if optim.epochs == -1 else optim.epochs
     per_step = optim.batch_size * optim.grad_accum * processes
-    steps = max(1, min(optim.max_steps, math.ceil(optim.epochs * windows / per_step)))
+    steps = max(1, min(optim.max_steps, math.ceil(epochs * windows / per_step)))
     return dataclasses.replace(optim, epochs=0.0, max_steps=steps, warmup_steps=min(optim.warmup_steps, steps // 10))
 
 
