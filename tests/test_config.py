@@ -43,6 +43,7 @@ def test_unknown_recipe_key_names_key_and_file(tmp_path, text, needle):
     (["--train.lr", "nan"], "train.lr: expected a finite number"),
     (["--train.grad_clip", "inf"], "train.grad_clip: expected a finite number"),
     (["--train.epochs", "0", "--train.max_steps", "50", "--train.warmup_steps", "100"], "train.warmup_steps"),
+    (["--train.epochs", "-2"], "train.epochs must be >= 0, or -1 for auto, got -2"),
     (["--loop.keep_checkpoints", "-1"], "loop.keep_checkpoints"),
     (["--loop.save_every", "-1"], "loop.save_every must be >= 0"),
 ])
