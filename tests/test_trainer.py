@@ -117,6 +117,16 @@ def test_keep_best_auto_chooses_on_accuracy_for_discrete_actions_and_keeps_the_l
     assert best_metric("val_loss", {"b": continuous}) == "val_loss"
 
 
+def test_by_default_continuous_actions_train_twice_the_passes_of_discrete_ones(tmp_path):
+    """train.epochs auto: 100 passes over Pendulum's 200 windows at 200 a step is 100 steps (50 if discrete)."""
+    data, out = tmp_path / "data", tmp_path / "p"
+    collect(get_task("Pendulum-v1"), None, 1, data, seed=0)
+    train(cfg.build_config(TrainRecipe, None, [
+        "--dataset", str(data), "--output-dir", str(out), "--model.size", "tiny", "--train.batch_size", "200",
+        "--train.max_steps", "1000", "--loop.log_every", "50", "--loop.progress", "false", "--eval.episodes", "1"]))
+    assert [r["step"] for r in _losses(out)][-1] == 100
+
+
 def test_by_default_a_tenth_of_the_episodes_is_held_out_spread_over_the_dataset(dataset):
     from bclm.data.store import TrajectoryStore
     from bclm.trainer.data import split_episodes
