@@ -104,10 +104,10 @@ def expert_episodes(recipe: SweepRecipe, out: Path, seed: int, method: str = "bc
     ref = expert_ref_of(task, recipe.dagger.expert or None)
     noise = Noise.parse(recipe.dagger.noise, "dagger.noise") if method == "dart" else NO_NOISE
     store = open_store(task, expert_store(out, seed, method))
-    shards, total, i = [], 0, 0
+    shards, total, i, done = [], 0, 0, set(store.shard_names())
     while total <= recipe.sweep.budgets[-1]:
         name = f"ep-{i:05d}"
-        if name not in store.shard_names():
+        if name not in done:
             write_expert_shard(store, task, ref, 1, seed=recipe.dagger.seed + 1000 * seed + i, num_envs=1, shard=name,
                                noise=noise)
         labels = len(store.load([name]))

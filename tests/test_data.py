@@ -47,6 +47,23 @@ def test_store_round_trips_steps_and_provenance(tmp_path):
     assert reopened.observation_space == OBS and reopened.action_space == ACT
 
 
+def test_episode_ids_count_on_reading_each_shard_once(tmp_path, monkeypatch):
+    """A sweep writes one episode per shard, thousands of them: each write must not reload every shard."""
+    store = TrajectoryStore.create(tmp_path / "d", OBS, ACT, env_id="Toy-v0", task="toy")
+    other = TrajectoryStore(tmp_path / "d")                  # another writer's view of the same directory
+    loads = []
+    real_load = TrajectoryStore.load
+    monkeypatch.setattr(TrajectoryStore, "load", lambda self, shards=None: loads.append(shards) or
+                        real_load(self, shards))
+    for i in range(6):
+        store.write_shard(f"ep-{i:05d}", [_episode(2, i)])
+    other.write_shard("ep-00006", [_episode(2, 6), _episode(3, 7)])
+    assert all(shards is not None and len(shards) == 1 for shards in loads)     # never the whole store
+    assert len(loads) == 5 + 6                              # each shard read once per store object
+    assert store.next_episode_id() == 8                     # sees the other writer's shard (ids 6 and 7)
+    assert sorted(set(real_load(store)["episode"][:].tolist())) == list(range(8))
+
+
 def test_store_never_overwrites(tmp_path):
     store = TrajectoryStore.create(tmp_path / "d", OBS, ACT, env_id="Toy-v0", task="toy")
     store.write_shard("round-000", [_episode(3, 0)])
