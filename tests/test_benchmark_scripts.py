@@ -1,4 +1,4 @@
-"""The learning benchmarks run end to end: label efficiency (bclm against the MLP), then the Pendulum probe."""
+"""The benchmark scripts run end to end: label efficiency (bclm against the MLP), the Pendulum probes, shard writes."""
 
 from __future__ import annotations
 
@@ -56,3 +56,9 @@ def test_local_mixup_mixes_state_and_torque_alike_between_neighbours(monkeypatch
     out = _run(str(BENCHMARKS / "pendulum_architecture.py"), "--seeds", "1", "--episodes", "2", "--batches", "20",
                "--mixup", "4", "--only", "tanh")
     assert len([line for line in out.splitlines() if line.startswith("| MLP 2 x 64 tanh")]) == 1, out
+
+
+def test_the_shard_write_benchmark_prints_both_ways():
+    out = _run(str(BENCHMARKS / "shard_writes.py"), "--quick")
+    assert re.search(r"\| a new store object \(every shard read\) \| [\d.]+ \| 1\.00 \|", out), out
+    assert re.search(r"\| the store that wrote the shards \(the sweep\) \| [\d.]+ \| [\d.]+x faster \|", out), out
