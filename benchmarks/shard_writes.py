@@ -3,7 +3,7 @@
 `bclm sweep` collects expert episodes one per shard (so that every budget takes a prefix of them), which
 for BabyAI's 5-step episodes means thousands of shards. Each write numbers its episodes after the store's
 largest id. Timed here, after the store holds `--shards` shards: a write through the store object that
-wrote them (what the sweep does: each shard's ids are read once) against a write through a new store
+wrote them (what the sweep does: it knows the ids it wrote) against a write through a new store
 object (every shard read again: what every write cost before 2026-12-05, and what a new process pays once).
 
     python benchmarks/shard_writes.py                 # 1,000 shards

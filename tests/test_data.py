@@ -59,7 +59,7 @@ def test_episode_ids_count_on_reading_each_shard_once(tmp_path, monkeypatch):
         store.write_shard(f"ep-{i:05d}", [_episode(2, i)])
     other.write_shard("ep-00006", [_episode(2, 6), _episode(3, 7)])
     assert all(shards is not None and len(shards) == 1 for shards in loads)     # never the whole store
-    assert len(loads) == 5 + 6                              # each shard read once per store object
+    assert len(loads) == 6              # only the other writer reads: a store knows the ids it wrote
     assert store.next_episode_id() == 8                     # sees the other writer's shard (ids 6 and 7)
     assert sorted(set(real_load(store)["episode"][:].tolist())) == list(range(8))
 

@@ -201,8 +201,10 @@ class TrajectoryStore:
         """Append the episodes as shard `name`; an existing shard of that name is an error."""
         if not episodes:
             raise BCLMError(f"shard {name}: no episodes to write")
-        columns = self._columns(episodes, self.next_episode_id(), round_index, source, policy_revision)
-        return self.write_columns(name, columns)
+        first = self.next_episode_id()
+        path = self.write_columns(name, self._columns(episodes, first, round_index, source, policy_revision))
+        self._last_ids[name] = first + len(episodes) - 1      # ids it assigned: no need to read them back
+        return path
 
     def write_columns(self, name: str, columns: dict[str, Any]) -> Path:
         """Write ready-made columns (one per store feature, episode ids included) as shard `name`, atomically:
