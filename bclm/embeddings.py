@@ -15,21 +15,30 @@ and each block has its own map: the embedding of bin k of dimension d is a smoot
 direction of d's own, so summing tokens over positions (what attention does) weighs each dimension
 separately, as an MLP's first layer does.
 
+Packed symbols (`tokenizer.group` > 1: a BabyAI cell's object, colour and state in one token) get the same
+treatment for a different reason: as free rows, "red ball" and "red key" share nothing, and a policy must
+learn separately for each of the 18 object tokens that it matches the mission's words, which held BabyAI
+GoToLocal on a plateau for thousands of steps. Their embedding adds the sum of one row per element value,
+so "red" is one vector wherever it appears; the free row stays as a residual.
+
 torch, transformers and accelerate have no embedding of this kind, hence this small module.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
+from bclm.errors import BCLMError
 from bclm.tokenizers import BCTokenizer
 
 NUMBER_PROJ = "number_proj"
+SYMBOL_FACTORS = "symbol_factors"
 
 
 def cosine_basis(size: int, features: int) -> torch.Tensor:
@@ -58,22 +67,40 @@ def number_rows(basis: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     return torch.einsum(spec, basis, proj).reshape(-1, proj.shape[-1])
 
 
-class NumberEmbedding(nn.Embedding):
-    """An embedding table whose rows [start, start + size) are `slots` blocks of `basis @ number_proj[slot]`."""
+def factor_index(radix: tuple[int, ...]) -> torch.Tensor:
+    """(prod(radix), len(radix)): for each packed symbol (mixed radix, first element most significant, as the
+    codecs pack them), the row of each of its element values in the stacked per-element table."""
+    digits = np.array(list(np.ndindex(*radix)), dtype=np.int64).reshape(-1, len(radix))
+    return torch.as_tensor(digits + np.concatenate([[0], np.cumsum(radix)[:-1]]))
+
+
+class StructuredEmbedding(nn.Embedding):
+    """An embedding table whose rows [start, start + size) are `slots` blocks of `basis @ number_proj[slot]`
+    (none when `size` is 0) and, once `add_symbol_factors` is called, whose packed symbols add the sum of
+    their elements' rows."""
 
     def __init__(self, table: torch.Tensor, start: int, size: int, features: int, slots: int = 1,
                  positions: torch.Tensor | None = None):
         super().__init__(table.shape[0], table.shape[1], _weight=table.detach().clone(),
                          device=table.device, dtype=table.dtype)
-        if size % slots:
+        if size % max(slots, 1):
             raise ValueError(f"number range of {size} ids is not {slots} equal slots")
         self.start, self.size, self.slots = int(start), int(size), int(slots)
+        self.factor_start = 0
+        self.register_buffer("factor_index", None, persistent=False)
+        self.register_parameter(SYMBOL_FACTORS, None)
+        self.register_buffer("number_basis", None, persistent=False)
+        self.register_parameter(NUMBER_PROJ, None)
+        if self.size:
+            self._init_numbers(table, features, positions)
+
+    def _init_numbers(self, table: torch.Tensor, features: int, positions: torch.Tensor | None) -> None:
         width = self.size // self.slots
         features = min(int(features), width)
         basis = cosine_basis(width, features) if positions is None else value_basis(positions, features)
-        self.register_buffer("number_basis", basis.to(table.device, table.dtype), persistent=False)
+        self.number_basis = basis.to(table.device, table.dtype)
         # Least squares onto the basis: a warm start keeps the smooth part of the rows it was given
-        # (all of it when they came from a NumberEmbedding of the same basis).
+        # (all of it when they came from a StructuredEmbedding of the same basis).
         # On the CPU in float64 with an SVD driver: a reserved slot's basis (no dimension behind it) is rank
         # deficient, which the GPU's only driver cannot solve.
         rows = table.detach()[self.start:self.start + self.size].cpu().double().view(self.slots, width, -1)
@@ -83,48 +110,94 @@ class NumberEmbedding(nn.Embedding):
         proj = proj.to(table.device, table.dtype).clone(memory_format=torch.contiguous_format)
         self.number_proj = nn.Parameter(proj)
 
+    def add_symbol_factors(self, start: int, radix: tuple[int, ...], fresh: bool, std: float = 0.02) -> None:
+        """Packed symbols [start, start + prod(radix)) add one row per element value. `fresh`: those rows
+        start small and random and the symbols' free rows at zero, so the embedding starts as pure structure;
+        otherwise the element rows start at zero and the embedding is unchanged (a warm start)."""
+        index = factor_index(radix).to(self.weight.device)
+        self.factor_start, self.factor_index = int(start), index
+        self.symbol_factors = nn.Parameter(torch.zeros(sum(radix), self.embedding_dim, device=self.weight.device,
+                                                       dtype=self.weight.dtype))
+        if fresh:
+            nn.init.normal_(self.symbol_factors, std=std)
+            with torch.no_grad():
+                self.weight[start:start + len(index)] = 0.0
+
     def numbers(self) -> torch.Tensor:
         """(size, dim) the number rows."""
         return number_rows(self.number_basis, self.number_proj)
 
+    def symbols(self) -> torch.Tensor:
+        """(prod(radix), dim) what the packed symbols add to their free rows."""
+        return self.symbol_factors[self.factor_index].sum(dim=1)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         out = super().forward(input_ids)
-        local = input_ids - self.start
-        is_number = (local >= 0) & (local < self.size)
-        numbers = self.numbers()[local.clamp(0, self.size - 1)]
-        return torch.where(is_number[..., None], numbers.to(out.dtype), out)
+        if self.size:
+            local = input_ids - self.start
+            is_number = (local >= 0) & (local < self.size)
+            numbers = self.numbers()[local.clamp(0, self.size - 1)]
+            out = torch.where(is_number[..., None], numbers.to(out.dtype), out)
+        if self.factor_index is not None:
+            n = len(self.factor_index)
+            local = input_ids - self.factor_start
+            is_symbol = (local >= 0) & (local < n)
+            out = out + is_symbol[..., None] * self.symbols()[local.clamp(0, n - 1)].to(out.dtype)
+        return out
 
     def materialized(self) -> torch.Tensor:
         table = self.weight.detach().clone()
-        table[self.start:self.start + self.size] = self.numbers().detach()
+        if self.size:
+            table[self.start:self.start + self.size] = self.numbers().detach()
+        if self.factor_index is not None:
+            table[self.factor_start:self.factor_start + len(self.factor_index)] += self.symbols().detach()
         return table
 
 
-def attach_number_embedding(model: nn.Module, start: int, size: int, features: int,
-                            fresh: bool, slots: int = 1, positions: torch.Tensor | None = None,
-                            ) -> NumberEmbedding | None:
-    """Give `model` number embeddings (unless `features` or `size` is 0); the output head is untied first,
-    so that predicted logits stay free while inputs are smooth, and the exported model computes exactly
-    what the live one does. `fresh`: the number rows start as a small random smooth function."""
-    if features <= 0 or size <= 0:
+def attach_structured_embedding(model: nn.Module, start: int, size: int, features: int, fresh: bool,
+                                slots: int = 1, positions: torch.Tensor | None = None,
+                                symbols: tuple[int, tuple[int, ...]] | None = None) -> StructuredEmbedding | None:
+    """Give `model` number embeddings (unless `features` or `size` is 0) and, with `symbols` = (first id,
+    radix), factored packed symbols; None when neither applies. The output head is untied first, so that
+    predicted logits stay free while inputs are structured, and the exported model computes exactly what the
+    live one does. `fresh`: the structure starts as a small random function, not fitted to the rows."""
+    size = size if features > 0 else 0
+    if size <= 0 and symbols is None:
         return None
     current = model.get_input_embeddings()
-    if isinstance(current, NumberEmbedding):
+    if isinstance(current, StructuredEmbedding):
         return current
     untie(model)
-    emb = NumberEmbedding(current.weight, start, size, features, slots, positions)
-    if fresh:
-        nn.init.normal_(emb.number_proj, std=getattr(model.config, "initializer_range", 0.02))
+    emb = StructuredEmbedding(current.weight, start, size, features, slots, positions)
+    std = getattr(model.config, "initializer_range", 0.02)
+    if fresh and size:
+        nn.init.normal_(emb.number_proj, std=std)
+    if symbols is not None:
+        emb.add_symbol_factors(*symbols, fresh=fresh, std=std)
     model.set_input_embeddings(emb)
     return emb
 
 
-def attach_for(model: nn.Module, tokenizer: BCTokenizer, features: int, fresh: bool) -> NumberEmbedding | None:
-    """`attach_number_embedding` laid out as `tokenizer`'s number range: its slots, and with a slot per
-    dimension (format 3) the value basis of each dimension's bins."""
+def shared_radix(tokenizers: Iterable[BCTokenizer]) -> tuple[int, ...] | None:
+    """The one element layout of every packed observation token of `tokenizers` (None without any): packed
+    ids share the value range, so two layouts would give one id two meanings."""
+    layouts = set().union(*(t.packed_radix() for t in tokenizers))
+    if len(layouts) > 1:
+        raise BCLMError(f"model.symbol_factors: packed tokens have {len(layouts)} element layouts "
+                        f"({', '.join(map(str, sorted(layouts)))}); set model.symbol_factors false or use one "
+                        f"tokenizer.group layout")
+    return next(iter(layouts), None)
+
+
+def attach_for(model: nn.Module, tokenizer: BCTokenizer, features: int, fresh: bool,
+               radix: tuple[int, ...] | None = None) -> StructuredEmbedding | None:
+    """`attach_structured_embedding` laid out as `tokenizer`'s number range: its slots, and with a slot per
+    dimension (format 3) the value basis of each dimension's bins; `radix`: factor the packed symbols."""
     positions = torch.as_tensor(tokenizer.number_positions()) if tokenizer.config.number_slots else None
-    return attach_number_embedding(model, tokenizer.number_offset, tokenizer.number_vocab, features, fresh,
-                                   slots=max(tokenizer.number_slots, 1), positions=positions)
+    symbols = (tokenizer.value_offset, radix) if radix else None
+    return attach_structured_embedding(model, tokenizer.number_offset, tokenizer.number_vocab, features, fresh,
+                                       slots=max(tokenizer.number_slots, 1), positions=positions,
+                                       symbols=symbols)
 
 
 def untie(model: nn.Module) -> None:
@@ -140,7 +213,7 @@ def untie(model: nn.Module) -> None:
 def plain_embedding(model: nn.Module) -> Iterator[None]:
     """Within the block the model's input embedding is an ordinary `nn.Embedding` holding the computed rows."""
     emb = model.get_input_embeddings()
-    if not isinstance(emb, NumberEmbedding):
+    if not isinstance(emb, StructuredEmbedding):
         yield
         return
     plain = nn.Embedding(emb.num_embeddings, emb.embedding_dim, _weight=emb.materialized(),
@@ -152,13 +225,20 @@ def plain_embedding(model: nn.Module) -> Iterator[None]:
         model.set_input_embeddings(emb)
 
 
-def plain_state_dict(state_dict: dict[str, torch.Tensor], emb: NumberEmbedding) -> dict[str, torch.Tensor]:
-    """A gathered (ZeRO-3) state dict with the number rows written into the table and the projection dropped."""
+def plain_state_dict(state_dict: dict[str, torch.Tensor], emb: StructuredEmbedding) -> dict[str, torch.Tensor]:
+    """A gathered (ZeRO-3) state dict with the structured rows written into the table and their parameters
+    dropped."""
     out = dict(state_dict)
-    for key in [k for k in out if k.endswith(NUMBER_PROJ)]:
-        proj = out.pop(key)
-        table_key = key[: -len(NUMBER_PROJ)] + "weight"
+    for key in [k for k in out if k.endswith((NUMBER_PROJ, SYMBOL_FACTORS))]:
+        param = out.pop(key)
+        is_numbers = key.endswith(NUMBER_PROJ)
+        table_key = key[: -len(NUMBER_PROJ if is_numbers else SYMBOL_FACTORS)] + "weight"
         table = out[table_key].clone()
-        table[emb.start:emb.start + emb.size] = number_rows(emb.number_basis.to(proj.device, proj.dtype), proj)
+        if is_numbers:
+            table[emb.start:emb.start + emb.size] = number_rows(emb.number_basis.to(param.device, param.dtype),
+                                                                param)
+        else:
+            index = emb.factor_index.to(param.device)
+            table[emb.factor_start:emb.factor_start + len(index)] += param[index].sum(dim=1)
         out[table_key] = table
     return out

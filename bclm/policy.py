@@ -31,7 +31,7 @@ from bclm.artifacts import (
     policy_directory,
     tokenizer_digest,
 )
-from bclm.embeddings import NumberEmbedding, plain_embedding, plain_state_dict
+from bclm.embeddings import StructuredEmbedding, plain_embedding, plain_state_dict
 from bclm.errors import BCLMError
 from bclm.tokenizers import (
     HISTORY_LAYOUTS,
@@ -121,7 +121,7 @@ class Policy:
         tokenizer_path = save_tokenizers(self.tokenizers, directory)
         setattr(self.model.config, CONFIG_DIGEST, tokenizer_digest(tokenizer_path))    # the pair, for loading
         emb = self.model.get_input_embeddings()
-        if state_dict is not None and isinstance(emb, NumberEmbedding):
+        if state_dict is not None and isinstance(emb, StructuredEmbedding):
             state_dict = plain_state_dict(state_dict, emb)
         # A plain AutoModelForCausalLM checkpoint: the number rows written into the table (a gathered state
         # dict has them already; under ZeRO-3 the live module holds only this rank's shard).

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from bclm.data.sequences import WindowDataset, jitter_bins, tokenize_episodes
-from bclm.embeddings import NumberEmbedding, attach_for, cosine_basis
+from bclm.embeddings import StructuredEmbedding, attach_for, cosine_basis, shared_radix
+from bclm.errors import BCLMError
 from bclm.policy import Policy
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
 from bclm.trainer.config import OptimConfig
@@ -33,7 +34,7 @@ def _trained_like(policy: Policy) -> Policy:
 
 
 def test_number_embedding_is_smooth_in_the_bin():
-    emb = NumberEmbedding(torch.randn(300, 32) * 0.02, start=20, size=256, features=16)
+    emb = StructuredEmbedding(torch.randn(300, 32) * 0.02, start=20, size=256, features=16)
     torch.nn.init.normal_(emb.number_proj, std=0.02)
     rows = emb(torch.arange(20, 276))
     near = (rows[1:] - rows[:-1]).norm(dim=1).mean()
@@ -44,7 +45,7 @@ def test_number_embedding_is_smooth_in_the_bin():
 
 def test_structured_embedding_exports_a_plain_checkpoint_with_the_same_logits(tmp_path):
     policy = _trained_like(tiny_policy(*SPACES, context_length=40))
-    assert isinstance(policy.model.get_input_embeddings(), NumberEmbedding)
+    assert isinstance(policy.model.get_input_embeddings(), StructuredEmbedding)
     policy.save_pretrained(tmp_path)
     assert not any("number" in k for k in load_file(tmp_path / "model.safetensors"))
     assert "auto_map" not in json.loads((tmp_path / "config.json").read_text())
@@ -59,7 +60,7 @@ def test_structured_embedding_exports_a_plain_checkpoint_with_the_same_logits(tm
         torch.testing.assert_close(plain(input_ids=ids).logits, policy.model(input_ids=ids).logits,
                                    rtol=0, atol=1e-5)
     # The live model keeps its structure after saving.
-    assert isinstance(policy.model.get_input_embeddings(), NumberEmbedding)
+    assert isinstance(policy.model.get_input_embeddings(), StructuredEmbedding)
 
 
 def test_a_warm_start_keeps_the_number_rows_it_was_given(tmp_path):
@@ -154,7 +155,7 @@ def test_with_a_slot_per_dimension_each_bin_embeds_at_its_value_along_its_dimens
     lo, hi = np.percentile(obs, [1, 99], axis=0)
     np.testing.assert_allclose(positions[:2].T, (values - (lo + hi) / 2) / ((hi - lo) / 2), rtol=1e-4, atol=1e-4)
     assert positions[:2].min() < -5 and positions[:2].max() > 5         # the margin: far past the data, linearly
-    emb = NumberEmbedding(torch.zeros(tok.vocab_size, 8), tok.number_offset, tok.number_vocab, features=2,
+    emb = StructuredEmbedding(torch.zeros(tok.vocab_size, 8), tok.number_offset, tok.number_vocab, features=2,
                           slots=tok.number_slots, positions=torch.as_tensor(positions))
     torch.nn.init.normal_(emb.number_proj)
     rows = emb.numbers().view(3, 64, 8)
@@ -164,3 +165,87 @@ def test_with_a_slot_per_dimension_each_bin_embeds_at_its_value_along_its_dimens
         torch.testing.assert_close(step[keep], emb.number_proj[s, 1].expand(int(keep.sum()), 8), atol=1e-4,
                                    rtol=1e-3)
     assert not torch.allclose(emb.number_proj[0, 1], emb.number_proj[1, 1])   # directions of their own
+
+
+CELLS = gym.spaces.Dict({"image": gym.spaces.MultiDiscrete(np.tile([4, 3, 2], (5, 1))),
+                         "speed": gym.spaces.Box(-1, 1, (2,), np.float32)})
+
+
+def _cells_policy(symbol_factors: bool = True) -> Policy:
+    from bclm.models import ModelConfig, build_model
+
+    CELLS.seed(0)
+    obs = gym.vector.utils.concatenate(CELLS, [CELLS.sample() for _ in range(32)],
+                                       gym.vector.utils.create_empty_array(CELLS, 32))
+    config = TokenizerConfig(obs_bins=32, action_bins=32, value_vocab=64, group=3)
+    tok = BCTokenizer(CELLS, gym.spaces.Discrete(3), config)
+    tok.fit(obs, np.zeros(32, dtype=np.int64))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(size="tiny", attn_implementation="eager"), tok.vocab_size, 40, tok.bos_id,
+                        tok.eos_id, tok.pad_id).eval()
+    attach_for(model, tok, 2, fresh=True, radix=shared_radix([tok]) if symbol_factors else None)
+    return Policy(model, tok, 40)
+
+
+def _cell_id(tok: BCTokenizer, kind: int, colour: int, state: int = 0) -> int:
+    return tok.value_offset + kind * 6 + colour * 2 + state
+
+
+def test_packed_cells_share_the_rows_of_their_elements():
+    policy = _cells_policy()
+    tok = policy.tokenizer
+    assert shared_radix([tok]) == (4, 3, 2)
+    emb = policy.model.get_input_embeddings()
+    row = {(k, c): emb(torch.tensor([_cell_id(tok, k, c)]))[0] for k in range(4) for c in range(3)}
+    # Fresh free rows are zero, so a colour is one vector in every object: red ball - red key = blue ball - blue key.
+    torch.testing.assert_close(row[0, 1] - row[1, 1], row[0, 2] - row[1, 2])
+    assert not torch.allclose(row[0, 1], row[1, 1])
+    ids = torch.as_tensor(tok.encode_observation({"image": np.array([[[2, 1, 0]] * 5]),
+                                                  "speed": np.zeros((1, 2), np.float32)}))
+    assert _cell_id(tok, 2, 1) in ids.tolist()[0]                   # the codec packs cells as the factors read them
+
+
+def test_factored_cells_and_numbers_export_a_plain_checkpoint_with_the_same_logits(tmp_path):
+    from bclm.embeddings import plain_state_dict
+
+    policy = _trained_like(_cells_policy())
+    emb = policy.model.get_input_embeddings()
+    table = plain_state_dict(policy.model.state_dict(), emb)["model.embed_tokens.weight"]
+    torch.testing.assert_close(table, emb.materialized())          # the ZeRO-3 path writes the same rows
+    policy.save_pretrained(tmp_path)
+    assert not any("factor" in k or "number" in k for k in load_file(tmp_path / "model.safetensors"))
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=False).eval()
+    tok = policy.tokenizer
+    CELLS.seed(1)
+    obs = gym.vector.utils.concatenate(CELLS, [CELLS.sample() for _ in range(3)],
+                                       gym.vector.utils.create_empty_array(CELLS, 3))
+    ids = torch.as_tensor(np.concatenate([np.tile(tok.prefix("default"), (3, 1)), tok.encode_observation(obs),
+                                          np.full((3, 1), tok.act_id)], axis=1))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, policy.model(input_ids=ids).logits,
+                                   rtol=0, atol=1e-5)
+
+
+def test_a_warm_start_with_factors_keeps_the_embedding_it_was_given():
+    from bclm.embeddings import untie
+
+    policy = _trained_like(_cells_policy(symbol_factors=False))
+    model = policy.model
+    before = model.get_input_embeddings().materialized()
+    plain = torch.nn.Embedding.from_pretrained(before.clone(), freeze=False)
+    untie(model)
+    model.set_input_embeddings(plain)
+    attach_for(model, policy.tokenizer, 2, fresh=False, radix=(4, 3, 2))
+    ids = torch.arange(before.shape[0])
+    torch.testing.assert_close(model.get_input_embeddings()(ids), before, rtol=0, atol=1e-5)
+
+
+def test_two_packed_layouts_are_refused_by_name():
+    tokenizers = []
+    for nvec in ([4, 3, 2], [5, 3, 2]):
+        space = gym.spaces.MultiDiscrete(np.tile(nvec, (2, 1)))
+        config = TokenizerConfig(obs_bins=64, action_bins=64, value_vocab=64, group=3)
+        tokenizers.append(BCTokenizer(space, gym.spaces.Discrete(2), config))
+    with pytest.raises(BCLMError, match=r"model.symbol_factors: packed tokens have 2 element layouts"):
+        shared_radix(tokenizers)
+    assert shared_radix([BCTokenizer(gym.spaces.Discrete(4), gym.spaces.Discrete(2), TokenizerConfig())]) is None

@@ -273,6 +273,13 @@ class _RadixCodec:
     def sizes(self) -> np.ndarray:
         return self._sizes.copy()
 
+    def packed_layouts(self) -> set[tuple[int, ...]]:
+        """The element radices of the tokens that pack `group` > 1 elements (a padded last token excluded)."""
+        if self.group < 2:
+            return set()
+        rows = self._radix[:-1] if self._pad else self._radix
+        return {tuple(int(r) for r in row) for row in rows}
+
     def fit(self, x: np.ndarray) -> None:
         return None
 

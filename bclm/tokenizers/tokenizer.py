@@ -330,6 +330,11 @@ class BCTokenizer:
                 slot += len(positions)
         return out
 
+    def packed_radix(self) -> set[tuple[int, ...]]:
+        """The element layouts of the observation tokens that pack several integer elements (`group` > 1)."""
+        radix_codecs = [c for c in self.obs_codecs if not isinstance(c, BoxCodec | TextCodec)]
+        return set().union(*(c.packed_layouts() for c in radix_codecs))
+
     def number_slot_starts(self) -> np.ndarray:
         """(step_len,) the first id of each observation number token's slot (0 elsewhere): jitter stays in it."""
         starts = np.zeros(self.step_len, dtype=np.int64)
