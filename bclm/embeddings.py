@@ -15,11 +15,12 @@ and each block has its own map: the embedding of bin k of dimension d is a smoot
 direction of d's own, so summing tokens over positions (what attention does) weighs each dimension
 separately, as an MLP's first layer does.
 
-Packed symbols (`tokenizer.group` > 1: a BabyAI cell's object, colour and state in one token) get the same
-treatment for a different reason: as free rows, "red ball" and "red key" share nothing, and a policy must
-learn separately for each of the 18 object tokens that it matches the mission's words, which held BabyAI
-GoToLocal on a plateau for thousands of steps. Their embedding adds the sum of one row per element value,
-so "red" is one vector wherever it appears; the free row stays as a residual.
+Packed symbols (`tokenizer.group` > 1: a BabyAI cell's object, colour and state in one token) can get the
+same treatment (`model.symbol_factors`) for a different reason: as free rows, "red ball" and "red key"
+share nothing, and a policy must learn separately for each of the 18 object tokens that it matches the
+mission's words, which held BabyAI GoToLocal on a plateau for thousands of steps. Their embedding adds the
+sum of one row per element value, so "red" is one vector wherever it appears; the free row stays as a
+residual.
 
 torch, transformers and accelerate have no embedding of this kind, hence this small module.
 """

@@ -35,9 +35,9 @@ class ModelConfig:
            "(so 2 is linear in the value, as an MLP's input and JAT's embedding are), then cosines of the bin; with "
            "one shared slot (format 2): cosines of the bin. 0 = free rows (the old free-symbol learner).")
     symbol_factors: bool = option(
-        True, "Tokens that pack several integer elements (tokenizer.group > 1, e.g. a BabyAI cell's object, "
-              "colour and state) are embedded as the sum of a row per element value plus a free row, so that "
-              "'red' is one vector in every red object; materialised into the plain table at save time.")
+        False, "Tokens that pack several integer elements (tokenizer.group > 1, e.g. a BabyAI cell's object, "
+               "colour and state) are embedded as the sum of a row per element value plus a free row, so that "
+               "'red' is one vector in every red object; materialised into the plain table at save time.")
 
     def __post_init__(self) -> None:
         if self.number_features < 0:

@@ -20,6 +20,8 @@ alike; each side's tokens/s is the median over rounds.
 
     python benchmarks/train_throughput.py           # size base, batch 16, fp32
     python benchmarks/train_throughput.py --bf16    # bf16 autocast on both sides
+    python benchmarks/train_throughput.py --task babyai --size small --context-length 64 --batch-size 64
+                                                    # BabyAI-like views: packed cells, factored on bclm's side
     python benchmarks/train_throughput.py --quick   # seconds, to check the script runs
 """
 
@@ -47,7 +49,7 @@ from accelerate import Accelerator
 
 from bclm.data.collate import PadCollator
 from bclm.data.sequences import WindowDataset, tokenize_episodes
-from bclm.embeddings import attach_for
+from bclm.embeddings import attach_for, shared_radix
 from bclm.models import ModelConfig, build_model
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
 from bclm.trainer.config import OptimConfig
@@ -56,6 +58,9 @@ from bclm.trainer.step import make_optimizer, make_scheduler, train_step
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=["cartpole", "babyai"], default="cartpole",
+                   help="cartpole: Box(4) observations (number tokens); babyai: a direction and a 7x7 view of "
+                        "(object, colour, state) cells packed 3 to a token (factored symbols)")
     p.add_argument("--size", default="base", help="bclm model size (tiny, small, base, ...)")
     p.add_argument("--context-length", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
@@ -94,10 +99,28 @@ def synthetic_batches(context_length: int, batch_size: int, count: int, episodes
     return tok, collated_batches(tok, obs, act, episode, step, context_length, batch_size, count, seed)
 
 
+def synthetic_cells(context_length: int, batch_size: int, count: int, episodes: int, seed: int
+                    ) -> tuple[BCTokenizer, list[dict[str, torch.Tensor]]]:
+    """`count` collated batches of windows over random BabyAI-like episodes (a 51-token step)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 64, size=episodes)
+    n = int(lengths.sum())
+    cell = np.array([11, 6, 3])
+    space = gym.spaces.Dict({"direction": gym.spaces.Discrete(4),
+                             "image": gym.spaces.MultiDiscrete(np.tile(cell, (49, 1)))})
+    obs = {"direction": rng.integers(0, 4, size=n), "image": rng.integers(0, cell, size=(n, 49, 3))}
+    act = rng.integers(0, 7, size=n)
+    episode = np.repeat(np.arange(episodes), lengths)
+    step = np.concatenate([np.arange(k) for k in lengths])
+    tok = BCTokenizer(space, gym.spaces.Discrete(7), TokenizerConfig(group=3))
+    tok.fit(obs, act)
+    return tok, collated_batches(tok, obs, act, episode, step, context_length, batch_size, count, seed)
+
+
 def collated_batches(tok: BCTokenizer, obs: np.ndarray, act: np.ndarray, episode: np.ndarray, step: np.ndarray,
                      context_length: int, batch_size: int, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
     """`count` shuffled batches of bclm windows over these episodes (epochs repeat as needed)."""
-    tokens = tokenize_episodes(tok, obs, act, episode, step, np.full(len(obs), "default", dtype=object))
+    tokens = tokenize_episodes(tok, obs, act, episode, step, np.full(len(act), "default", dtype=object))
     loader = torch.utils.data.DataLoader(WindowDataset(tokens, tok, context_length), batch_size=batch_size,
                                          shuffle=True, drop_last=True, collate_fn=PadCollator(tok.pad_id),
                                          generator=torch.Generator().manual_seed(seed))
@@ -168,16 +191,24 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     per_side = args.warmup + args.rounds * args.steps
-    tok, batches = synthetic_batches(args.context_length, args.batch_size, per_side, args.episodes, args.seed)
+    make_batches = synthetic_cells if args.task == "babyai" else synthetic_batches
+    tok, batches = make_batches(args.context_length, args.batch_size, per_side, args.episodes, args.seed)
     torch.manual_seed(args.seed)
     model = build_model(ModelConfig(size=args.size), tok.vocab_size, args.context_length, tok.bos_id,
                         tok.eos_id, tok.pad_id)
     bare_model = copy.deepcopy(model)   # identical initial weights on both sides
-    # bclm's side trains what `bclm train` does: number embeddings (computed rows) and an untied head.
-    attach_for(model, tok, ModelConfig().number_features, fresh=True)
+    # bclm's side trains what `bclm train` does: number embeddings (computed rows), packed symbols summed
+    # from their elements, and an untied head.
+    radix = shared_radix([tok])
     optim = OptimConfig(max_steps=per_side, batch_size=args.batch_size, bf16=args.bf16, warmup_steps=2)
-    sides = {"bclm train_step": bclm_stepper(model, optim, args.bf16),
-             "bare PyTorch": bare_stepper(bare_model, optim, args.bf16)}
+    sides = {}
+    if radix:   # what factoring the packed symbols costs, against bclm's own step with free rows
+        free_rows = copy.deepcopy(model)
+        attach_for(free_rows, tok, ModelConfig().number_features, fresh=True)
+        sides["bclm train_step, free symbol rows"] = bclm_stepper(free_rows, optim, args.bf16)
+    attach_for(model, tok, ModelConfig().number_features, fresh=True, radix=radix)
+    sides["bclm train_step"] = bclm_stepper(model, optim, args.bf16)
+    sides["bare PyTorch"] = bare_stepper(bare_model, optim, args.bf16)
 
     pad_share = 1 - sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel()
                                                                                for b in batches)
@@ -207,6 +238,8 @@ def main() -> None:
         print(f"| {name} | {med[name]:,.0f} | {min(v):,.0f} | {max(v):,.0f} | {med[name] / bare:.2f}x |")
     print()
     print(f"bclm / bare = {bclm / bare:.2f} (target >= 0.95)")
+    if "bclm train_step, free symbol rows" in med:
+        print(f"factored / free symbol rows = {bclm / med['bclm train_step, free symbol rows']:.2f}")
     # Other processes on the machine skew everything (see --threads): say whether any came and went.
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}")
 

@@ -1,4 +1,5 @@
-"""The benchmark scripts run end to end: label efficiency (bclm against the MLP), the Pendulum probes, shard writes."""
+"""The benchmark scripts run end to end: label efficiency (bclm against the MLP), the Pendulum probes, shard writes,
+the training step with packed symbols."""
 
 from __future__ import annotations
 
@@ -62,3 +63,10 @@ def test_the_shard_write_benchmark_prints_both_ways():
     out = _run(str(BENCHMARKS / "shard_writes.py"), "--quick")
     assert re.search(r"\| a new store object \(every shard read\) \| [\d.]+ \| 1\.00 \|", out), out
     assert re.search(r"\| the store that wrote the shards \(the sweep\) \| [\d.]+ \| [\d.]+x faster \|", out), out
+
+
+def test_the_training_step_benchmark_times_factored_symbols_against_free_rows_and_the_bare_loop():
+    out = _run(str(BENCHMARKS / "train_throughput.py"), "--quick", "--task", "babyai")
+    for side in ("bclm train_step, free symbol rows", "bclm train_step", "bare PyTorch"):
+        assert re.search(rf"\| {side} \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d.]+x \|", out), out
+    assert re.search(r"factored / free symbol rows = [\d.]+", out), out
