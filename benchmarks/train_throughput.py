@@ -197,8 +197,8 @@ def main() -> None:
     model = build_model(ModelConfig(size=args.size), tok.vocab_size, args.context_length, tok.bos_id,
                         tok.eos_id, tok.pad_id)
     bare_model = copy.deepcopy(model)   # identical initial weights on both sides
-    # bclm's side trains what `bclm train` does: number embeddings (computed rows), packed symbols summed
-    # from their elements, and an untied head.
+    # bclm's side trains what `bclm train` does: number embeddings (computed rows) and an untied head; with
+    # packed symbols, summed from their elements' rows (`model.symbol_factors`), and with free rows beside.
     radix = shared_radix([tok])
     optim = OptimConfig(max_steps=per_side, batch_size=args.batch_size, bf16=args.bf16, warmup_steps=2)
     sides = {}

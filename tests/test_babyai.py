@@ -50,7 +50,8 @@ def _recipe(out, *extra: str) -> DaggerRecipe:
 
 
 def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
-    report = run_dagger(_recipe(tmp_path / "run", "--dagger.beta", "constant", "--dagger.beta_value", "0.5"))
+    report = run_dagger(_recipe(tmp_path / "run", "--dagger.beta", "constant", "--dagger.beta_value", "0.5",
+                                "--model.symbol_factors", "true"))
     row = report["rounds"][1]
     steps = TrajectoryStore(tmp_path / "run" / "data").arrays(["round-001"])
     used = steps.columns["expert_used"]
@@ -61,6 +62,10 @@ def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
     from bclm.policy import Policy
 
     assert Policy.from_pretrained(tmp_path / "run" / "round-001").tokenizer.obs_len == 49 + 1 + 16  # a token a cell
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "run" / "round-001" / "model.safetensors")   # factored cells, saved plain
+    assert not any("symbol_factors" in k for k in saved) and "lm_head.weight" in saved
 
 
 def test_hg_dagger_with_the_stateful_bot_as_gate(tmp_path):
