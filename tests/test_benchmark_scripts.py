@@ -1,5 +1,5 @@
 """The benchmark scripts run end to end: label efficiency (bclm against the MLP), the Pendulum probes, shard writes,
-the training step with packed symbols."""
+the training step with packed symbols, BabyAI agreement with the bot."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
@@ -70,3 +72,18 @@ def test_the_training_step_benchmark_times_factored_symbols_against_free_rows_an
     for side in ("bclm train_step, free symbol rows", "bclm train_step", "bare PyTorch"):
         assert re.search(rf"\| {side} \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d.]+x \|", out), out
     assert re.search(r"factored / free symbol rows = [\d.]+", out), out
+
+
+def test_babyai_agreement_splits_by_target_view_and_bot_action():
+    sys.path.insert(0, str(BENCHMARKS))
+    from babyai_agreement import agreement
+
+    class AlwaysForward:
+        def act(self, batch, new_episode):
+            return np.full(len(new_episode), 2)
+
+    counts = agreement([AlwaysForward()], "BabyAI-GoToLocal-v0", episodes=3)[0]
+    assert counts["all"][1] > 0 and counts["in view"][1] + counts["out of view"][1] == counts["all"][1]
+    for key, (agree, steps) in counts.items():
+        if "bot:" in key:
+            assert agree == (steps if key.endswith("forward") else 0), (key, agree, steps)
