@@ -84,7 +84,7 @@ class StructuredEmbedding(nn.Embedding):
                  positions: torch.Tensor | None = None):
         super().__init__(table.shape[0], table.shape[1], _weight=table.detach().clone(),
                          device=table.device, dtype=table.dtype)
-        if size % max(slots, 1):
+        if size % slots:
             raise ValueError(f"number range of {size} ids is not {slots} equal slots")
         self.start, self.size, self.slots = int(start), int(size), int(slots)
         self.factor_start = 0
