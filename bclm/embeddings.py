@@ -124,13 +124,16 @@ class StructuredEmbedding(nn.Embedding):
             with torch.no_grad():
                 self.weight[start:start + len(index)] = 0.0
 
-    def numbers(self) -> torch.Tensor:
-        """(size, dim) the number rows."""
-        return number_rows(self.number_basis, self.number_proj)
+    def numbers(self, proj: torch.Tensor | None = None) -> torch.Tensor:
+        """(size, dim) the number rows (of the projection `proj`, the live one by default)."""
+        proj = self.number_proj if proj is None else proj
+        return number_rows(self.number_basis.to(proj.device, proj.dtype), proj)
 
-    def symbols(self) -> torch.Tensor:
-        """(prod(radix), dim) what the packed symbols add to their free rows."""
-        return self.symbol_factors[self.factor_index].sum(dim=1)
+    def symbols(self, factors: torch.Tensor | None = None) -> torch.Tensor:
+        """(prod(radix), dim) what the packed symbols add to their free rows (of the element rows `factors`,
+        the live ones by default)."""
+        factors = self.symbol_factors if factors is None else factors
+        return factors[self.factor_index.to(factors.device)].sum(dim=1)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         out = super().forward(input_ids)
@@ -146,12 +149,16 @@ class StructuredEmbedding(nn.Embedding):
             out = out + is_symbol[..., None] * self.symbols()[local.clamp(0, n - 1)].to(out.dtype)
         return out
 
-    def materialized(self) -> torch.Tensor:
-        table = self.weight.detach().clone()
-        if self.size:
-            table[self.start:self.start + self.size] = self.numbers().detach()
-        if self.factor_index is not None:
-            table[self.factor_start:self.factor_start + len(self.factor_index)] += self.symbols().detach()
+    def materialized(self, table: torch.Tensor | None = None, proj: torch.Tensor | None = None,
+                     factors: torch.Tensor | None = None) -> torch.Tensor:
+        """A copy of the free `table` (the live one by default) with the structured rows written in, computed
+        from `proj` and `factors` (the live parameters by default; a gathered ZeRO-3 state dict's otherwise)."""
+        with torch.no_grad():
+            table = (self.weight if table is None else table).detach().clone()
+            if self.size:
+                table[self.start:self.start + self.size] = self.numbers(proj)
+            if self.factor_index is not None:
+                table[self.factor_start:self.factor_start + len(self.factor_index)] += self.symbols(factors)
         return table
 
 
@@ -230,16 +237,10 @@ def plain_state_dict(state_dict: dict[str, torch.Tensor], emb: StructuredEmbeddi
     """A gathered (ZeRO-3) state dict with the structured rows written into the table and their parameters
     dropped."""
     out = dict(state_dict)
-    for key in [k for k in out if k.endswith((NUMBER_PROJ, SYMBOL_FACTORS))]:
-        param = out.pop(key)
-        is_numbers = key.endswith(NUMBER_PROJ)
-        table_key = key[: -len(NUMBER_PROJ if is_numbers else SYMBOL_FACTORS)] + "weight"
-        table = out[table_key].clone()
-        if is_numbers:
-            table[emb.start:emb.start + emb.size] = number_rows(emb.number_basis.to(param.device, param.dtype),
-                                                                param)
-        else:
-            index = emb.factor_index.to(param.device)
-            table[emb.factor_start:emb.factor_start + len(index)] += param[index].sum(dim=1)
-        out[table_key] = table
+    structured = [k for k in out if k.endswith((NUMBER_PROJ, SYMBOL_FACTORS))]
+    if not structured:
+        return out
+    prefix = structured[0].rsplit(".", 1)[0] + "."
+    proj, factors = out.pop(prefix + NUMBER_PROJ, None), out.pop(prefix + SYMBOL_FACTORS, None)
+    out[prefix + "weight"] = emb.materialized(out[prefix + "weight"], proj, factors)
     return out
