@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from bclm import atomic
+from bclm import atomic, interrupt
 from bclm.config import option
 from bclm.envs import get_task
 from bclm.errors import BCLMError
@@ -173,9 +173,9 @@ def run_cell(recipe: SweepRecipe, out: Path, cell: Cell, threads: int = 0) -> di
         import torch
 
         torch.set_num_threads(threads)
-    if cell.method in OFFLINE:
-        return {"cell": dataclasses.asdict(cell), "points": [run_bc_cell(recipe, out, cell)]}
-    return {"cell": dataclasses.asdict(cell), "points": run_dagger_cell(recipe, out, cell)}
+    with interrupt.task():
+        points = [run_bc_cell(recipe, out, cell)] if cell.method in OFFLINE else run_dagger_cell(recipe, out, cell)
+    return {"cell": dataclasses.asdict(cell), "points": points}
 
 
 # --- the sweep -----------------------------------------------------------------------------------------
@@ -201,15 +201,30 @@ def run_sweep(recipe: SweepRecipe) -> dict[str, Any]:
     if jobs == 1:
         results = [_counted(run_cell(recipe, out, c), bar) for c in todo]
     else:
-        threads = max(1, (os.cpu_count() or 2) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            results = [_counted(r, bar) for r in pool.map(run_cell, [recipe] * len(todo), [out] * len(todo), todo,
-                                                           [threads] * len(todo))]
+        results = _run_parallel(recipe, out, todo, jobs, bar)
     bar.close()
     report = {"env": recipe.dagger.env, "budgets": recipe.sweep.budgets, "cells": results,
               "summary": summarize(results, recipe.sweep)}
     write_outputs(report, out, recipe.dagger.env)
     return report
+
+
+def _run_parallel(recipe: SweepRecipe, out: Path, todo: list[Cell], jobs: int, bar: tqdm) -> list[dict[str, Any]]:
+    threads = max(1, (os.cpu_count() or 2) // jobs)
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=interrupt.install_worker)
+    try:
+        return [_counted(r, bar) for r in pool.map(run_cell, [recipe] * len(todo), [out] * len(todo), todo,
+                                                   [threads] * len(todo))]
+    except BaseException:
+        # A SIGTERM sent to the sweep alone (`kill PID`, a scheduler) would leave its cells training on, and the
+        # workers would go on to the queued ones (the executor cannot cancel those it has handed out): pass it
+        # on, so that each running cell checkpoints and stops and no worker starts another.
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _counted(result: dict[str, Any], bar: tqdm) -> dict[str, Any]:

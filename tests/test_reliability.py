@@ -84,6 +84,23 @@ def test_sigterm_in_training_writes_a_checkpoint_and_the_same_command_finishes(t
     assert run_finished(tmp_path / "out")
 
 
+def test_sigterm_to_a_parallel_sweep_checkpoints_its_running_cells_and_starts_no_more(tmp_path):
+    # `kill PID` signals the sweep's own process only; its two workers train, a third cell waits.
+    proc = _start("sweep", "--env", ENV, "--dagger.expert", EXPERT, "--methods", "bc", "--budgets", "50,100,150",
+                  "--seeds", "1", "--sweep.jobs", "2", "--output-dir", "out", "--model.size", "tiny",
+                  "--train.epochs", "0", "--train.max_steps", "100000", "--train.batch_size", "8",
+                  "--loop.log_every", "5", "--loop.progress", "false", "--eval.episodes", "2", cwd=tmp_path)
+    cells = [tmp_path / "out" / "bc" / f"labels-{budget}" / "seed-0" for budget in (50, 100, 150)]
+    code, err = _interrupt_when(proc, lambda: all((c / "metrics.jsonl").is_file() for c in cells[:2]),
+                                signal.SIGTERM, timeout=120)
+    assert code == 130 and "interrupted" in _one_line(err)
+    assert all(latest_checkpoint(c) is not None and not run_finished(c) for c in cells[:2])
+    assert not cells[2].exists()
+    logged = [(c / "metrics.jsonl").stat().st_size for c in cells[:2]]
+    time.sleep(2)
+    assert [(c / "metrics.jsonl").stat().st_size for c in cells[:2]] == logged, "a cell trains on after the sweep"
+
+
 DAGGER = ("dagger", "--output-dir", "run", "--dagger.env", ENV, "--dagger.expert", EXPERT, "--dagger.rounds", "1",
           "--dagger.initial_episodes", "4", "--dagger.episodes_per_round", "3", "--dagger.num_envs", "3",
           "--model.size", "tiny", "--data.context_length", "14", "--train.epochs", "0", "--train.max_steps", "15",
