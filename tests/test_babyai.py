@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 pytest.importorskip("minigrid")
@@ -83,3 +84,91 @@ def test_hg_dagger_with_the_stateful_bot_as_gate(tmp_path):
 def test_the_stateful_bot_refuses_envs_in_worker_processes(tmp_path):
     with pytest.raises(BCLMError, match=r"stateful.*synchronous.*async_envs"):
         run_dagger(_recipe(tmp_path / "run", "--dagger.async_envs", "true"))
+
+
+class _FixedPermutation:
+    """An rng whose draws make `permute_colours` rename colour c to `perm[c]` in every episode."""
+
+    def __init__(self, perm: np.ndarray):
+        self.perm = perm
+
+    def random(self, shape: tuple[int, int]) -> np.ndarray:
+        return np.tile(np.argsort(self.perm), (shape[0], 1)).astype(float)
+
+
+def _rename_world(env, perm: np.ndarray) -> None:
+    """Rename the colours of the live env's objects and of its instruction, as a freshly generated world."""
+    from minigrid.envs.babyai.core.verifier import Instr, ObjDesc
+
+    from bclm.envs.babyai import COLOURED_OBJECTS, COLOURS
+
+    world = env.unwrapped
+    for obj in world.grid.grid:
+        if obj is not None and obj.encode()[0] in COLOURED_OBJECTS:
+            obj.color = COLOURS[perm[COLOURS.index(obj.color)]]
+    parts = [world.instrs]
+    while parts:
+        part = parts.pop()
+        if isinstance(part, ObjDesc) and part.color is not None:
+            part.color = COLOURS[perm[COLOURS.index(part.color)]]
+        elif isinstance(part, Instr):
+            parts.extend(v for v in vars(part).values() if isinstance(v, Instr | ObjDesc))
+    world.instrs.reset_verifier(world)
+    world.mission = world.instrs.surface(world)
+
+
+def _wrapper(env):
+    from bclm.envs.babyai import BabyAIObservation
+
+    while not isinstance(env, BabyAIObservation):
+        env = env.env
+    return env
+
+
+@pytest.mark.parametrize("level", ["GoToLocal", "PutNextLocal"])
+def test_renamed_colours_are_the_view_of_a_renamed_world_and_leave_the_bots_actions_unchanged(level):
+    import gymnasium as gym
+    from minigrid.utils.baby_ai_bot import BabyAIBot
+
+    from bclm.envs.babyai import permute_colours
+
+    perm = np.array([3, 0, 5, 1, 2, 4])
+    renamed_any = False
+    for seed in range(4):
+        envs = [gym.make(f"bclm/BabyAI-{level}-v0") for _ in range(2)]
+        first = [env.reset(seed=seed)[0] for env in envs]
+        _rename_world(envs[1], perm)
+        obs = [first[0], _wrapper(envs[1]).observation(envs[1].unwrapped.gen_obs())]
+        bots, actions, done = [BabyAIBot(env.unwrapped) for env in envs], [None, None], False
+        while not done:
+            batch = {k: np.asarray([obs[0][k]], dtype=object if k == "mission" else None) for k in obs[0]}
+            expected = permute_colours(batch, np.zeros(1, dtype=int), _FixedPermutation(perm))
+            assert np.array_equal(expected["image"][0], obs[1]["image"]) and expected["mission"][0] == obs[1]["mission"]
+            renamed_any |= obs[0]["mission"] != obs[1]["mission"]
+            actions = [int(bot.replan(a)) for bot, a in zip(bots, actions)]
+            assert actions[0] == actions[1]
+            steps = [env.step(a) for env, a in zip(envs, actions)]
+            obs, done = [s[0] for s in steps], steps[0][2] or steps[0][3]
+            assert steps[0][1:4] == steps[1][1:4]          # reward, terminated, truncated alike
+        assert steps[0][1] > 0                             # the mission was accomplished in both worlds
+    assert renamed_any
+
+
+def test_augment_adds_renamed_copies_of_the_training_episodes_with_their_labels(tmp_path):
+    from bclm.trainer.config import TrainRecipe
+    from bclm.trainer.data import prepare_data
+
+    collect(get_task("BabyAI-GoToLocal-v0"), None, 20, tmp_path / "data", num_envs=4)
+    args = ["--dataset", str(tmp_path / "data"), "--tokenizer.group", "3", "--tokenizer.text_max_tokens", "5"]
+    plain = prepare_data(cfg.build_config(TrainRecipe, None, args))
+    tripled = prepare_data(cfg.build_config(TrainRecipe, None, [*args, "--data.augment", "2"]))
+    assert len(tripled.train_set) == 3 * len(plain.train_set) and len(tripled.val_set) == len(plain.val_set)
+    original, copy = (tripled.train_set[i] for i in (0, len(plain.train_set)))
+    labeled = original["labels"] != -100
+    assert labeled.any() and torch.equal(original["labels"], copy["labels"])
+    assert not torch.equal(original["input_ids"], copy["input_ids"])     # the same step in a renamed world
+
+    with pytest.raises(BCLMError, match="data.augment 2: task 'CartPole-v1' has no symmetry"):
+        collect(get_task("CartPole-v1"), None, 2, tmp_path / "cartpole")
+        prepare_data(cfg.build_config(TrainRecipe, None, ["--dataset", str(tmp_path / "cartpole"),
+                                                          "--data.augment", "2"]))

@@ -42,6 +42,13 @@ class DataConfig:
              "number of bins up to this fraction of the observation bins, either way (0 = off); never by half "
              "the spacing of a dimension whose data sits on a grid, so no two of its values are confused. Off by "
              "default: it blurs sharp expert decision boundaries (LunarLander: 237 -> 12 mean return at 1/32).")
+    augment: int = option(
+        0, "Training augmentation: each training episode is added this many more times, transformed by the "
+           "task's symmetry (data.symmetry), with the same labels; held-out episodes are not (0 = off).")
+    symmetry: str = option(
+        "", "What data.augment transforms with: 'module:callable' (observations, episode ids, numpy Generator) "
+            "-> observations; '' = the task's own (BabyAI: object colours renamed alike in the view and the "
+            "mission, which leaves the bot's actions unchanged).")
 
     history: str = option(
         "full", "What the context holds of past steps: full (observations and executed actions; every step of a "
@@ -59,6 +66,8 @@ class DataConfig:
                             "data.history full (the observations layout has no past actions to drop)")
         if self.val_episodes < -1:
             raise BCLMError(f"data.val_episodes must be >= 0, or -1 for a tenth, got {self.val_episodes}")
+        if self.augment < 0:
+            raise BCLMError(f"data.augment must be >= 0 (extra copies of each training episode), got {self.augment}")
         if not 0 <= self.jitter < 1:
             raise BCLMError(f"data.jitter must be in [0, 1), got {self.jitter}")
         if self.context_length and self.context_length < 8:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import string
 from typing import Any
 
@@ -21,6 +22,11 @@ from bclm.errors import BCLMError
 LEVELS = ("GoToRedBall", "GoToLocal", "PickupLoc", "PutNextLocal", "GoTo")
 MISSION_CHARSET = string.ascii_lowercase + " ,'"
 MISSION_MAX = 200
+# minigrid's COLOR_TO_IDX order, and the object types that carry a colour (door, key, ball, box): walls stay
+# grey and empty cells colourless, as in every real view.
+COLOURS = ("red", "green", "blue", "purple", "yellow", "grey")
+COLOURED_OBJECTS = (4, 5, 6, 7)
+_COLOUR_WORD = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
 
 
 def _minigrid() -> Any:
@@ -57,6 +63,23 @@ class BabyAIObservation(gym.ObservationWrapper):
     def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
         image = np.asarray(obs["image"], dtype=np.int64).reshape(49, 3)
         return {"direction": obs["direction"], "image": image, "mission": obs["mission"]}
+
+
+def permute_colours(observation: dict[str, Any], episode: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
+    """The same steps in a world whose colours are renamed: one random permutation per episode, applied
+    alike to every coloured object in the view and to the colour words of the mission. Every BabyAI level
+    tells objects apart by colour and type only, so the bot's actions, the labels, are unchanged (the test
+    renames the colours of a live env and replays the bot)."""
+    ids, first = np.unique(episode, return_inverse=True)
+    perms = np.argsort(rng.random((len(ids), len(COLOURS))), axis=1)[first]          # (steps, colours)
+    image = np.array(observation["image"], copy=True)
+    coloured = np.isin(image[..., 0], COLOURED_OBJECTS)
+    renamed = np.take_along_axis(perms, image[..., 1], axis=1)
+    image[..., 1] = np.where(coloured, renamed, image[..., 1])
+    missions = np.empty(len(episode), dtype=object)
+    missions[:] = [_COLOUR_WORD.sub(lambda m, p=perm: COLOURS[p[COLOURS.index(m[1])]], str(text))
+                   for text, perm in zip(observation["mission"], perms)]
+    return {**observation, "image": image, "mission": missions}
 
 
 def make_babyai(level: str, **kwargs: Any) -> gym.Env:

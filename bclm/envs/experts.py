@@ -8,7 +8,6 @@ action space, so it can label DAgger states as cheaply as it acts. Discrete expe
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from bclm.envs.refs import import_callable
 from bclm.errors import BCLMError
 
 Expert = Callable[[Any], Any]
@@ -206,18 +206,4 @@ def load_expert(ref: str) -> Expert:
     if ":" not in ref:
         names = ", ".join(sorted(BUILTIN_EXPERTS))
         raise BCLMError(f"expert {ref!r} is unknown: expected one of {names} or the form 'module:callable'")
-    module_name, _, attr_path = ref.partition(":")
-    if not module_name or not attr_path:
-        raise BCLMError(f"expert {ref!r} is malformed: expected 'module:callable'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise BCLMError(f"expert {ref!r} could not be imported: {e}") from e
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise BCLMError(f"expert {ref!r} could not be resolved: no attribute {part!r}") from None
-    if not callable(obj):
-        raise BCLMError(f"expert {ref!r} is not callable: it is a {type(obj).__name__}")
-    return obj
+    return import_callable(ref, "expert")

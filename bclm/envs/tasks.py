@@ -24,9 +24,11 @@ class TaskSpec:
 
     ``success`` is ``"return"`` (episode return >= ``success_threshold``), ``"terminated"`` (the episode
     ended by termination, not truncation) or ``"info"`` (``info["success"]`` truthy at some step).
-    ``env_kwargs`` accepts any mapping or iterable of pairs and is stored as a private ``dict`` copy; it
-    is left out of the hash so specs stay hashable, and kept a real ``dict`` so specs pickle (async
-    vector envs) and go through ``dataclasses.asdict`` / YAML unchanged.
+    ``symmetry`` is a 'module:callable' (observations, episode ids, rng) -> observations that renames what
+    the expert treats alike, so that `data.augment` can add transformed copies of the demonstrations with
+    their labels unchanged. ``env_kwargs`` accepts any mapping or iterable of pairs and is stored as a
+    private ``dict`` copy; it is left out of the hash so specs stay hashable, and kept a real ``dict`` so
+    specs pickle (async vector envs) and go through ``dataclasses.asdict`` / YAML unchanged.
     """
 
     name: str
@@ -35,6 +37,7 @@ class TaskSpec:
     success: str
     success_threshold: float | None = None
     env_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+    symmetry: str | None = None
 
     def __post_init__(self) -> None:
         if self.success not in SUCCESS_KINDS:
@@ -85,7 +88,8 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
         ),
         # BabyAI (minigrid): a mission succeeds with a positive reward; the env module registers the ids.
         *(TaskSpec(f"BabyAI-{level}-v0", f"bclm.envs.babyai:bclm/BabyAI-{level}-v0", "babyai_bot", "return",
-                   1e-9) for level in ("GoToRedBall", "GoToLocal", "PickupLoc", "PutNextLocal", "GoTo")),
+                   1e-9, symmetry="bclm.envs.babyai:permute_colours")
+          for level in ("GoToRedBall", "GoToLocal", "PickupLoc", "PutNextLocal", "GoTo")),
         # Meta-World (MT50, which includes MT10): success is metaworld's info["success"]; the env module registers
         # the ids and terminates episodes at the first success. The expert is metaworld's scripted policy.
         *(TaskSpec(f"MetaWorld-{env_name}", f"bclm.envs.metaworld:bclm/MetaWorld-{env_name}",

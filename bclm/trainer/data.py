@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from bclm.data.augment import Symmetry, augmented
 from bclm.data.sequences import DataConfig, WindowDataset, jitter_bins, resolve_context, tokenize_episodes
 from bclm.data.store import META_FILE, StepArrays, TrajectoryStore
 from bclm.distributed import launched_world_size
 from bclm.envs import get_task
+from bclm.envs.refs import import_callable
 from bclm.errors import BCLMError
 from bclm.models import pretrained_vocabulary
 from bclm.tokenizers import BCTokenizer, build_tokenizers, fit_tokenizers
@@ -148,18 +150,36 @@ def prepare_data(recipe: TrainRecipe, tokenizers: dict[str, BCTokenizer] | None 
     context = resolve_context(recipe.data.context_length, [tokenizers[n] for n in names])
     tasks = []
     for index, (entry, name, store, s) in enumerate(zip(entries, names, stores, steps)):
+        env = entry.env or store.meta.get("task") or store.meta["env_id"]
         train_steps, val_steps = split_episodes(s, recipe.data.val_episodes)
+        if recipe.data.augment:
+            train_steps = augmented(train_steps, symmetry_of(recipe.data, env, tokenizers[name]), recipe.data.augment,
+                                    recipe.loop.seed)
         train, val = (None if part is None else _windows(tokenizers[name], part, recipe.data, context, name, index,
                                                           entry.loss_weight, recipe.loop.seed if part is train_steps
                                                           else None)
                       for part in (train_steps, val_steps))
-        env = entry.env or store.meta.get("task") or store.meta["env_id"]
         tasks.append(TaskData(name, env, train, val, entry.weight))
     train_set = _concat([t.train for t in tasks])
     val_parts = [t.val for t in tasks if t.val is not None]
     val_set = _concat(val_parts) if val_parts else None
     quantization = {n: tokenizers[n].quantization_report(s.observation, s.action) for n, s in zip(names, steps)}
     return Prepared(tokenizers, tasks, train_set, val_set, context, quantization)
+
+
+def symmetry_of(config: DataConfig, env: str, tokenizer: BCTokenizer) -> Symmetry:
+    """`data.symmetry`, else the task's own; what it returns must still be observations of the task."""
+    ref = config.symmetry or get_task(env).symmetry
+    if not ref:
+        raise BCLMError(f"data.augment {config.augment}: task {env!r} has no symmetry to augment with; give one "
+                        "as data.symmetry module:callable")
+    transform = import_callable(ref, "data.symmetry")
+
+    def checked(observation: Any, episode: np.ndarray, rng: np.random.Generator) -> Any:
+        out = transform(observation, episode, rng)
+        tokenizer.check_observation(out, where=f"data.symmetry {ref}")
+        return out
+    return checked
 
 
 def _concat(sets: list[Any]) -> torch.utils.data.Dataset:
