@@ -217,9 +217,10 @@ def _run_parallel(recipe: SweepRecipe, out: Path, todo: list[Cell], jobs: int, b
         return [_counted(r, bar) for r in pool.map(run_cell, [recipe] * len(todo), [out] * len(todo), todo,
                                                    [threads] * len(todo))]
     except BaseException:
-        # A SIGTERM sent to the sweep alone (`kill PID`, a scheduler) would leave its cells training on, and the
-        # workers would go on to the queued ones (the executor cannot cancel those it has handed out): pass it
-        # on, so that each running cell checkpoints and stops and no worker starts another.
+        # A SIGTERM sent to the sweep alone (`kill PID`, a scheduler), or a cell that failed, would leave the
+        # other cells training on, and the workers would go on to the queued ones (the executor cannot cancel
+        # those it has handed out): signal them, so that each running cell checkpoints and stops and no worker
+        # starts another.
         for worker in multiprocessing.active_children():
             worker.terminate()
         raise
