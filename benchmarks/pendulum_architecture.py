@@ -1,7 +1,7 @@
 """Which part of a transformer loses Pendulum's law off the expert's path: the tokens, the output, or the trunk.
 
 `pendulum_generalization.py` shows bclm's policies fitting the expert's own states better than the MLP and
-erring 2-3x more just off them. Here eight learners train on the same 800 expert labels (4 episodes of the
+erring 2-3x more just off them. Here thirteen learners train on the same 800 expert labels (4 episodes of the
 swing-up expert, collection seeds 1000*seed+i), all on standardised raw observations, 800 batches of 64,
 Adam 1e-3, and are measured as `pendulum_generalization.py` measures (torque error on fresh expert states
 and on the 13 x 13 grid around the top) and by closed-loop success (20 episodes, seeds 10000+i):
@@ -11,7 +11,9 @@ and on the 13 x 13 grid around the top) and by closed-loop success (20 episodes,
   RMSNorm (pre-norm and final, as in Llama);
 - Llama "small" (bclm's default trunk) on one token holding the whole observation, with a regression head;
   on a token per dimension (a constant plus the value along a direction of its own, bclm's number
-  tokens), with a regression head; and with bclm's 256-bin categorical head (argmax decoding).
+  tokens), with a regression head; and with bclm's 256-bin categorical head (argmax decoding);
+- the same with a near-linear RMSNorm (`rms_norm_eps` 1.0), and GPT-2 "small" (an ungated GELU MLP,
+  LayerNorm) in Llama's three set-ups.
 
 `--mixup K` trains every learner with local mixup (each state mixed with one of its K nearest demonstrated
 states, torque alike), `--only NAME` runs the learners whose name contains NAME.
@@ -30,7 +32,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaModel
+from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from label_efficiency import MLPActor, evaluate_actor
@@ -71,14 +73,23 @@ class Residual(nn.Module):
         return self.head(self.final(h))
 
 
-class LlamaLearner(nn.Module):
-    """Llama "small" over [task, observation token(s), ACT]; the action is read at ACT."""
+def trunk(arch: str, d: int = 128, eps: float = 1e-6) -> nn.Module:
+    """bclm's "small" size (4 layers, width 128, 4 heads) as Llama (gated MLP, RMSNorm with `eps`) or GPT-2
+    (a plain GELU MLP, LayerNorm), dropout off alike."""
+    if arch == "llama":
+        return LlamaModel(LlamaConfig(hidden_size=d, intermediate_size=4 * d, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=4, vocab_size=8,
+                                      max_position_embeddings=16, rms_norm_eps=eps))
+    return GPT2Model(GPT2Config(n_embd=d, n_inner=4 * d, n_layer=4, n_head=4, vocab_size=8, n_positions=16,
+                                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
 
-    def __init__(self, tokens: str, out: int, d: int = 128):
+
+class TransformerLearner(nn.Module):
+    """A "small" trunk over [task, observation token(s), ACT]; the action is read at ACT."""
+
+    def __init__(self, arch: str, tokens: str, out: int, d: int = 128, eps: float = 1e-6):
         super().__init__()
-        self.trunk = LlamaModel(LlamaConfig(hidden_size=d, intermediate_size=4 * d, num_hidden_layers=4,
-                                            num_attention_heads=4, num_key_value_heads=4, vocab_size=8,
-                                            max_position_embeddings=16))
+        self.trunk = trunk(arch, d, eps)
         self.tokens = tokens
         self.const = nn.Parameter(torch.randn(5, d) * 0.02)        # task, one per dimension, ACT
         self.value = nn.Linear(3, d) if tokens == "one" else nn.Parameter(torch.randn(3, d) * 0.02)
@@ -100,9 +111,16 @@ LEARNERS = {
     "gated MLP (2 SwiGLU layers)": lambda: nn.Sequential(SwiGLU(3, 64), SwiGLU(64, 64), nn.Linear(64, 1)),
     "residual SwiGLU blocks": lambda: Residual(norm=False),
     "residual SwiGLU blocks + RMSNorm": lambda: Residual(norm=True),
-    "Llama small, one observation token, regression": lambda: LlamaLearner("one", 1),
-    "Llama small, a token per dimension, regression": lambda: LlamaLearner("dims", 1),
-    "Llama small, a token per dimension, 256 bins": lambda: LlamaLearner("dims", BINS),
+    "Llama small, one observation token, regression": lambda: TransformerLearner("llama", "one", 1),
+    "Llama small, a token per dimension, regression": lambda: TransformerLearner("llama", "dims", 1),
+    "Llama small, a token per dimension, 256 bins": lambda: TransformerLearner("llama", "dims", BINS),
+    "Llama small, RMSNorm eps 1, a token per dimension, regression":
+        lambda: TransformerLearner("llama", "dims", 1, eps=1.0),
+    "Llama small, RMSNorm eps 1, a token per dimension, 256 bins":
+        lambda: TransformerLearner("llama", "dims", BINS, eps=1.0),
+    "GPT-2 small, one observation token, regression": lambda: TransformerLearner("gpt2", "one", 1),
+    "GPT-2 small, a token per dimension, regression": lambda: TransformerLearner("gpt2", "dims", 1),
+    "GPT-2 small, a token per dimension, 256 bins": lambda: TransformerLearner("gpt2", "dims", BINS),
 }
 
 
