@@ -20,7 +20,9 @@ same treatment (`model.symbol_factors`) for a different reason: as free rows, "r
 share nothing, and a policy must learn separately for each of the 18 object tokens that it matches the
 mission's words, which held BabyAI GoToLocal on a plateau for thousands of steps. Their embedding adds the
 sum of one row per element value, so "red" is one vector wherever it appears; the free row stays as a
-residual.
+residual. Text tokens can share those rows too (`model.word_factors`): the mission's word "red" then adds
+the red element row, so matching a word to the cells that show it starts as a dot product the model already
+has, rather than a binding it must discover.
 
 torch, transformers and accelerate have no embedding of this kind, hence this small module.
 """
@@ -89,6 +91,8 @@ class StructuredEmbedding(nn.Embedding):
         self.start, self.size, self.slots = int(start), int(size), int(slots)
         self.factor_start = 0
         self.register_buffer("factor_index", None, persistent=False)
+        self.register_buffer("word_ids", None, persistent=False)
+        self.register_buffer("word_rows", None, persistent=False)
         self.register_parameter(SYMBOL_FACTORS, None)
         self.register_buffer("number_basis", None, persistent=False)
         self.register_parameter(NUMBER_PROJ, None)
@@ -124,6 +128,14 @@ class StructuredEmbedding(nn.Embedding):
             with torch.no_grad():
                 self.weight[start:start + len(index)] = 0.0
 
+    def add_word_factors(self, ids: torch.Tensor, rows: torch.Tensor, fresh: bool) -> None:
+        """Tokens `ids` (words) add the element rows `rows` of the packed symbols' table (call after
+        `add_symbol_factors`). `fresh`: their free rows start at zero, so a word starts as its element."""
+        self.word_ids, self.word_rows = ids.to(self.weight.device), rows.to(self.weight.device)
+        if fresh:
+            with torch.no_grad():
+                self.weight[self.word_ids] = 0.0
+
     def numbers(self, proj: torch.Tensor | None = None) -> torch.Tensor:
         """(size, dim) the number rows (of the projection `proj`, the live one by default)."""
         proj = self.number_proj if proj is None else proj
@@ -147,6 +159,9 @@ class StructuredEmbedding(nn.Embedding):
             local = input_ids - self.factor_start
             is_symbol = (local >= 0) & (local < n)
             out = out + is_symbol[..., None] * self.symbols()[local.clamp(0, n - 1)].to(out.dtype)
+        if self.word_ids is not None:
+            hits = (input_ids[..., None] == self.word_ids).to(out.dtype)                   # (..., words)
+            out = out + hits @ self.symbol_factors[self.word_rows].to(out.dtype)
         return out
 
     def materialized(self, table: torch.Tensor | None = None, proj: torch.Tensor | None = None,
@@ -159,16 +174,21 @@ class StructuredEmbedding(nn.Embedding):
                 table[self.start:self.start + self.size] = self.numbers(proj)
             if self.factor_index is not None:
                 table[self.factor_start:self.factor_start + len(self.factor_index)] += self.symbols(factors)
+            if self.word_ids is not None:
+                factors = self.symbol_factors if factors is None else factors
+                words = factors[self.word_rows.to(factors.device)]
+                table.index_add_(0, self.word_ids.to(table.device), words.to(table.device, table.dtype))
         return table
 
 
 def attach_structured_embedding(model: nn.Module, start: int, size: int, features: int, fresh: bool,
                                 slots: int = 1, positions: torch.Tensor | None = None,
-                                symbols: tuple[int, tuple[int, ...]] | None = None) -> StructuredEmbedding | None:
+                                symbols: tuple[int, tuple[int, ...]] | None = None,
+                                words: tuple[torch.Tensor, torch.Tensor] | None = None) -> StructuredEmbedding | None:
     """Give `model` number embeddings (unless `features` or `size` is 0) and, with `symbols` = (first id,
-    radix), factored packed symbols; None when neither applies. The output head is untied first, so that
-    predicted logits stay free while inputs are structured, and the exported model computes exactly what the
-    live one does. `fresh`: the structure starts as a small random function, not fitted to the rows."""
+    radix), factored packed symbols, whose element rows the tokens of `words` = (ids, rows) share; None when
+    neither applies. The output head is untied first, so that predicted logits stay free while inputs are
+    structured, and the exported model computes exactly what the live one does. `fresh`: the structure starts as a small random function, not fitted to the rows."""
     size = size if features > 0 else 0
     if size <= 0 and symbols is None:
         return None
@@ -182,6 +202,8 @@ def attach_structured_embedding(model: nn.Module, start: int, size: int, feature
         nn.init.normal_(emb.number_proj, std=std)
     if symbols is not None:
         emb.add_symbol_factors(*symbols, fresh=fresh, std=std)
+        if words is not None:
+            emb.add_word_factors(*words, fresh=fresh)
     model.set_input_embeddings(emb)
     return emb
 
@@ -197,15 +219,42 @@ def shared_radix(tokenizers: Iterable[BCTokenizer]) -> tuple[int, ...] | None:
     return next(iter(layouts), None)
 
 
+def word_rows(tokenizers: Iterable[BCTokenizer], radix: tuple[int, ...] | None,
+              words: dict[str, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, rows) for `model.word_factors`: the text tokens that spell each word (alone or after a space,
+    as BPE writes a word inside a sentence) and the row of its [element, value] in the stacked element table
+    of the packed layout `radix`."""
+    if radix is None:
+        raise BCLMError("model.word_factors: no packed observation tokens to share rows with; set "
+                        "model.symbol_factors true with tokenizer.group > 1, or leave word_factors empty")
+    tokenizers = list(tokenizers)
+    starts = np.concatenate([[0], np.cumsum(radix)[:-1]])
+    ids: list[int] = []
+    rows: list[int] = []
+    for word, (element, value) in words.items():
+        if not (0 <= element < len(radix) and 0 <= value < radix[element]):
+            raise BCLMError(f"model.word_factors.{word}: [element, value] = [{element}, {value}] is outside the "
+                            f"packed layout {radix}")
+        found = sorted(set().union(*(t.word_ids(word) for t in tokenizers)))
+        if not found:
+            raise BCLMError(f"model.word_factors.{word}: no text token of the data spells {word!r} alone; "
+                            "expected a word of the missions that BPE keeps whole")
+        ids += found
+        rows += [int(starts[element]) + value] * len(found)
+    return torch.tensor(ids), torch.tensor(rows)
+
+
 def attach_for(model: nn.Module, tokenizer: BCTokenizer, features: int, fresh: bool,
-               radix: tuple[int, ...] | None = None) -> StructuredEmbedding | None:
+               radix: tuple[int, ...] | None = None,
+               words: tuple[torch.Tensor, torch.Tensor] | None = None) -> StructuredEmbedding | None:
     """`attach_structured_embedding` laid out as `tokenizer`'s number range: its slots, and with a slot per
-    dimension (format 3) the value basis of each dimension's bins; `radix`: factor the packed symbols."""
+    dimension (format 3) the value basis of each dimension's bins; `radix`: factor the packed symbols, whose
+    rows `words` (from `word_rows`) share."""
     positions = torch.as_tensor(tokenizer.number_positions()) if tokenizer.config.number_slots else None
     symbols = (tokenizer.value_offset, radix) if radix else None
     return attach_structured_embedding(model, tokenizer.number_offset, tokenizer.number_vocab, features, fresh,
                                        slots=max(tokenizer.number_slots, 1), positions=positions,
-                                       symbols=symbols)
+                                       symbols=symbols, words=words)
 
 
 def untie(model: nn.Module) -> None:

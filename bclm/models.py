@@ -38,10 +38,18 @@ class ModelConfig:
         False, "Tokens that pack several integer elements (tokenizer.group > 1, e.g. a BabyAI cell's object, "
                "colour and state) are embedded as the sum of a row per element value plus a free row, so that "
                "'red' is one vector in every red object; materialised into the plain table at save time.")
+    word_factors: dict = option(
+        {}, "Text words that share a packed element's row, as {word: [element, value]} (BabyAI: {red: [1, 0], "
+            "ball: [0, 6]}): the mission's 'red' then adds the same row as every red cell. Needs symbol_factors.")
 
     def __post_init__(self) -> None:
         if self.number_features < 0:
             raise BCLMError(f"model.number_features must be >= 0, got {self.number_features}")
+        for word, pair in self.word_factors.items():
+            if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(type(v) is int for v in pair)):
+                raise BCLMError(f"model.word_factors.{word}: expected [element, value] (two integers), got {pair!r}")
+        if self.word_factors and not self.symbol_factors:
+            raise BCLMError("model.word_factors needs model.symbol_factors true (the rows the words share)")
         if not self.pretrained and self.size not in SIZES:
             raise BCLMError(f"model.size {self.size!r} is not one of {', '.join(SIZES)}")
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from bclm.data.sequences import WindowDataset, jitter_bins, tokenize_episodes
-from bclm.embeddings import StructuredEmbedding, attach_for, cosine_basis, shared_radix
+from bclm.embeddings import StructuredEmbedding, attach_for, cosine_basis, shared_radix, word_rows
 from bclm.errors import BCLMError
 from bclm.policy import Policy
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
@@ -249,3 +249,77 @@ def test_two_packed_layouts_are_refused_by_name():
     with pytest.raises(BCLMError, match=r"model.symbol_factors: packed tokens have 2 element layouts"):
         shared_radix(tokenizers)
     assert shared_radix([BCTokenizer(gym.spaces.Discrete(4), gym.spaces.Discrete(2), TokenizerConfig())]) is None
+
+
+MISSION_CELLS = gym.spaces.Dict({"image": gym.spaces.MultiDiscrete(np.tile([4, 3, 2], (5, 1))),
+                                 "mission": gym.spaces.Text(40, charset="abcdefghijklmnopqrstuvwxyz ")})
+WORDS = {"red": [1, 1], "blue": [1, 2], "ball": [0, 2], "key": [0, 3]}
+
+
+def _missions(n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    missions = [f"go to {rng.choice(['the', 'a'])} {rng.choice(['red', 'blue'])} {rng.choice(['ball', 'key'])}"
+                for _ in range(n)]
+    return {"image": rng.integers(0, [4, 3, 2], (n, 5, 3)), "mission": np.array(missions, dtype=object)}
+
+
+def _mission_policy() -> Policy:
+    from bclm.models import ModelConfig, build_model
+
+    config = TokenizerConfig(obs_bins=32, action_bins=32, value_vocab=64, group=3, text_max_tokens=5)
+    tok = BCTokenizer(MISSION_CELLS, gym.spaces.Discrete(3), config)
+    tok.fit(_missions(64, 0), np.zeros(64, dtype=np.int64))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(size="tiny", attn_implementation="eager"), tok.vocab_size, 40, tok.bos_id,
+                        tok.eos_id, tok.pad_id).eval()
+    attach_for(model, tok, 2, fresh=True, radix=(4, 3, 2), words=word_rows([tok], (4, 3, 2), WORDS))
+    return Policy(model, tok, 40)
+
+
+def test_mission_words_share_the_rows_of_the_cells_that_show_them():
+    policy = _mission_policy()
+    tok, emb = policy.tokenizer, policy.model.get_input_embeddings()
+    red, blue = tok.word_ids("red"), tok.word_ids("blue")
+    assert red and blue and not red & blue
+    ids = tok.encode_observation(_missions(1, 1) | {"mission": np.array(["go to the red ball"], dtype=object)})
+    assert red & set(ids[0].tolist())                          # the mission's "red" is one of the tied ids
+    word = {w: emb(torch.tensor(sorted(tok.word_ids(w))))[0] for w in WORDS}
+    torch.testing.assert_close(word["red"], emb.symbol_factors[4 + 1])       # fresh: the word is its element
+    # the word difference equals the cell difference: red ball - blue ball = "red" - "blue"
+    cell = emb(torch.tensor([_cell_id(tok, 2, 1), _cell_id(tok, 2, 2)]))
+    torch.testing.assert_close(cell[0] - cell[1], word["red"] - word["blue"])
+    assert emb(torch.tensor(sorted(tok.word_ids("go")))).abs().sum() > 0      # untied words keep their rows
+
+
+def test_tied_words_export_a_plain_checkpoint_with_the_same_logits(tmp_path):
+    from bclm.embeddings import plain_state_dict
+
+    policy = _trained_like(_mission_policy())
+    emb = policy.model.get_input_embeddings()
+    table = plain_state_dict(policy.model.state_dict(), emb)["model.embed_tokens.weight"]
+    torch.testing.assert_close(table, emb.materialized())
+    policy.save_pretrained(tmp_path)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=False).eval()
+    tok = policy.tokenizer
+    ids = torch.as_tensor(np.concatenate([np.tile(tok.prefix("default"), (4, 1)),
+                                          tok.encode_observation(_missions(4, 2)), np.full((4, 1), tok.act_id)],
+                                         axis=1))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, policy.model(input_ids=ids).logits,
+                                   rtol=0, atol=1e-5)
+
+
+def test_word_factors_refuse_what_they_cannot_tie_by_name():
+    tok = _mission_policy().tokenizer
+    with pytest.raises(BCLMError, match=r"model.word_factors.purple: no text token of the data spells 'purple'"):
+        word_rows([tok], (4, 3, 2), {"purple": [1, 0]})
+    with pytest.raises(BCLMError, match=r"model.word_factors.red: \[element, value\] = \[1, 3\] is outside"):
+        word_rows([tok], (4, 3, 2), {"red": [1, 3]})
+    with pytest.raises(BCLMError, match=r"model.word_factors: no packed observation tokens"):
+        word_rows([tok], None, WORDS)
+    from bclm.models import ModelConfig
+
+    with pytest.raises(BCLMError, match=r"model.word_factors needs model.symbol_factors true"):
+        ModelConfig(word_factors=WORDS)
+    with pytest.raises(BCLMError, match=r"model.word_factors.red: expected \[element, value\]"):
+        ModelConfig(symbol_factors=True, word_factors={"red": "1, 0"})

@@ -446,6 +446,13 @@ class TextCodec:
             raise _not_fitted(self.path, "a BPE text tokenizer trained on the data")
         return [[i + 1 for i in enc.ids] for enc in self.bpe.encode_batch(texts)]
 
+    def single_token(self, text: str) -> int | None:
+        """The local id of `text` when it is exactly one token; None otherwise or before fitting."""
+        if self.backend == "bpe" and self.bpe is None:
+            return None
+        ids = self._token_lists([text])[0]
+        return int(ids[0]) if len(ids) == 1 else None
+
     def encode(self, x: np.ndarray) -> np.ndarray:
         lists = self._token_lists([str(t) for t in np.asarray(x, dtype=object).ravel()])
         out = np.full((len(lists), self.max_tokens), self._pad_id(), dtype=np.int64)

@@ -330,6 +330,12 @@ class BCTokenizer:
                 slot += len(positions)
         return out
 
+    def word_ids(self, word: str) -> set[int]:
+        """Ids of the text tokens that spell `word` alone or after a space (BPE's form inside a sentence)."""
+        codecs = [c for c in self.obs_codecs + self.action_codecs if isinstance(c, TextCodec)]
+        local = {c.single_token(form) for c in codecs for form in (word, " " + word)}
+        return {self.text_offset + i for i in local if i is not None}
+
     def packed_radix(self) -> set[tuple[int, ...]]:
         """The element layouts of the observation tokens that pack several integer elements (`group` > 1)."""
         radix_codecs = [c for c in self.obs_codecs if not isinstance(c, BoxCodec | TextCodec)]

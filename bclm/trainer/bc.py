@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from bclm import atomic, failpoints, interrupt
 from bclm import config as cfg
 from bclm.data.collate import PackCollator, PadCollator
-from bclm.embeddings import attach_for, shared_radix
+from bclm.embeddings import attach_for, shared_radix, word_rows
 from bclm.envs import get_task
 from bclm.errors import BCLMError
 from bclm.eval.evaluate import evaluate, evaluate_tasks, write_report
@@ -189,7 +189,9 @@ def _model_and_data(recipe: TrainRecipe) -> tuple[PreTrainedModel, Prepared]:
         # its data, the basis, is a function of the bin index, margin and companding, alike across tasks).
         widest = max(data.tokenizers.values(), key=lambda t: t.own_number_slots)
         radix = shared_radix(data.tokenizers.values()) if recipe.model.symbol_factors else None
-        attach_for(model, widest, recipe.model.number_features, fresh=warm_model is None, radix=radix)
+        words = word_rows(data.tokenizers.values(), radix, recipe.model.word_factors) \
+            if recipe.model.word_factors else None
+        attach_for(model, widest, recipe.model.number_features, fresh=warm_model is None, radix=radix, words=words)
     return model, data
 
 
