@@ -188,7 +188,8 @@ def attach_structured_embedding(model: nn.Module, start: int, size: int, feature
     """Give `model` number embeddings (unless `features` or `size` is 0) and, with `symbols` = (first id,
     radix), factored packed symbols, whose element rows the tokens of `words` = (ids, rows) share; None when
     neither applies. The output head is untied first, so that predicted logits stay free while inputs are
-    structured, and the exported model computes exactly what the live one does. `fresh`: the structure starts as a small random function, not fitted to the rows."""
+    structured, and the exported model computes exactly what the live one does. `fresh`: the structure starts
+    as a small random function, not fitted to the rows."""
     size = size if features > 0 else 0
     if size <= 0 and symbols is None:
         return None
