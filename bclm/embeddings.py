@@ -221,10 +221,12 @@ def shared_radix(tokenizers: Iterable[BCTokenizer]) -> tuple[int, ...] | None:
 
 
 def word_rows(tokenizers: Iterable[BCTokenizer], radix: tuple[int, ...] | None,
-              words: dict[str, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+              words: dict[str, list[int]]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(ids, rows) for `model.word_factors`: the text tokens that spell each word (alone or after a space,
     as BPE writes a word inside a sentence) and the row of its [element, value] in the stacked element table
-    of the packed layout `radix`."""
+    of the packed layout `radix`; None without words."""
+    if not words:
+        return None
     if radix is None:
         raise BCLMError("model.word_factors: no packed observation tokens to share rows with; set "
                         "model.symbol_factors true with tokenizer.group > 1, or leave word_factors empty")

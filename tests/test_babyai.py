@@ -52,7 +52,8 @@ def _recipe(out, *extra: str) -> DaggerRecipe:
 
 def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
     report = run_dagger(_recipe(tmp_path / "run", "--dagger.beta", "constant", "--dagger.beta_value", "0.5",
-                                "--model.symbol_factors", "true"))
+                                "--model.symbol_factors", "true",
+                                "--model.word_factors", "{red: [1, 0], ball: [0, 6]}"))
     row = report["rounds"][1]
     steps = TrajectoryStore(tmp_path / "run" / "data").arrays(["round-001"])
     used = steps.columns["expert_used"]

@@ -317,6 +317,7 @@ def test_word_factors_refuse_what_they_cannot_tie_by_name():
         word_rows([tok], (4, 3, 2), {"red": [1, 3]})
     with pytest.raises(BCLMError, match=r"model.word_factors: no packed observation tokens"):
         word_rows([tok], None, WORDS)
+    assert word_rows([tok], None, {}) is None
     from bclm.models import ModelConfig
 
     with pytest.raises(BCLMError, match=r"model.word_factors needs model.symbol_factors true"):

@@ -189,8 +189,7 @@ def _model_and_data(recipe: TrainRecipe) -> tuple[PreTrainedModel, Prepared]:
         # its data, the basis, is a function of the bin index, margin and companding, alike across tasks).
         widest = max(data.tokenizers.values(), key=lambda t: t.own_number_slots)
         radix = shared_radix(data.tokenizers.values()) if recipe.model.symbol_factors else None
-        words = word_rows(data.tokenizers.values(), radix, recipe.model.word_factors) \
-            if recipe.model.word_factors else None
+        words = word_rows(data.tokenizers.values(), radix, recipe.model.word_factors)
         attach_for(model, widest, recipe.model.number_features, fresh=warm_model is None, radix=radix, words=words)
     return model, data
 
