@@ -74,7 +74,12 @@ def factor_index(radix: tuple[int, ...]) -> torch.Tensor:
     """(prod(radix), len(radix)): for each packed symbol (mixed radix, first element most significant, as the
     codecs pack them), the row of each of its element values in the stacked per-element table."""
     digits = np.array(list(np.ndindex(*radix)), dtype=np.int64).reshape(-1, len(radix))
-    return torch.as_tensor(digits + np.concatenate([[0], np.cumsum(radix)[:-1]]))
+    return torch.as_tensor(digits + element_starts(radix))
+
+
+def element_starts(radix: tuple[int, ...]) -> np.ndarray:
+    """(len(radix),) the first row of each element's values in the stacked per-element table."""
+    return np.concatenate([[0], np.cumsum(radix)[:-1]]).astype(np.int64)
 
 
 class StructuredEmbedding(nn.Embedding):
@@ -147,6 +152,11 @@ class StructuredEmbedding(nn.Embedding):
         factors = self.symbol_factors if factors is None else factors
         return factors[self.factor_index.to(factors.device)].sum(dim=1)
 
+    def words(self, factors: torch.Tensor | None = None) -> torch.Tensor:
+        """(words, dim) what the tied word tokens add to their free rows (of `factors`, the live ones by default)."""
+        factors = self.symbol_factors if factors is None else factors
+        return factors[self.word_rows.to(factors.device)]
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         out = super().forward(input_ids)
         if self.size:
@@ -161,7 +171,7 @@ class StructuredEmbedding(nn.Embedding):
             out = out + is_symbol[..., None] * self.symbols()[local.clamp(0, n - 1)].to(out.dtype)
         if self.word_ids is not None:
             hits = (input_ids[..., None] == self.word_ids).to(out.dtype)                   # (..., words)
-            out = out + hits @ self.symbol_factors[self.word_rows].to(out.dtype)
+            out = out + hits @ self.words().to(out.dtype)
         return out
 
     def materialized(self, table: torch.Tensor | None = None, proj: torch.Tensor | None = None,
@@ -175,9 +185,8 @@ class StructuredEmbedding(nn.Embedding):
             if self.factor_index is not None:
                 table[self.factor_start:self.factor_start + len(self.factor_index)] += self.symbols(factors)
             if self.word_ids is not None:
-                factors = self.symbol_factors if factors is None else factors
-                words = factors[self.word_rows.to(factors.device)]
-                table.index_add_(0, self.word_ids.to(table.device), words.to(table.device, table.dtype))
+                words = self.words(factors).to(table.device, table.dtype)
+                table.index_add_(0, self.word_ids.to(table.device), words)
         return table
 
 
@@ -231,7 +240,7 @@ def word_rows(tokenizers: Iterable[BCTokenizer], radix: tuple[int, ...] | None,
         raise BCLMError("model.word_factors: no packed observation tokens to share rows with; set "
                         "model.symbol_factors true with tokenizer.group > 1, or leave word_factors empty")
     tokenizers = list(tokenizers)
-    starts = np.concatenate([[0], np.cumsum(radix)[:-1]])
+    starts = element_starts(radix)
     ids: list[int] = []
     rows: list[int] = []
     for word, (element, value) in words.items():
