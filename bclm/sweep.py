@@ -3,7 +3,8 @@
 
 Every cell lives in its own resumable directory, so a killed sweep resumes without redoing finished cells:
 
-    OUT/data/expert-seed-S/      expert episodes, one shard per episode (BC budgets take a prefix of them)
+    OUT/data/expert-seed-S/      expert episodes, one shard per episode (BC budgets take a prefix of them),
+                                 env seeds from dagger.seed + SEED_STRIDE * (S + 1)
     OUT/bc/labels-B/seed-S/      a BC policy on the longest prefix of those episodes within B labels
     OUT/data/dart-seed-S/        the same with the expert's actions perturbed by `dagger.noise` (DART)
     OUT/dart/labels-B/seed-S/    a BC policy on those, labeled with the expert's clean actions
@@ -35,12 +36,13 @@ from tqdm.auto import tqdm
 
 from bclm import atomic, interrupt
 from bclm.config import option
-from bclm.envs import get_task
+from bclm.data.store import META_FILE, TrajectoryStore
+from bclm.envs import TaskSpec, get_task
 from bclm.errors import BCLMError
 from bclm.eval.curves import markdown_table, mean_ci, plot_curves
 from bclm.eval.plots import plot_mistakes
 from bclm.rollout import NO_NOISE, Noise
-from bclm.rollout.shards import expert_ref_of, open_store, write_expert_shard
+from bclm.rollout.shards import create_store, expert_ref_of, write_expert_shard
 from bclm.trainer.bc import train
 from bclm.trainer.dagger import DaggerRecipe, needs_training, run_dagger, train_recipe
 
@@ -49,6 +51,11 @@ METHODS: dict[str, dict[str, str]] = {
     "bc": {}, "dart": {}, "dagger": {}, "hg-dagger": {"intervener": "expert-gated"},
     "gated": {"gate": "query"}, "takeover": {"gate": "takeover"}, "dart-fit": {"noise": "fit"}}
 OFFLINE = ("bc", "dart")       # a policy per budget, trained on a prefix of the seed's demonstrations
+# Sweep seed S's envs start at dagger.seed + SEED_STRIDE * (S + 1): apart from the other seeds' (each seed's
+# data and DAgger rounds are its own sample, or the CI would be over one sample) and from the evaluation's
+# (eval.seed 10,000 + i: a sweep of 1000 * S + i, before, trained on the very layouts it was scored on once a
+# seed passed 10,000 - 1000 * S episodes). A DAgger round r adds 100,000 * r, its extra episodes 7,777,777.
+SEED_STRIDE = 10_000_019
 
 
 @dataclass
@@ -97,19 +104,36 @@ def cells(config: SweepConfig) -> list[Cell]:
 
 
 # --- one cell ----------------------------------------------------------------------------------------
+def first_env_seed(recipe: SweepRecipe, seed: int) -> int:
+    return recipe.dagger.seed + SEED_STRIDE * (seed + 1)
+
+
+def seed_store(task: TaskSpec, path: Path, first: int) -> TrajectoryStore:
+    """The seed's expert store, created with its first env seed recorded; one collected under other seeds
+    (by a bclm before SEED_STRIDE, or with another dagger.seed) is refused rather than extended."""
+    if not (path / META_FILE).is_file():
+        return create_store(task, path, origin={"sweep_first_env_seed": first})
+    store = TrajectoryStore(path)
+    found = store.meta.get("sweep_first_env_seed", "an older scheme")
+    if found != first:
+        raise BCLMError(f"{path}: collected with env seeds from {found}, expected {first} (an older bclm's sweep "
+                        "seeds overlap the evaluation's and each other's); use a new --output-dir")
+    return store
+
+
 def expert_episodes(recipe: SweepRecipe, out: Path, seed: int, method: str = "bc") -> list[tuple[str, int]]:
     """(shard, labels) of the seed's expert episodes, collected one per shard until the largest budget is
     passed; for 'dart', with the expert's executed actions perturbed by `dagger.noise`."""
     task = get_task(recipe.dagger.env)
     ref = expert_ref_of(task, recipe.dagger.expert or None)
     noise = Noise.parse(recipe.dagger.noise, "dagger.noise") if method == "dart" else NO_NOISE
-    store = open_store(task, expert_store(out, seed, method))
+    first = first_env_seed(recipe, seed)
+    store = seed_store(task, expert_store(out, seed, method), first)
     shards, total, i, done = [], 0, 0, set(store.shard_names())
     while total <= recipe.sweep.budgets[-1]:
         name = f"ep-{i:05d}"
         if name not in done:
-            write_expert_shard(store, task, ref, 1, seed=recipe.dagger.seed + 1000 * seed + i, num_envs=1, shard=name,
-                               noise=noise)
+            write_expert_shard(store, task, ref, 1, seed=first + i, num_envs=1, shard=name, noise=noise)
         labels = len(store.load([name]))
         shards.append((name, labels))
         total, i = total + labels, i + 1
@@ -156,7 +180,7 @@ def run_dagger_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> list[dict[str
     if cell.method == "dart-fit" and kind:
         labeler["noise"] = f"{kind}:fit"
     dagger = dataclasses.replace(cfg, **labeler, bc_baseline=False,
-                                 seed=cfg.seed + 1000 * cell.seed, beta_rounds=cfg.beta_rounds or cfg.rounds)
+                                 seed=first_env_seed(recipe, cell.seed), beta_rounds=cfg.beta_rounds or cfg.rounds)
     seeded = dataclasses.replace(recipe.loop, seed=cell.seed)
     rows: list[dict[str, Any]] = []
     for rounds in range(recipe.sweep.max_rounds + 1):
@@ -192,16 +216,13 @@ def run_sweep(recipe: SweepRecipe) -> dict[str, Any]:
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     todo = cells(recipe.sweep)
-    # Collected here, once: the offline cells of one seed run in parallel processes.
-    for method in [m for m in recipe.sweep.methods if m in OFFLINE]:
-        for seed in range(recipe.sweep.seeds):
-            expert_episodes(recipe, out, seed, method)
     jobs = recipe.sweep.jobs or max(1, (os.cpu_count() or 2) // 2)
+    # Collected first, once per (method, seed) and in parallel like the cells: the offline cells of one seed
+    # then read the same episodes.
+    stores = [(m, seed) for m in recipe.sweep.methods if m in OFFLINE for seed in range(recipe.sweep.seeds)]
+    _in_parallel(collect_seed, [(recipe, out, m, seed) for m, seed in stores], jobs)
     bar = tqdm(total=len(todo), desc="sweep cells", unit="cell", leave=False, disable=not recipe.loop.progress)
-    if jobs == 1:
-        results = [_counted(run_cell(recipe, out, c), bar) for c in todo]
-    else:
-        results = _run_parallel(recipe, out, todo, jobs, bar)
+    results = _in_parallel(run_cell, [(recipe, out, c) for c in todo], jobs, bar)
     bar.close()
     report = {"env": recipe.dagger.env, "budgets": recipe.sweep.budgets, "cells": results,
               "summary": summarize(results, recipe.sweep)}
@@ -209,28 +230,35 @@ def run_sweep(recipe: SweepRecipe) -> dict[str, Any]:
     return report
 
 
-def _run_parallel(recipe: SweepRecipe, out: Path, todo: list[Cell], jobs: int, bar: tqdm) -> list[dict[str, Any]]:
+def collect_seed(recipe: SweepRecipe, out: Path, method: str, seed: int, threads: int = 0) -> None:
+    with interrupt.task():
+        expert_episodes(recipe, out, seed, method)
+
+
+def _in_parallel(fn: Any, calls: list[tuple[Any, ...]], jobs: int, bar: tqdm | None = None) -> list[Any]:
+    """[fn(*call, threads) for each call], in `jobs` processes when there are several; `bar` counts them."""
+    def counted(result: Any) -> Any:
+        if bar is not None:
+            bar.update(1)
+        return result
+
+    if jobs == 1 or len(calls) <= 1:
+        return [counted(fn(*call)) for call in calls]
     threads = max(1, (os.cpu_count() or 2) // jobs)
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+    pool = ProcessPoolExecutor(min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn"),
                                initializer=interrupt.install_worker)
     try:
-        return [_counted(r, bar) for r in pool.map(run_cell, [recipe] * len(todo), [out] * len(todo), todo,
-                                                   [threads] * len(todo))]
+        return [counted(r) for r in pool.map(fn, *zip(*calls), [threads] * len(calls))]
     except BaseException:
-        # A SIGTERM sent to the sweep alone (`kill PID`, a scheduler), or a cell that failed, would leave the
-        # other cells training on, and the workers would go on to the queued ones (the executor cannot cancel
-        # those it has handed out): signal them, so that each running cell checkpoints and stops and no worker
+        # A SIGTERM sent to the sweep alone (`kill PID`, a scheduler), or a call that failed, would leave the
+        # other calls running on, and the workers would go on to the queued ones (the executor cannot cancel
+        # those it has handed out): signal them, so that each running call checkpoints and stops and no worker
         # starts another.
         for worker in multiprocessing.active_children():
             worker.terminate()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _counted(result: dict[str, Any], bar: tqdm) -> dict[str, Any]:
-    bar.update(1)
-    return result
 
 
 def at_budget(points: list[dict[str, Any]], budget: int) -> dict[str, Any] | None:

@@ -255,3 +255,22 @@ def test_info_describes_a_dataset_and_a_policy(custom_run):
         assert part in r.stdout, (part, r.stdout)
     assert _error(bclm("info", ".", cwd=custom_run)).endswith("neither a bclm dataset (no bclm_dataset.json) "
                                                                "nor a bclm policy (no bclm_policy.json)")
+
+
+def test_training_envs_that_are_the_evaluations_are_refused(tmp_path, capsys):
+    from bclm.cli import main
+
+    def one_line_error(*args):
+        code = main(list(args))
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
+        assert code == 2 and len(err) == 1, err
+        return err[0]
+    err = one_line_error("dagger", "--dagger.env", ENV, "--dagger.expert", EXPERT, "--dagger.rounds", "2",
+                         "--dagger.episodes_per_round", "4", "--eval.seed", "200003", "--output-dir",
+                         str(tmp_path / "dagger"))
+    assert "dagger round 2: its env seeds 200000..200003 overlap the evaluation's (200003..200022" in err
+    recipe = tmp_path / "mixture.yaml"
+    recipe.write_text(f"tasks:\n  - env: '{ENV}'\n    episodes: 20\n")
+    err = one_line_error("train", str(recipe), "--eval.seed", "19", "--output-dir", str(tmp_path / "train"))
+    assert "20 episodes: its env seeds 0..19 overlap the evaluation's (19..38" in err
+    assert not (tmp_path / "train" / "data").exists() or not any((tmp_path / "train" / "data").rglob("round-*"))

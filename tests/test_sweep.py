@@ -11,6 +11,8 @@ import pytest
 import bclm.sweep as sweep_module
 import bclm.trainer.dagger as dagger_module
 from bclm import config as cfg
+from bclm.data.store import META_FILE
+from bclm.errors import BCLMError
 from bclm.eval.curves import mean_ci
 from bclm.sweep import SweepRecipe, at_budget, run_sweep
 
@@ -95,3 +97,44 @@ def test_each_method_runs_its_own_rounds(tmp_path, monkeypatch, method, noise, w
     recipe.dagger.noise = noise
     sweep_module.run_dagger_cell(recipe, tmp_path, sweep_module.Cell(method, 0, None))
     assert (seen[0].intervener, seen[0].gate, seen[0].noise) == want
+
+
+def test_each_seed_collects_its_own_envs_apart_from_the_evaluations(tmp_path, monkeypatch):
+    # Before, seed S's episode i was env 1000 * S + i: the seeds shared most of their layouts, and from
+    # 10,000 - 1000 * S episodes on they trained on the evaluation's (eval.seed 10,000 + i).
+    recipe = _recipe(tmp_path)
+    span = 200_000                                  # episodes per seed, beyond any sweep on one machine
+    ranges = [range(sweep_module.first_env_seed(recipe, s), sweep_module.first_env_seed(recipe, s) + span)
+              for s in range(50)]
+    evaluation = range(recipe.eval.seed, recipe.eval.seed + 100_000)
+    for a, b in itertools.combinations([*ranges, evaluation], 2):
+        assert a.stop <= b.start or b.stop <= a.start, (a, b)
+    seeds = []
+    real = sweep_module.write_expert_shard
+    monkeypatch.setattr(sweep_module, "write_expert_shard", lambda *a, **k: seeds.append(k["seed"]) or real(*a, **k))
+    sweep_module.expert_episodes(recipe, tmp_path, 1)
+    assert seeds == [ranges[1].start + i for i in range(4)]        # 4 episodes of 50 labels pass 150
+
+
+def test_a_sweep_refuses_to_extend_data_collected_under_other_seeds(tmp_path):
+    recipe = _recipe(tmp_path)
+    sweep_module.expert_episodes(recipe, tmp_path, 0)
+    meta = tmp_path / "data" / "expert-seed-0" / META_FILE
+    old = json.loads(meta.read_text())
+    del old["sweep_first_env_seed"]                  # as an older bclm wrote it
+    meta.write_text(json.dumps(old))
+    with pytest.raises(BCLMError, match=r"expert-seed-0: collected with env seeds from an older scheme, expected"):
+        sweep_module.expert_episodes(recipe, tmp_path, 0)
+
+
+def test_a_sweep_collects_each_method_and_seed_once_before_any_cell(tmp_path, monkeypatch):
+    collected = []
+    monkeypatch.setattr(sweep_module, "expert_episodes", lambda r, out, seed, method="bc": collected.append(
+        (method, seed)) or [("ep-00000", 50)])
+    monkeypatch.setattr(sweep_module, "run_cell", lambda *a: pytest.fail("a cell ran before the data was in"))
+    recipe = cfg.build_config(SweepRecipe, None, [
+        "--output-dir", str(tmp_path), "--dagger.env", ENV, "--dagger.expert", EXPERT, "--sweep.methods", "bc,dart",
+        "--dagger.noise", "eps:0.1", "--sweep.seeds", "2", "--sweep.jobs", "1"])
+    with pytest.raises(pytest.fail.Exception):
+        run_sweep(recipe)
+    assert sorted(collected) == [("bc", 0), ("bc", 1), ("dart", 0), ("dart", 1)]

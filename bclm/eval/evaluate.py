@@ -47,6 +47,15 @@ class EvalConfig:
             raise BCLMError(f"eval.video must be >= 0 (episodes recorded per task), got {self.video}")
 
 
+def check_unseen(first: int, episodes: int, config: EvalConfig, what: str) -> None:
+    """Refuse training envs seeded first + i that are the evaluation's: the policy would be scored on the
+    very layouts (BabyAI, Meta-World goals) it was trained on."""
+    if first < config.seed + config.episodes and config.seed < first + episodes:
+        raise BCLMError(f"{what}: its env seeds {first}..{first + episodes - 1} overlap the evaluation's "
+                        f"({config.seed}..{config.seed + config.episodes - 1}, eval.seed and eval.episodes); "
+                        "move one of them")
+
+
 def check_env(policy: Policy, task: TaskSpec) -> int | None:
     """Refuse an env whose spaces are not the policy's; return its time limit (max_episode_steps)."""
     env = make_env(task)

@@ -24,7 +24,7 @@ from bclm.config import option
 from bclm.data.store import TrajectoryStore
 from bclm.envs import TaskSpec, get_task, load_expert
 from bclm.errors import BCLMError
-from bclm.eval.evaluate import write_report
+from bclm.eval.evaluate import check_unseen, write_report
 from bclm.eval.plots import plot_mistakes
 from bclm.policy import ActSession, Policy
 from bclm.rollout import (
@@ -47,6 +47,7 @@ from bclm.trainer.launch import init_processes, whole_models
 from bclm.trainer.rundir import run_finished
 
 ROUND = "round-{:03d}"
+ROUND_SEEDS = 100_000     # round r rolls out envs seeded seed + ROUND_SEEDS * r + i
 
 
 @dataclass
@@ -137,7 +138,7 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
     """Roll out the β-mixture (or the learner under an intervener) and append shard `round-k`, atomically:
     a crash loses at most this round. The round's figures are read back from the shard (`_round_row`)."""
     num_envs = max(1, min(config.num_envs, config.episodes_per_round))
-    seed = config.seed + 100_000 * round_index
+    seed = config.seed + ROUND_SEEDS * round_index
     if config.rollout_max_steps:        # gymnasium.make's own TimeLimit; such episodes end `truncated`
         task = dataclasses.replace(task, env_kwargs={**task.env_kwargs, "max_episode_steps": config.rollout_max_steps})
     env_ids = distributed.env_share(num_envs)                 # this process's envs (all, in one process)
@@ -269,6 +270,10 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
                         "in one process, not under a multi-process launch")
     init_processes()            # under `accelerate launch`: every rank rolls out its share of each round
     tasks = dagger_tasks(recipe, out)
+    for t in tasks:                   # the seeds run_round and collect_round use
+        check_unseen(cfg.seed, t.initial_episodes, recipe.eval, "dagger round 0")
+        for k in range(1, cfg.rounds + 1):
+            check_unseen(cfg.seed + ROUND_SEEDS * k, cfg.episodes_per_round, recipe.eval, f"dagger round {k}")
     check_finished_rounds(tasks, out, cfg.rounds)
     beta = beta_schedule(cfg)
     rows = []

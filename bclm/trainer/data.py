@@ -22,6 +22,7 @@ from bclm.distributed import launched_world_size
 from bclm.envs import get_task
 from bclm.envs.refs import import_callable
 from bclm.errors import BCLMError
+from bclm.eval.evaluate import EvalConfig, check_unseen
 from bclm.models import pretrained_vocabulary
 from bclm.tokenizers import BCTokenizer, build_tokenizers, fit_tokenizers
 from bclm.trainer.config import TaskEntry, TrainRecipe
@@ -105,7 +106,7 @@ def task_entries(recipe: TrainRecipe) -> list[TaskEntry]:
     return entries
 
 
-def ensure_dataset(entry: TaskEntry, num_envs: int = 8) -> TrajectoryStore:
+def ensure_dataset(entry: TaskEntry, evaluation: EvalConfig, num_envs: int = 8) -> TrajectoryStore:
     """The entry's store; with `episodes` > 0, first its expert demonstrations when it holds none yet (also
     after a crash mid-collection: the shard is written atomically, so it is simply collected again)."""
     path = Path(entry.dataset)
@@ -117,6 +118,7 @@ def ensure_dataset(entry: TaskEntry, num_envs: int = 8) -> TrajectoryStore:
             # Every rank would collect into the same directory; one process collects, then all train.
             raise BCLMError(f"task {entry.name!r}: dataset {path} is not collected yet; run this recipe once in "
                             "one process (or `bclm collect`) before a multi-process launch")
+        check_unseen(0, entry.episodes, evaluation, f"task {entry.name or entry.env!r}'s {entry.episodes} episodes")
         task = get_task(entry.env)
         store = open_store(task, path)
         write_expert_shard(store, task, expert_ref_of(task, None), entry.episodes, seed=0, num_envs=num_envs)
@@ -127,7 +129,7 @@ def prepare_data(recipe: TrainRecipe, tokenizers: dict[str, BCTokenizer] | None 
     """Load every task's dataset, build and fit one vocabulary over them (or check them against a warm-start
     policy's), and build windows."""
     entries = task_entries(recipe)
-    stores = [ensure_dataset(e) for e in entries]
+    stores = [ensure_dataset(e, recipe.eval) for e in entries]
     names = [e.name or s.meta.get("task") or "default" for e, s in zip(entries, stores)]
     steps = [s.arrays(recipe.data.shards or None) for s in stores]
     if tokenizers is None:
