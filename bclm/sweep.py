@@ -3,8 +3,8 @@
 
 Every cell lives in its own resumable directory, so a killed sweep resumes without redoing finished cells:
 
-    OUT/data/expert-seed-S/      expert episodes, one shard per episode (BC budgets take a prefix of them),
-                                 env seeds from dagger.seed + SEED_STRIDE * (S + 1)
+    OUT/data/expert-seed-S/      expert episodes in blocks of 1, 1, 2, 4, ... 64 (BC budgets take a prefix
+                                 of them), env seeds from dagger.seed + SEED_STRIDE * (S + 1)
     OUT/bc/labels-B/seed-S/      a BC policy on the longest prefix of those episodes within B labels
     OUT/data/dart-seed-S/        the same with the expert's actions perturbed by `dagger.noise` (DART)
     OUT/dart/labels-B/seed-S/    a BC policy on those, labeled with the expert's clean actions
@@ -56,6 +56,7 @@ OFFLINE = ("bc", "dart")       # a policy per budget, trained on a prefix of the
 # (eval.seed 10,000 + i: a sweep of 1000 * S + i, before, trained on the very layouts it was scored on once a
 # seed passed 10,000 - 1000 * S episodes). A DAgger round r adds 100,000 * r, its extra episodes 7,777,777.
 SEED_STRIDE = 10_000_019
+BLOCK = 64                     # expert episodes per shard at most (see block_size)
 
 
 @dataclass
@@ -121,35 +122,44 @@ def seed_store(task: TaskSpec, path: Path, first: int) -> TrajectoryStore:
     return store
 
 
+def block_size(i: int) -> int:
+    """Episodes of the expert shard that starts at episode i: 1, 1, 2, 4, ... up to BLOCK. Writing a shard
+    costs more than an episode of BabyAI's bot (0.11 s against 0.07 s), so one shard per episode made
+    collection several times slower (benchmarks/sweep_collection.py); doubling collects at most as many
+    again (or BLOCK) past the largest budget, and a block's size depends only on where it starts, so a sweep
+    with a larger budget collects the same data."""
+    return min(BLOCK, max(1, i))
+
+
 def expert_episodes(recipe: SweepRecipe, out: Path, seed: int, method: str = "bc") -> list[tuple[str, int]]:
-    """(shard, labels) of the seed's expert episodes, collected one per shard until the largest budget is
-    passed; for 'dart', with the expert's executed actions perturbed by `dagger.noise`."""
+    """(shard, labels) of each of the seed's expert episodes, in order, collected in blocks (a shard each)
+    until the largest budget is passed; for 'dart', with the expert's executed actions perturbed by
+    `dagger.noise`. Episode i's env is seeded first + i when it is the first of its env in the block."""
     task = get_task(recipe.dagger.env)
     ref = expert_ref_of(task, recipe.dagger.expert or None)
     noise = Noise.parse(recipe.dagger.noise, "dagger.noise") if method == "dart" else NO_NOISE
     first = first_env_seed(recipe, seed)
     store = seed_store(task, expert_store(out, seed, method), first)
-    shards, total, i, done = [], 0, 0, set(store.shard_names())
+    episodes, total, done = [], 0, set(store.shard_names())
     while total <= recipe.sweep.budgets[-1]:
-        name = f"ep-{i:05d}"
+        name = f"ep-{len(episodes):05d}"
         if name not in done:
-            write_expert_shard(store, task, ref, 1, seed=first + i, num_envs=1, shard=name, noise=noise)
-        labels = len(store.load([name]))
-        shards.append((name, labels))
-        total, i = total + labels, i + 1
-    return shards
+            write_expert_shard(store, task, ref, block_size(len(episodes)), seed=first + len(episodes),
+                               num_envs=recipe.dagger.num_envs, shard=name, noise=noise)
+        _, labels = np.unique(store.load([name])["episode"], return_counts=True)
+        episodes += [(name, int(n)) for n in labels]
+        total += int(labels.sum())
+    return episodes
 
 
-def within_budget(episodes: list[tuple[str, int]], budget: int) -> tuple[list[str], int]:
-    """The longest prefix of (shard, labels) episodes whose labels stay within `budget` (at least one), and
-    its labels: a larger budget's data holds a smaller one's."""
-    chosen, labels = [episodes[0][0]], episodes[0][1]
-    for name, n in episodes[1:]:
-        if labels + n > budget:
-            break
-        chosen.append(name)
-        labels += n
-    return chosen, labels
+def within_budget(episodes: list[tuple[str, int]], budget: int) -> tuple[list[str], int, int]:
+    """The longest prefix of (shard, labels) episodes whose labels stay within `budget` (at least one): its
+    shards, episodes and labels; a larger budget's data holds a smaller one's."""
+    count, labels = 1, episodes[0][1]
+    while count < len(episodes) and labels + episodes[count][1] <= budget:
+        labels += episodes[count][1]
+        count += 1
+    return list(dict.fromkeys(name for name, _ in episodes[:count])), count, labels
 
 
 def expert_store(out: Path, seed: int, method: str = "bc") -> Path:
@@ -157,17 +167,17 @@ def expert_store(out: Path, seed: int, method: str = "bc") -> Path:
 
 
 def run_bc_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> dict[str, Any]:
-    chosen, labels = within_budget(expert_episodes(recipe, out, cell.seed, cell.method), cell.budget)
+    chosen, count, labels = within_budget(expert_episodes(recipe, out, cell.seed, cell.method), cell.budget)
     policy_dir = cell.path(out)
     if needs_training(recipe, policy_dir):
         task = get_task(recipe.dagger.env)
         train(train_recipe(recipe, dataset=str(expert_store(out, cell.seed, cell.method)), output_dir=str(policy_dir),
-                           data=dataclasses.replace(recipe.data, shards=chosen),
+                           data=dataclasses.replace(recipe.data, shards=chosen, max_episodes=count),
                            loop=dataclasses.replace(recipe.loop, seed=cell.seed),
                            eval=dataclasses.replace(recipe.eval, env=task.name,
                                                     expert=recipe.dagger.expert or (task.expert or ""))))
     report = json.loads((policy_dir / "eval_report.json").read_text())
-    return {"expert_labels": labels, "episodes_trained": len(chosen), **report}
+    return {"expert_labels": labels, "episodes_trained": count, **report}
 
 
 def run_dagger_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> list[dict[str, Any]]:

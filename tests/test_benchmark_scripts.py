@@ -1,5 +1,5 @@
 """The benchmark scripts run end to end: label efficiency (bclm against the MLP), the Pendulum probes, shard writes,
-the training step with packed symbols, BabyAI agreement with the bot."""
+the training step with packed symbols, BabyAI agreement with the bot, a sweep's expert collection."""
 
 from __future__ import annotations
 
@@ -87,3 +87,9 @@ def test_babyai_agreement_splits_by_target_view_and_bot_action():
     for key, (agree, steps) in counts.items():
         if "bot:" in key:
             assert agree == (steps if key.endswith("forward") else 0), (key, agree, steps)
+
+
+def test_the_sweep_collection_benchmark_prints_both_ways():
+    out = _run(str(BENCHMARKS / "sweep_collection.py"), "--quick")
+    assert re.search(r"\| one per shard \(before 2026-12-06\) \| \d+\.\d \| 1\.00 \|", out), out
+    assert re.search(r"\| in blocks of up to 64 per shard \(`bclm sweep`\) \| \d+\.\d \| \d+\.\d\dx \|", out), out

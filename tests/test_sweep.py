@@ -6,15 +6,17 @@ import itertools
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 import bclm.sweep as sweep_module
 import bclm.trainer.dagger as dagger_module
 from bclm import config as cfg
-from bclm.data.store import META_FILE
+from bclm.data.store import META_FILE, TrajectoryStore
 from bclm.errors import BCLMError
 from bclm.eval.curves import mean_ci
 from bclm.sweep import SweepRecipe, at_budget, run_sweep
+from bclm.trainer.data import first_episodes
 
 ENV, EXPERT = "tests.custom_env:CustomTarget-v0", "tests.custom_env:expert"
 
@@ -112,8 +114,33 @@ def test_each_seed_collects_its_own_envs_apart_from_the_evaluations(tmp_path, mo
     seeds = []
     real = sweep_module.write_expert_shard
     monkeypatch.setattr(sweep_module, "write_expert_shard", lambda *a, **k: seeds.append(k["seed"]) or real(*a, **k))
-    sweep_module.expert_episodes(recipe, tmp_path, 1)
-    assert seeds == [ranges[1].start + i for i in range(4)]        # 4 episodes of 50 labels pass 150
+    episodes = sweep_module.expert_episodes(recipe, tmp_path, 1)
+    # 4 episodes of 50 labels pass 150, in blocks of 1, 1 and 2 episodes starting at episodes 0, 1 and 2
+    assert seeds == [ranges[1].start + i for i in range(3)]
+    assert episodes == [("ep-00000", 50), ("ep-00001", 50), ("ep-00002", 50), ("ep-00002", 50)]
+
+
+def test_a_budget_ending_inside_a_block_trains_on_exactly_its_episodes(tmp_path, monkeypatch):
+    assert [sweep_module.block_size(i) for i in (0, 1, 2, 4, 8, 64, 100, 5000)] == [1, 1, 2, 4, 8, 64, 64, 64]
+    episodes = [("ep-00000", 50), ("ep-00001", 40), ("ep-00002", 30), ("ep-00002", 20), ("ep-00004", 60)]
+    assert sweep_module.within_budget(episodes, 125) == (["ep-00000", "ep-00001", "ep-00002"], 3, 120)
+    assert sweep_module.within_budget(episodes, 10) == (["ep-00000"], 1, 50)        # at least one episode
+
+    class Trained(Exception):
+        pass
+
+    def train(recipe):
+        raise Trained(recipe.data)
+    monkeypatch.setattr(sweep_module, "train", train)
+    with pytest.raises(Trained) as got:               # 150 labels: ep-00002's first episode of two
+        sweep_module.run_bc_cell(_recipe(tmp_path), tmp_path, sweep_module.Cell("bc", 0, 150))
+    data = got.value.args[0]
+    assert data.shards == ["ep-00000", "ep-00001", "ep-00002"] and data.max_episodes == 3
+    store = TrajectoryStore(sweep_module.expert_store(tmp_path, 0))
+    steps = first_episodes(store.arrays(data.shards), data.max_episodes, store.path)
+    assert len(np.unique(steps.columns["episode"])) == 3 and len(steps) == 150
+    with pytest.raises(BCLMError, match=r"data.max_episodes 5: dataset .*expert-seed-0 holds only 4 episodes"):
+        first_episodes(store.arrays(data.shards), 5, store.path)
 
 
 def test_a_sweep_refuses_to_extend_data_collected_under_other_seeds(tmp_path):

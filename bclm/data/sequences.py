@@ -34,6 +34,9 @@ class DataConfig:
     stride_fraction: float = option(
         0.5, "Distance between window starts within an episode, as a fraction of the steps per window.")
     shards: list[str] = option([], "Shards of the dataset to train on (empty = all).")
+    max_episodes: int = option(
+        0, "Train on the first N episodes (by id) of those shards only (0 = all): how a sweep's budget takes a "
+           "prefix of the expert episodes that ends inside a shard.")
     val_episodes: int = option(
         -1, "Episodes held out (spread over the dataset) to measure validation loss and action accuracy, and to "
             "keep the best weights (loop.keep_best); -1 = a tenth of them when there are at least 10, else none.")
@@ -64,6 +67,8 @@ class DataConfig:
         if not 0 <= self.action_dropout < 1 or (self.action_dropout and self.history != "full"):
             raise BCLMError(f"data.action_dropout {self.action_dropout}: expected a probability in [0, 1), with "
                             "data.history full (the observations layout has no past actions to drop)")
+        if self.max_episodes < 0:
+            raise BCLMError(f"data.max_episodes must be >= 0 (0 = all), got {self.max_episodes}")
         if self.val_episodes < -1:
             raise BCLMError(f"data.val_episodes must be >= 0, or -1 for a tenth, got {self.val_episodes}")
         if self.augment < 0:

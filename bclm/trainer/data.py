@@ -131,7 +131,7 @@ def prepare_data(recipe: TrainRecipe, tokenizers: dict[str, BCTokenizer] | None 
     entries = task_entries(recipe)
     stores = [ensure_dataset(e, recipe.eval) for e in entries]
     names = [e.name or s.meta.get("task") or "default" for e, s in zip(entries, stores)]
-    steps = [s.arrays(recipe.data.shards or None) for s in stores]
+    steps = [first_episodes(s.arrays(recipe.data.shards or None), recipe.data.max_episodes, s.path) for s in stores]
     if tokenizers is None:
         base_vocab, text_tokenizer = pretrained_vocabulary(recipe.model)
         spaces = {n: (s.observation_space, s.action_space) for n, s in zip(names, stores)}
@@ -186,6 +186,17 @@ def symmetry_of(config: DataConfig, env: str, tokenizer: BCTokenizer) -> Symmetr
 
 def _concat(sets: list[Any]) -> torch.utils.data.Dataset:
     return sets[0] if len(sets) == 1 else torch.utils.data.ConcatDataset(sets)
+
+
+def first_episodes(steps: StepArrays, count: int, where: Path) -> StepArrays:
+    """The steps of the first `count` episodes by id (all for 0)."""
+    if not count:
+        return steps
+    episodes = np.unique(steps.columns["episode"])
+    if count > len(episodes):
+        raise BCLMError(f"data.max_episodes {count}: dataset {where} holds only {len(episodes)} episodes (in the "
+                        "chosen shards)")
+    return _select(steps, steps.columns["episode"] <= episodes[count - 1])
 
 
 def split_episodes(steps: StepArrays, val_episodes: int) -> tuple[StepArrays, StepArrays | None]:
