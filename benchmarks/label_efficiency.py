@@ -33,6 +33,7 @@ from bclm.eval.curves import mean_ci
 from bclm.rollout import ExpertActor, run_episodes
 from bclm.rollout.metrics import summarize
 from bclm.sweep import SweepRecipe, expert_episodes, expert_store, run_sweep, within_budget
+from bclm.trainer.data import first_episodes
 
 # Budgets in expert labels, about 1, 2, 4, 8 (and more) demonstrations of each task's expert.
 BUDGETS = {
@@ -117,8 +118,9 @@ def run_task(task_name: str, args: argparse.Namespace) -> dict:
     for budget in budgets:
         values = []
         for seed in range(args.seeds):
-            shards, _ = within_budget(expert_episodes(recipe, out, seed), budget)
-            steps = TrajectoryStore(expert_store(out, seed)).arrays(shards)
+            shards, count, _ = within_budget(expert_episodes(recipe, out, seed), budget)
+            store = TrajectoryStore(expert_store(out, seed))
+            steps = first_episodes(store.arrays(shards), count, store.path)     # the episodes bclm trained on
             actor = train_mlp(np.asarray(steps.observation), np.asarray(steps.action), _spaces(out)[1], seed)
             values.append(evaluate_actor(task_name, actor, args.episodes))
         mlp_rows.append({"budget": budget, "success": mean_ci(values)})

@@ -31,6 +31,7 @@ from label_efficiency import train_mlp
 from bclm.data.store import TrajectoryStore
 from bclm.envs.experts import pendulum_swingup
 from bclm.policy import Policy
+from bclm.trainer.data import first_episodes
 
 
 def expert_states(episodes: int = 3, seed: int = 50_000) -> np.ndarray:
@@ -61,7 +62,7 @@ def cell_row(cell: Path, probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> di
     policy = Policy.from_pretrained(cell, device="cpu")
     recipe = yaml.safe_load((cell / "recipe.yaml").read_text())
     store = TrajectoryStore(recipe["dataset"])
-    steps = store.arrays(recipe["data"]["shards"])
+    steps = first_episodes(store.arrays(recipe["data"]["shards"]), recipe["data"].get("max_episodes", 0), store.path)
     seed = int(cell.name.split("-")[1])
     mlp = train_mlp(np.asarray(steps.observation), np.asarray(steps.action), store.action_space, seed)
 
