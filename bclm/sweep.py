@@ -240,8 +240,8 @@ def run_sweep(recipe: SweepRecipe) -> dict[str, Any]:
     return report
 
 
-def collect_seed(recipe: SweepRecipe, out: Path, method: str, seed: int, threads: int = 0) -> None:
-    with interrupt.task():
+def collect_seed(recipe: SweepRecipe, out: Path, method: str, seed: int, _threads: int = 0) -> None:
+    with interrupt.task():                     # the envs and the expert: no torch threads to set
         expert_episodes(recipe, out, seed, method)
 
 
@@ -254,8 +254,9 @@ def _in_parallel(fn: Any, calls: list[tuple[Any, ...]], jobs: int, bar: tqdm | N
 
     if jobs == 1 or len(calls) <= 1:
         return [counted(fn(*call)) for call in calls]
-    threads = max(1, (os.cpu_count() or 2) // jobs)
-    pool = ProcessPoolExecutor(min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn"),
+    processes = min(jobs, len(calls))
+    threads = max(1, (os.cpu_count() or 2) // processes)
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                initializer=interrupt.install_worker)
     try:
         return [counted(r) for r in pool.map(fn, *zip(*calls), [threads] * len(calls))]
