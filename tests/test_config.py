@@ -46,6 +46,8 @@ def test_unknown_recipe_key_names_key_and_file(tmp_path, text, needle):
     (["--train.epochs", "-2"], "train.epochs must be >= 0, or -1 for auto, got -2"),
     (["--loop.keep_checkpoints", "-1"], "loop.keep_checkpoints"),
     (["--loop.save_every", "-1"], "loop.save_every must be >= 0"),
+    (["--train.schedule", "linear"], r"train.schedule: expected one of \['cosine', 'wsd', 'constant'\]"),
+    (["--train.decay_fraction", "0"], r"train.decay_fraction must be in \(0, 1\]"),
 ])
 def test_bad_overrides_are_named(args, needle):
     with pytest.raises(BCLMError, match=needle):

@@ -140,6 +140,24 @@ def test_by_default_a_tenth_of_the_episodes_is_held_out_spread_over_the_dataset(
     assert split_episodes(steps, 0)[1] is None
 
 
+@pytest.mark.parametrize("schedule,peak_until,last", [("cosine", 10, 1e-4), ("wsd", 80, 1e-4),
+                                                    ("constant", 99, 1e-3)])
+def test_schedules_hold_the_peak_as_long_as_they_say_and_end_where_they_should(schedule, peak_until, last):
+    from bclm.trainer.config import OptimConfig
+    from bclm.trainer.step import make_scheduler
+    optim = OptimConfig(schedule=schedule, max_steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
+    scheduler, lrs = make_scheduler(opt, optim), []
+    for _ in range(optim.max_steps):
+        lrs.append(scheduler.get_last_lr()[0])
+        opt.step()
+        scheduler.step()
+    assert lrs[0] < lrs[5] < lrs[10] and max(lrs) == pytest.approx(1e-3)      # the warmup
+    assert lrs[10:peak_until + 1] == pytest.approx([1e-3] * (peak_until - 9))  # wsd: decays over the last 20%
+    assert peak_until == 99 or lrs[peak_until + 1] < lrs[peak_until]
+    assert lrs[-1] == pytest.approx(last, rel=0.1)
+
+
 def test_action_loss_ignores_observation_tokens():
     torch.manual_seed(0)
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from bclm.config import option
 from bclm.data.sequences import DataConfig
@@ -26,7 +27,12 @@ class OptimConfig:
     batch_size: int = option(64, "Windows per optimizer step (per process, before gradient accumulation).")
     grad_accum: int = option(1, "Micro-batches accumulated per optimizer step.")
     lr: float = option(5e-4, "Peak learning rate of AdamW.")
-    min_lr_ratio: float = option(0.1, "Final learning rate of the cosine schedule, as a fraction of the peak.")
+    schedule: Literal["cosine", "wsd", "constant"] = option(
+        "cosine", "Learning rate after the warmup: cosine (from the peak down to min_lr_ratio over the run), wsd "
+                  "(warmup-stable-decay: the peak until the last decay_fraction of the steps, then a cosine down to "
+                  "min_lr_ratio; more steps at the peak, for learners that must leave a plateau) or constant.")
+    decay_fraction: float = option(0.2, "wsd: the share of the steps spent decaying.")
+    min_lr_ratio: float = option(0.1, "Final learning rate of the cosine and wsd schedules, as a fraction of the peak.")
     warmup_steps: int = option(100, "Linear warmup steps.")
     ordinal_sigma: float = option(
         0.0, "Width in bins of the HL-Gauss target of continuous action tokens: cross-entropy against a Gaussian "
@@ -49,6 +55,8 @@ class OptimConfig:
             raise BCLMError(f"train.epochs must be >= 0, or -1 for auto, got {self.epochs}")
         if not self.ordinal_sigma >= 0:
             raise BCLMError(f"train.ordinal_sigma must be >= 0 (bins), got {self.ordinal_sigma}")
+        if not 0 < self.decay_fraction <= 1:
+            raise BCLMError(f"train.decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if not self.lr > 0:
             raise BCLMError(f"train.lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0 or (not self.epochs and self.warmup_steps >= self.max_steps):

@@ -94,6 +94,13 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Op
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig):
+    if optim.schedule == "constant":
+        return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=optim.warmup_steps)
+    if optim.schedule == "wsd":
+        decay = min(max(1, round(optim.decay_fraction * optim.max_steps)), optim.max_steps - optim.warmup_steps)
+        return get_scheduler("warmup_stable_decay", optimizer, num_warmup_steps=optim.warmup_steps,
+                             num_training_steps=optim.max_steps,
+                             scheduler_specific_kwargs={"num_decay_steps": decay, "min_lr_ratio": optim.min_lr_ratio})
     return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=optim.warmup_steps,
                          num_training_steps=optim.max_steps,
                          scheduler_specific_kwargs={"min_lr_rate": optim.min_lr_ratio})
