@@ -194,6 +194,19 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(dataset, tmp_path):
         train(_recipe(dataset, out, "--train.max_steps", "10"))
 
 
+def test_a_wsd_run_resumed_with_more_steps_is_the_longer_run(dataset, tmp_path):
+    """Only WSD's decay depends on the run's length, so a checkpoint of its stable phase extends the run."""
+    args = ("--train.epochs", "0", "--train.schedule", "wsd", "--train.warmup_steps", "2", "--loop.log_every", "1")
+    extended, planned = tmp_path / "extended", tmp_path / "planned"
+    train(_recipe(dataset, extended, *args, "--train.max_steps", "10", "--loop.save_every", "5"))
+    train(_recipe(dataset, extended, *args, "--train.max_steps", "20", "--overwrite", "true"))  # from step 5
+    train(_recipe(dataset, planned, *args, "--train.max_steps", "20"))
+    logged = [[(m["step"], m["lr"], m["loss"]) for m in _losses(out)] for out in (extended, planned)]
+    assert [s for s, _, _ in logged[0]] == list(range(1, 21))
+    assert sum(logged[0], ()) == pytest.approx(sum(logged[1], ()))     # the same rates and losses
+    assert logged[0][9][1] == pytest.approx(3e-3)          # step 10, the short run's last: at the peak now
+
+
 def test_checkpoints_rotate_to_the_newest_ones(dataset, tmp_path):
     out = tmp_path / "p"
     train(_recipe(dataset, out, "--train.max_steps", "12", "--loop.save_every", "2", "--loop.keep_checkpoints", "2"))
