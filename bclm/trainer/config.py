@@ -30,7 +30,7 @@ class OptimConfig:
     schedule: Literal["cosine", "wsd", "constant"] = option(
         "cosine", "Learning rate after the warmup: cosine (from the peak down to min_lr_ratio over the run), wsd "
                   "(warmup-stable-decay: the peak until the last decay_fraction of the steps, then a cosine down to "
-                  "min_lr_ratio; more steps at the peak, for learners that must leave a plateau) or constant.")
+                  "min_lr_ratio; more steps at the peak, and a run that can be lengthened) or constant.")
     decay_fraction: float = option(0.2, "wsd: the share of the steps spent decaying.")
     min_lr_ratio: float = option(0.1, "Final learning rate of the cosine and wsd schedules, as a fraction of the peak.")
     warmup_steps: int = option(100, "Linear warmup steps.")
