@@ -1,7 +1,7 @@
 """Which part of a transformer loses Pendulum's law off the expert's path: the tokens, the output, or the trunk.
 
 `pendulum_generalization.py` shows bclm's policies fitting the expert's own states better than the MLP and
-erring 2-3x more just off them. Here thirteen learners train on the same 800 expert labels (4 episodes of the
+erring 2-3x more just off them. Here fourteen learners train on the same 800 expert labels (4 episodes of the
 swing-up expert, collection seeds 1000*seed+i), all on standardised raw observations, 800 batches of 64,
 Adam 1e-3, and are measured as `pendulum_generalization.py` measures (torque error on fresh expert states
 and on the 13 x 13 grid around the top) and by closed-loop success (20 episodes, seeds 10000+i):
@@ -12,7 +12,8 @@ and on the 13 x 13 grid around the top) and by closed-loop success (20 episodes,
 - Llama "small" (bclm's default trunk) on one token holding the whole observation, with a regression head;
   on a token per dimension (a constant plus the value along a direction of its own, bclm's number
   tokens), with a regression head; and with bclm's 256-bin categorical head (argmax decoding);
-- the same with a near-linear RMSNorm (`rms_norm_eps` 1.0), and GPT-2 "small" (an ungated GELU MLP,
+- the same with a near-linear RMSNorm (`rms_norm_eps` 1.0), or with token constants 50x the value's
+  (RMS 1: the norm then divides by a near-constant), and GPT-2 "small" (an ungated GELU MLP,
   LayerNorm) in Llama's three set-ups.
 
 `--mixup K` trains every learner with local mixup (each state mixed with one of its K nearest demonstrated
@@ -87,11 +88,11 @@ def trunk(arch: str, d: int = 128, eps: float = 1e-6) -> nn.Module:
 class TransformerLearner(nn.Module):
     """A "small" trunk over [task, observation token(s), ACT]; the action is read at ACT."""
 
-    def __init__(self, arch: str, tokens: str, out: int, d: int = 128, eps: float = 1e-6):
+    def __init__(self, arch: str, tokens: str, out: int, d: int = 128, eps: float = 1e-6, const: float = 0.02):
         super().__init__()
         self.trunk = trunk(arch, d, eps)
         self.tokens = tokens
-        self.const = nn.Parameter(torch.randn(5, d) * 0.02)        # task, one per dimension, ACT
+        self.const = nn.Parameter(torch.randn(5, d) * const)       # task, one per dimension, ACT
         self.value = nn.Linear(3, d) if tokens == "one" else nn.Parameter(torch.randn(3, d) * 0.02)
         self.head = nn.Linear(d, out)
 
@@ -118,6 +119,9 @@ LEARNERS = {
         lambda: TransformerLearner("llama", "dims", 1, eps=1.0),
     "Llama small, RMSNorm eps 1, a token per dimension, 256 bins":
         lambda: TransformerLearner("llama", "dims", BINS, eps=1.0),
+    # Each token's constant part 50x the value's, so that RMSNorm divides by a near-constant: near-linear norms.
+    "Llama small, constant parts of RMS 1, a token per dimension, regression":
+        lambda: TransformerLearner("llama", "dims", 1, const=1.0),
     "GPT-2 small, one observation token, regression": lambda: TransformerLearner("gpt2", "one", 1),
     "GPT-2 small, a token per dimension, regression": lambda: TransformerLearner("gpt2", "dims", 1),
     "GPT-2 small, a token per dimension, 256 bins": lambda: TransformerLearner("gpt2", "dims", BINS),
