@@ -24,6 +24,12 @@ residual. Text tokens can share those rows too (`model.word_factors`): the missi
 the red element row, so matching a word to the cells that show it starts as a dot product the model already
 has, rather than a binding it must discover.
 
+Where a packed token sits matters too: a BabyAI policy that has found the cell named by the mission must turn
+towards it, left or right. With rotary positions only queries and keys know positions; the value an attention
+head reads from a cell says what is there, not where. With slots (`tokenizer.symbol_grid`) every cell has
+its own ids, and its embedding adds one row per coordinate of its place on the grid, so "third column" is
+one vector in every row of the view, as Gato and ViT add row and column embeddings to image patches.
+
 torch, transformers and accelerate have no embedding of this kind, hence this small module.
 """
 
@@ -70,11 +76,22 @@ def number_rows(basis: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     return torch.einsum(spec, basis, proj).reshape(-1, proj.shape[-1])
 
 
-def factor_index(radix: tuple[int, ...]) -> torch.Tensor:
+def factor_index(radix: tuple[int, ...], grid: tuple[int, ...] = ()) -> torch.Tensor:
     """(prod(radix), len(radix)): for each packed symbol (mixed radix, first element most significant, as the
-    codecs pack them), the row of each of its element values in the stacked per-element table."""
-    digits = np.array(list(np.ndindex(*radix)), dtype=np.int64).reshape(-1, len(radix))
-    return torch.as_tensor(digits + element_starts(radix))
+    codecs pack them), the row of each of its element values in the stacked per-element table. With a `grid`
+    of slots (`tokenizer.symbol_grid`): (prod(grid) * prod(radix), len(grid) + len(radix)), symbol v of slot s
+    at row s * prod(radix) + v, which adds one row per grid coordinate of s, stacked after the elements'."""
+    digits = _digits(radix) + element_starts(radix)
+    if not grid:
+        return torch.as_tensor(digits)
+    coords = _digits(grid) + sum(radix) + element_starts(grid)
+    per_slot = len(digits)
+    return torch.as_tensor(np.concatenate([np.repeat(coords, per_slot, axis=0), np.tile(digits, (len(coords), 1))],
+                                          axis=1))
+
+
+def _digits(radix: tuple[int, ...]) -> np.ndarray:
+    return np.array(list(np.ndindex(*radix)), dtype=np.int64).reshape(-1, len(radix))
 
 
 def element_starts(radix: tuple[int, ...]) -> np.ndarray:
@@ -120,13 +137,16 @@ class StructuredEmbedding(nn.Embedding):
         proj = proj.to(table.device, table.dtype).clone(memory_format=torch.contiguous_format)
         self.number_proj = nn.Parameter(proj)
 
-    def add_symbol_factors(self, start: int, radix: tuple[int, ...], fresh: bool, std: float = 0.02) -> None:
-        """Packed symbols [start, start + prod(radix)) add one row per element value. `fresh`: those rows
-        start small and random and the symbols' free rows at zero, so the embedding starts as pure structure;
-        otherwise the element rows start at zero and the embedding is unchanged (a warm start)."""
-        index = factor_index(radix).to(self.weight.device)
+    def add_symbol_factors(self, start: int, radix: tuple[int, ...], fresh: bool, std: float = 0.02,
+                           grid: tuple[int, ...] = ()) -> None:
+        """Packed symbols [start, start + prod(radix)) add one row per element value (and with slots on a
+        `grid`, the prod(grid) blocks of them one row per grid coordinate too). `fresh`: those rows start small
+        and random and the symbols' free rows at zero, so the embedding starts as pure structure; otherwise
+        the rows start at zero and the embedding is unchanged (a warm start)."""
+        index = factor_index(radix, grid).to(self.weight.device)
         self.factor_start, self.factor_index = int(start), index
-        self.symbol_factors = nn.Parameter(torch.zeros(sum(radix), self.embedding_dim, device=self.weight.device,
+        rows = sum(radix) + sum(grid)
+        self.symbol_factors = nn.Parameter(torch.zeros(rows, self.embedding_dim, device=self.weight.device,
                                                        dtype=self.weight.dtype))
         if fresh:
             nn.init.normal_(self.symbol_factors, std=std)
@@ -192,10 +212,10 @@ class StructuredEmbedding(nn.Embedding):
 
 def attach_structured_embedding(model: nn.Module, start: int, size: int, features: int, fresh: bool,
                                 slots: int = 1, positions: torch.Tensor | None = None,
-                                symbols: tuple[int, tuple[int, ...]] | None = None,
+                                symbols: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None,
                                 words: tuple[torch.Tensor, torch.Tensor] | None = None) -> StructuredEmbedding | None:
     """Give `model` number embeddings (unless `features` or `size` is 0) and, with `symbols` = (first id,
-    radix), factored packed symbols, whose element rows the tokens of `words` = (ids, rows) share; None when
+    radix, slot grid), factored packed symbols, whose element rows the tokens of `words` = (ids, rows) share; None when
     neither applies. The output head is untied first, so that predicted logits stay free while inputs are
     structured, and the exported model computes exactly what the live one does. `fresh`: the structure starts
     as a small random function, not fitted to the rows."""
@@ -211,7 +231,8 @@ def attach_structured_embedding(model: nn.Module, start: int, size: int, feature
     if fresh and size:
         nn.init.normal_(emb.number_proj, std=std)
     if symbols is not None:
-        emb.add_symbol_factors(*symbols, fresh=fresh, std=std)
+        start, radix, grid = symbols
+        emb.add_symbol_factors(start, radix, fresh=fresh, std=std, grid=grid)
         if words is not None:
             emb.add_word_factors(*words, fresh=fresh)
     model.set_input_embeddings(emb)
@@ -221,7 +242,12 @@ def attach_structured_embedding(model: nn.Module, start: int, size: int, feature
 def shared_radix(tokenizers: Iterable[BCTokenizer]) -> tuple[int, ...] | None:
     """The one element layout of every packed observation token of `tokenizers` (None without any): packed
     ids share the value range, so two layouts would give one id two meanings."""
+    tokenizers = list(tokenizers)
     layouts = set().union(*(t.packed_radix() for t in tokenizers))
+    grids = {t.config.symbol_grid for t in tokenizers if t.packed_radix()}
+    if len(grids) > 1:
+        raise BCLMError(f"model.symbol_factors: packed tokens lie on {len(grids)} slot grids "
+                        f"({', '.join(str(list(g)) for g in sorted(grids))}); expected one tokenizer.symbol_grid")
     if len(layouts) > 1:
         raise BCLMError(f"model.symbol_factors: packed tokens have {len(layouts)} element layouts "
                         f"({', '.join(map(str, sorted(layouts)))}); set model.symbol_factors false or use one "
@@ -261,9 +287,9 @@ def attach_for(model: nn.Module, tokenizer: BCTokenizer, features: int, fresh: b
                words: tuple[torch.Tensor, torch.Tensor] | None = None) -> StructuredEmbedding | None:
     """`attach_structured_embedding` laid out as `tokenizer`'s number range: its slots, and with a slot per
     dimension (format 3) the value basis of each dimension's bins; `radix`: factor the packed symbols, whose
-    rows `words` (from `word_rows`) share."""
+    rows `words` (from `word_rows`) share, with a row per coordinate of the slot grid (`tokenizer.symbol_grid`)."""
     positions = torch.as_tensor(tokenizer.number_positions()) if tokenizer.config.number_slots else None
-    symbols = (tokenizer.value_offset, radix) if radix else None
+    symbols = (tokenizer.value_offset, radix, tokenizer.config.symbol_grid) if radix else None
     return attach_structured_embedding(model, tokenizer.number_offset, tokenizer.number_vocab, features, fresh,
                                        slots=max(tokenizer.number_slots, 1), positions=positions,
                                        symbols=symbols, words=words)

@@ -53,7 +53,8 @@ def describe_policy(directory: Path) -> list[str]:
         lines += [f"  task {task} (env {envs.get(task) or meta.get('env') or task}): a step is {tok.step_len} "
                   f"tokens ({tok.obs_len} observation, ACT, {tok.action_len} action) after a {tok.prefix_len}-token "
                   f"prompt; {tok.config.obs_bins} observation / {tok.config.action_bins} action bins "
-                  f"({tok.config.mode})",
+                  f"({tok.config.mode})" + (f"; integer tokens in slots on a {'x'.join(map(str, grid))} grid"
+                                            if (grid := tok.config.symbol_grid) else ""),
                   f"    observations {tok.observation_space}", f"    actions {tok.action_space}"]
     lines += _quantization(directory) + _evaluation(directory)
     return lines

@@ -53,7 +53,8 @@ def _recipe(out, *extra: str) -> DaggerRecipe:
 def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
     report = run_dagger(_recipe(tmp_path / "run", "--dagger.beta", "constant", "--dagger.beta_value", "0.5",
                                 "--model.symbol_factors", "true",
-                                "--model.word_factors", "{red: [1, 0], ball: [0, 6]}"))
+                                "--model.word_factors", "{red: [1, 0], ball: [0, 6]}",
+                                "--tokenizer.symbol_grid", "[7, 7]", "--tokenizer.value_vocab", "9702"))
     row = report["rounds"][1]
     steps = TrajectoryStore(tmp_path / "run" / "data").arrays(["round-001"])
     used = steps.columns["expert_used"]
@@ -63,7 +64,9 @@ def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
     assert "mistake_rate" in row
     from bclm.policy import Policy
 
-    assert Policy.from_pretrained(tmp_path / "run" / "round-001").tokenizer.obs_len == 49 + 1 + 16  # a token a cell
+    tok = Policy.from_pretrained(tmp_path / "run" / "round-001").tokenizer
+    assert tok.obs_len == 49 + 1 + 16                                                           # a token a cell
+    assert tok.config.symbol_grid == (7, 7) and tok.vocab_size > 9702                          # each in its slot
     from safetensors.torch import load_file
 
     saved = load_file(tmp_path / "run" / "round-001" / "model.safetensors")   # factored cells, saved plain

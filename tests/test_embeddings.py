@@ -171,14 +171,21 @@ CELLS = gym.spaces.Dict({"image": gym.spaces.MultiDiscrete(np.tile([4, 3, 2], (5
                          "speed": gym.spaces.Box(-1, 1, (2,), np.float32)})
 
 
-def _cells_policy(symbol_factors: bool = True) -> Policy:
+# Six cells on a 2 x 3 grid, for slots (tokenizer.symbol_grid): 6 slots x 24 cell values = 144 value ids.
+GRID_CELLS = gym.spaces.Dict({"image": gym.spaces.MultiDiscrete(np.tile([4, 3, 2], (6, 1))),
+                              "speed": gym.spaces.Box(-1, 1, (2,), np.float32)})
+
+
+def _cells_policy(symbol_factors: bool = True, grid: tuple[int, ...] = ()) -> Policy:
     from bclm.models import ModelConfig, build_model
 
-    CELLS.seed(0)
-    obs = gym.vector.utils.concatenate(CELLS, [CELLS.sample() for _ in range(32)],
-                                       gym.vector.utils.create_empty_array(CELLS, 32))
-    config = TokenizerConfig(obs_bins=32, action_bins=32, value_vocab=64, group=3)
-    tok = BCTokenizer(CELLS, gym.spaces.Discrete(3), config)
+    space = GRID_CELLS if grid else CELLS
+    space.seed(0)
+    obs = gym.vector.utils.concatenate(space, [space.sample() for _ in range(32)],
+                                       gym.vector.utils.create_empty_array(space, 32))
+    config = TokenizerConfig(obs_bins=32, action_bins=32, value_vocab=144 if grid else 64, group=3,
+                             symbol_grid=grid)
+    tok = BCTokenizer(space, gym.spaces.Discrete(3), config)
     tok.fit(obs, np.zeros(32, dtype=np.int64))
     torch.manual_seed(0)
     model = build_model(ModelConfig(size="tiny", attn_implementation="eager"), tok.vocab_size, 40, tok.bos_id,
@@ -205,10 +212,11 @@ def test_packed_cells_share_the_rows_of_their_elements():
     assert _cell_id(tok, 2, 1) in ids.tolist()[0]                   # the codec packs cells as the factors read them
 
 
-def test_factored_cells_and_numbers_export_a_plain_checkpoint_with_the_same_logits(tmp_path):
+@pytest.mark.parametrize("grid", [(), (2, 3)], ids=["shared ids", "slots"])
+def test_factored_cells_and_numbers_export_a_plain_checkpoint_with_the_same_logits(tmp_path, grid):
     from bclm.embeddings import plain_state_dict
 
-    policy = _trained_like(_cells_policy())
+    policy = _trained_like(_cells_policy(grid=grid))
     emb = policy.model.get_input_embeddings()
     table = plain_state_dict(policy.model.state_dict(), emb)["model.embed_tokens.weight"]
     torch.testing.assert_close(table, emb.materialized())          # the ZeRO-3 path writes the same rows
@@ -216,14 +224,61 @@ def test_factored_cells_and_numbers_export_a_plain_checkpoint_with_the_same_logi
     assert not any("factor" in k or "number" in k for k in load_file(tmp_path / "model.safetensors"))
     plain = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=False).eval()
     tok = policy.tokenizer
-    CELLS.seed(1)
-    obs = gym.vector.utils.concatenate(CELLS, [CELLS.sample() for _ in range(3)],
-                                       gym.vector.utils.create_empty_array(CELLS, 3))
+    space = GRID_CELLS if grid else CELLS
+    space.seed(1)
+    obs = gym.vector.utils.concatenate(space, [space.sample() for _ in range(3)],
+                                       gym.vector.utils.create_empty_array(space, 3))
     ids = torch.as_tensor(np.concatenate([np.tile(tok.prefix("default"), (3, 1)), tok.encode_observation(obs),
                                           np.full((3, 1), tok.act_id)], axis=1))
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=ids).logits, policy.model(input_ids=ids).logits,
                                    rtol=0, atol=1e-5)
+
+
+def test_slotted_cells_say_where_they_are_and_share_a_row_per_grid_coordinate():
+    policy = _cells_policy(grid=(2, 3))
+    tok = policy.tokenizer
+    image = np.array([[[2, 1, 0]] * 6])
+    ids = tok.encode_observation({"image": image, "speed": np.zeros((1, 2), np.float32)})[0, :6]
+    # Slot s holds the 24 cell values from s * 24: the same cell gets a different id in each place.
+    np.testing.assert_array_equal(ids, [_cell_id(tok, 2, 1) + 24 * s for s in range(6)])
+    np.testing.assert_array_equal(tok.decode_observation(tok.encode_observation(
+        {"image": image, "speed": np.zeros((1, 2), np.float32)}))["image"], image)
+    emb = policy.model.get_input_embeddings()
+
+    def row(slot: int, kind: int, colour: int) -> torch.Tensor:
+        return emb(torch.tensor([_cell_id(tok, kind, colour) + 24 * slot]))[0]
+
+    # Fresh free rows are zero: moving one column right adds the same vector in either row of the grid and
+    # for any cell, and moving a cell keeps what its elements add.
+    torch.testing.assert_close(row(1, 0, 1) - row(0, 0, 1), row(4, 3, 2) - row(3, 3, 2))
+    torch.testing.assert_close(row(5, 2, 1) - row(5, 1, 1), row(0, 2, 1) - row(0, 1, 1))
+    assert not torch.allclose(row(1, 0, 1) - row(0, 0, 1), row(2, 0, 1) - row(1, 0, 1))
+    assert not torch.allclose(row(3, 0, 1), row(0, 0, 1))
+
+
+@pytest.mark.parametrize("grid, group, vocab, match", [
+    ((2, 2), 3, 144, r"tokenizer.symbol_grid \[2, 2\] holds 4 slots but leaf 'image' packs into 6 tokens"),
+    ((2, 3), 3, 64, r"needs 6 slots x 24 ids = 144 value ids, more than value_vocab=64: raise "
+                    r"tokenizer.value_vocab to at least 144"),
+    ((2, 2), 4, 1024, r"tokenizer.group=4 does not divide the 18 elements of leaf 'image'"),
+])
+def test_a_slot_grid_that_does_not_fit_is_refused_by_name(grid, group, vocab, match):
+    with pytest.raises(BCLMError, match=match):
+        BCTokenizer(GRID_CELLS, gym.spaces.Discrete(3), TokenizerConfig(value_vocab=vocab, group=group,
+                                                                         obs_bins=32, action_bins=32,
+                                                                         symbol_grid=grid))
+    with pytest.raises(BCLMError, match=r"tokenizer config symbol_grid=\[7, 0\]: expected a list of integers"):
+        TokenizerConfig(symbol_grid=(7, 0))
+
+
+def test_a_slotted_tokenizer_round_trips_and_an_unslotted_file_has_no_grid():
+    config = TokenizerConfig(obs_bins=32, action_bins=32, value_vocab=144, group=3, symbol_grid=(2, 3))
+    tok = BCTokenizer(GRID_CELLS, gym.spaces.Discrete(3), config)
+    assert BCTokenizer.from_dict(json.loads(json.dumps(tok.to_dict()))) == tok
+    assert tok.to_dict()["codecs"]["observation"][0]["grid"] == [2, 3]
+    plain = BCTokenizer(GRID_CELLS, gym.spaces.Discrete(3), TokenizerConfig(group=3)).to_dict()
+    assert "symbol_grid" not in plain["config"] and "grid" not in json.dumps(plain["codecs"])
 
 
 def test_a_warm_start_with_factors_keeps_the_embedding_it_was_given():

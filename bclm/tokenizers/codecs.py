@@ -1,7 +1,8 @@
 """One codec per leaf space: a value <-> a fixed number of local token ids.
 
-Local ids at token position k lie in [0, sizes()[k]); the tokenizer shifts them into the shared value
-range (kind "value") or the text range (kind "text").
+Local ids at token position k lie in [0, sizes()[k]) (in [k·S, k·S + sizes()[k]) for a packed leaf with
+slots, S its largest size); the tokenizer shifts them into the shared value range (kind "value") or the
+text range (kind "text").
 """
 
 from __future__ import annotations
@@ -237,13 +238,15 @@ class BoxCodec:
 # --- integer leaves: mixed-radix packing ---------------------------------------------------------
 
 class _RadixCodec:
-    """Flattened integer elements, `group` consecutive ones packed into one token by mixed radix."""
+    """Flattened integer elements, `group` consecutive ones packed into one token by mixed radix. With a
+    `grid` (`tokenizer.symbol_grid`) every token has its own block of ids, its slot, so that an id says where
+    in the leaf the token sits as well as what it packs (which cell of a BabyAI view)."""
 
     kind = "value"
     type_name: ClassVar[str] = ""
 
     def __init__(self, path: str, shape: tuple[int, ...], nvec: np.ndarray, start: np.ndarray, dtype: str,
-                 *, group: int, value_vocab: int):
+                 *, group: int, value_vocab: int, grid: tuple[int, ...] = ()):
         self.path = path
         self.shape = tuple(int(s) for s in shape)
         self.nvec = np.asarray(nvec, dtype=np.int64).ravel()
@@ -265,6 +268,31 @@ class _RadixCodec:
             raise BCLMError(f"{_leaf(path)}: token {int(too_big[0])} packs {self.group} element(s) with "
                             f"{int(self._sizes[too_big[0]])} combinations, more than value_vocab="
                             f"{self.value_vocab}: lower `group` or raise `value_vocab`")
+        self.grid = tuple(int(g) for g in grid)
+        self._base = np.zeros(n_tok, dtype=np.int64)
+        if self.grid:
+            self._check_grid()
+            self._base = np.arange(n_tok, dtype=np.int64) * self.slot_width
+
+    @property
+    def slot_width(self) -> int:
+        """Ids per slot: the largest token's combinations."""
+        return int(self._sizes.max())
+
+    def _check_grid(self) -> None:
+        where = f"tokenizer.symbol_grid {list(self.grid)}"
+        if self._pad:
+            raise BCLMError(f"{where}: tokenizer.group={self.group} does not divide the {self.nvec.size} "
+                            f"elements of {_leaf(self.path)}: expected a group that does, so that every slot "
+                            "packs the same elements")
+        if int(np.prod(self.grid)) != self.num_tokens:
+            raise BCLMError(f"{where} holds {int(np.prod(self.grid))} slots but {_leaf(self.path)} packs into "
+                            f"{self.num_tokens} tokens: expected a grid whose sizes multiply to {self.num_tokens}")
+        if self.num_tokens * self.slot_width > self.value_vocab:
+            raise BCLMError(f"{where}: {_leaf(self.path)} needs {self.num_tokens} slots x {self.slot_width} ids = "
+                            f"{self.num_tokens * self.slot_width} value ids, more than value_vocab="
+                            f"{self.value_vocab}: raise tokenizer.value_vocab to at least "
+                            f"{self.num_tokens * self.slot_width}")
 
     @property
     def num_tokens(self) -> int:
@@ -280,6 +308,10 @@ class _RadixCodec:
         rows = self._radix[:-1] if self._pad else self._radix
         return {tuple(int(r) for r in row) for row in rows}
 
+    def _grid_dict(self) -> dict:
+        # Left out without slots, so that such files read back as older versions wrote them.
+        return {"grid": list(self.grid)} if self.grid else {}
+
     def fit(self, x: np.ndarray) -> None:
         return None
 
@@ -291,10 +323,10 @@ class _RadixCodec:
             raise BCLMError(f"{_leaf(self.path)}: element {int(i)} = {int(local[b, i] + self.start[i])} is "
                             f"outside [{int(self.start[i])}, {int(self.start[i] + self.nvec[i])})")
         local = np.pad(local, ((0, 0), (0, self._pad))).reshape(len(x), self.num_tokens, self.group)
-        return (local * self._mult).sum(axis=2)
+        return (local * self._mult).sum(axis=2) + self._base
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.clip(np.asarray(ids, dtype=np.int64), 0, self._sizes - 1)
+        ids = np.clip(np.asarray(ids, dtype=np.int64) - self._base, 0, self._sizes - 1)
         local = (ids[:, :, None] // self._mult) % self._radix
         local = local.reshape(len(ids), -1)[:, : self.nvec.size]
         return (local + self.start).astype(self.dtype).reshape((len(ids), *self.shape))
@@ -326,41 +358,43 @@ class MultiDiscreteCodec(_RadixCodec):
 
     @classmethod
     def from_space(cls, space: gym.spaces.MultiDiscrete, path: str, *, group: int, value_vocab: int,
-                   **_: Any):
+                   grid: tuple[int, ...] = (), **_: Any):
         return cls(path, space.shape, space.nvec, space.start, space.dtype.name, group=group,
-                   value_vocab=value_vocab)
+                   value_vocab=value_vocab, grid=grid)
 
     def to_dict(self) -> dict:
         return {"type": "MultiDiscrete", "path": self.path, "shape": list(self.shape),
                 "nvec": self.nvec.tolist(), "start": self.start.tolist(), "dtype": self.dtype.name,
-                "group": self.group, "value_vocab": self.value_vocab}
+                "group": self.group, "value_vocab": self.value_vocab, **self._grid_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> MultiDiscreteCodec:
         return cls(d["path"], tuple(d["shape"]), np.array(d["nvec"]), np.array(d["start"]), d["dtype"],
-                   group=d["group"], value_vocab=d["value_vocab"])
+                   group=d["group"], value_vocab=d["value_vocab"], grid=tuple(d.get("grid", ())))
 
 
 class MultiBinaryCodec(_RadixCodec):
     type_name = "MultiBinary"
 
-    def __init__(self, path: str, shape: tuple[int, ...], *, group: int, value_vocab: int):
+    def __init__(self, path: str, shape: tuple[int, ...], *, group: int, value_vocab: int,
+                 grid: tuple[int, ...] = ()):
         size = int(np.prod(shape, dtype=np.int64))
         super().__init__(path, shape, np.full(size, 2), np.zeros(size), "int8", group=group,
-                         value_vocab=value_vocab)
+                         value_vocab=value_vocab, grid=grid)
 
     @classmethod
     def from_space(cls, space: gym.spaces.MultiBinary, path: str, *, group: int, value_vocab: int,
-                   **_: Any):
-        return cls(path, space.shape, group=group, value_vocab=value_vocab)
+                   grid: tuple[int, ...] = (), **_: Any):
+        return cls(path, space.shape, group=group, value_vocab=value_vocab, grid=grid)
 
     def to_dict(self) -> dict:
         return {"type": "MultiBinary", "path": self.path, "shape": list(self.shape), "group": self.group,
-                "value_vocab": self.value_vocab}
+                "value_vocab": self.value_vocab, **self._grid_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> MultiBinaryCodec:
-        return cls(d["path"], tuple(d["shape"]), group=d["group"], value_vocab=d["value_vocab"])
+        return cls(d["path"], tuple(d["shape"]), group=d["group"], value_vocab=d["value_vocab"],
+                   grid=tuple(d.get("grid", ())))
 
 
 # --- Text ---------------------------------------------------------------------------------------
@@ -510,7 +544,7 @@ Codec = BoxCodec | DiscreteCodec | MultiDiscreteCodec | MultiBinaryCodec | TextC
 
 def make_codec(space: gym.Space, path: str, *, bins: int, mode: str, mu: float, bounds: str,
                percentiles: tuple[float, float], margin: float, value_vocab: int, group: int, text_max_tokens: int,
-               text_vocab_size: int, text_tokenizer: Any = None) -> Codec:
+               text_vocab_size: int, text_tokenizer: Any = None, grid: tuple[int, ...] = ()) -> Codec:
     if isinstance(space, gym.spaces.Box):
         return BoxCodec.from_space(space, path, bins=bins, mode=mode, mu=mu, bounds=bounds,
                                    percentiles=percentiles, margin=margin)
@@ -521,7 +555,7 @@ def make_codec(space: gym.Space, path: str, *, bins: int, mode: str, mu: float, 
         if isinstance(space, space_type):
             return codec_type.from_space(space, path, group=group, value_vocab=value_vocab,
                                          text_max_tokens=text_max_tokens, text_vocab_size=text_vocab_size,
-                                         text_tokenizer=text_tokenizer)
+                                         text_tokenizer=text_tokenizer, grid=grid)
     raise BCLMError(f"unsupported space type {type(space).__name__} at {_leaf(path)}")
 
 

@@ -58,6 +58,12 @@ class TokenizerConfig:
         "help": "Size of the value-token range shared by all observation and action values (Gato-style)."})
     group: int = field(default=1, metadata={
         "help": "MultiDiscrete/MultiBinary elements packed into one token (mixed radix)."})
+    symbol_grid: tuple[int, ...] = field(default=(), metadata={
+        "help": "Give each token of an integer observation leaf (MultiDiscrete, MultiBinary) its own block of ids, "
+                "its slot, laid out on this grid (row-major; [7, 7] for a BabyAI view of 49 cells): an id then "
+                "says where the token sits as well as what it packs, and with model.symbol_factors its "
+                "embedding adds one row per grid coordinate. The leaf needs grid-product x combinations value "
+                "ids (raise value_vocab). Empty: the tokens of a leaf share their ids."})
     text_max_tokens: int = field(default=16, metadata={"help": "Tokens per Text value (truncated/padded)."})
     text_vocab_size: int = field(default=512, metadata={
         "help": "Vocabulary size of the byte-level BPE trained for Text leaves (at least 256)."})
@@ -72,6 +78,10 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         self.percentiles = tuple(float(p) for p in self.percentiles)  # JSON gives a list back
+        self.symbol_grid = tuple(self.symbol_grid)
+        if not all(isinstance(g, (int, np.integer)) and g >= 1 for g in self.symbol_grid):
+            raise BCLMError(f"tokenizer config symbol_grid={list(self.symbol_grid)!r}: expected a list of "
+                            "integers >= 1 (or empty)")
         for name in ("obs_bins", "action_bins", "value_vocab", "group", "text_max_tokens"):
             if not isinstance(getattr(self, name), (int, np.integer)) or getattr(self, name) < 1:
                 raise BCLMError(f"tokenizer config {name}={getattr(self, name)!r}: expected an integer >= 1")
@@ -100,6 +110,9 @@ class TokenizerConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["percentiles"] = list(self.percentiles)
+        d["symbol_grid"] = list(self.symbol_grid)
+        if not self.symbol_grid:
+            del d["symbol_grid"]       # left out when off, so that such files read back as older versions wrote them
         # Fields format 1 did not have are left out at their format-1 values, so such files read back as written.
         for name, old in (("numbers", False), ("margin", 0.0), ("number_slots", False)):
             if d[name] == old:
@@ -144,8 +157,8 @@ class BCTokenizer:
         # Text leaves (instructions, missions) come first in each step: attention is causal, so only tokens
         # after the instruction can be read in its light ("is this cell the red ball?"). Placed last, the
         # instruction reaches the view only through its own few positions. (Saved files keep their order.)
-        self.obs_codecs = sorted((self._codec(s, p, cfg.obs_bins, cfg.obs_bounds) for p, s in self.obs_leaves),
-                                 key=lambda codec: codec.kind != "text")
+        self.obs_codecs = sorted((self._codec(s, p, cfg.obs_bins, cfg.obs_bounds, cfg.symbol_grid)
+                                  for p, s in self.obs_leaves), key=lambda codec: codec.kind != "text")
         self.action_codecs = [self._codec(s, p, cfg.action_bins, cfg.action_bounds)
                               for p, s in self.action_leaves]
         for t in tasks:
@@ -162,12 +175,12 @@ class BCTokenizer:
             raise BCLMError(f"base_vocab_size={base} is smaller than the text tokenizer's {n} tokens")
         return base
 
-    def _codec(self, space: gym.Space, path: str, bins: int, bounds: str) -> Codec:
+    def _codec(self, space: gym.Space, path: str, bins: int, bounds: str, grid: tuple[int, ...] = ()) -> Codec:
         c = self.config
         return make_codec(space, path, bins=bins, mode=c.mode, mu=c.mu, bounds=bounds,
                           percentiles=c.percentiles, margin=c.margin, value_vocab=c.value_vocab, group=c.group,
                           text_max_tokens=c.text_max_tokens, text_vocab_size=c.text_vocab_size,
-                          text_tokenizer=self.text_tokenizer)
+                          text_tokenizer=self.text_tokenizer, grid=grid)
 
     # --- vocabulary layout ----------------------------------------------------------------------
 
