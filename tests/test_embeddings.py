@@ -303,6 +303,11 @@ def test_two_packed_layouts_are_refused_by_name():
         tokenizers.append(BCTokenizer(space, gym.spaces.Discrete(2), config))
     with pytest.raises(BCLMError, match=r"model.symbol_factors: packed tokens have 2 element layouts"):
         shared_radix(tokenizers)
+    gridded = [BCTokenizer(GRID_CELLS, gym.spaces.Discrete(2), TokenizerConfig(
+        obs_bins=32, action_bins=32, value_vocab=144, group=3, symbol_grid=grid)) for grid in ((2, 3), (3, 2))]
+    with pytest.raises(BCLMError, match=r"packed tokens lie on 2 slot grids \(\[2, 3\], \[3, 2\]\); expected one "
+                                        r"tokenizer.symbol_grid"):
+        shared_radix(gridded)
     assert shared_radix([BCTokenizer(gym.spaces.Discrete(4), gym.spaces.Discrete(2), TokenizerConfig())]) is None
 
 
