@@ -111,10 +111,8 @@ class TokenizerConfig:
         d = asdict(self)
         d["percentiles"] = list(self.percentiles)
         d["symbol_grid"] = list(self.symbol_grid)
-        if not self.symbol_grid:
-            del d["symbol_grid"]       # left out when off, so that such files read back as older versions wrote them
         # Fields format 1 did not have are left out at their format-1 values, so such files read back as written.
-        for name, old in (("numbers", False), ("margin", 0.0), ("number_slots", False)):
+        for name, old in (("numbers", False), ("margin", 0.0), ("number_slots", False), ("symbol_grid", [])):
             if d[name] == old:
                 del d[name]
         if not self.numbers:
