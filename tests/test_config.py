@@ -48,6 +48,7 @@ def test_unknown_recipe_key_names_key_and_file(tmp_path, text, needle):
     (["--loop.save_every", "-1"], "loop.save_every must be >= 0"),
     (["--train.schedule", "linear"], r"train.schedule: expected one of \['cosine', 'wsd', 'constant'\]"),
     (["--train.decay_fraction", "0"], r"train.decay_fraction must be in \(0, 1\]"),
+    (["--train.obs_loss_weight", "-0.1"], "train.obs_loss_weight must be >= 0, got -0.1"),
 ])
 def test_bad_overrides_are_named(args, needle):
     with pytest.raises(BCLMError, match=needle):

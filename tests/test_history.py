@@ -160,3 +160,27 @@ def test_jitter_moves_only_observation_numbers_with_past_observations_only():
     a, b = plain[40]["input_ids"].numpy(), moved[40]["input_ids"].numpy()
     assert len(a) == len(b) == context and (a != b).any()
     np.testing.assert_array_equal(a[~is_obs], b[~is_obs])           # prompt, ACT and action untouched
+
+
+@pytest.mark.parametrize("history", ["full", "observations"])
+def test_observation_targets_are_exactly_the_observation_tokens_fed(history):
+    """With observation prediction every observation token of a window (jittered as fed) is a target of the
+    auxiliary loss, and nothing else is; the action targets are those of a window without it."""
+    from bclm.data.sequences import jitter_bins
+
+    tokens, tok = _random_episodes("box-box", 1, 60)
+    steps = 4
+    context = 2 + (steps * tok.step_len if history == "full" else (steps - 1) * tok.obs_len + tok.step_len)
+    kwargs = {"history": history, "seed": 1, "jitter": jitter_bins(tok, tokens.steps, 0.05)}
+    plain = WindowDataset(tokens, tok, context, **kwargs)
+    predicting = WindowDataset(tokens, tok, context, predict_observations=True, **kwargs)
+    step_is_obs = np.arange(tok.step_len) < tok.obs_len
+    past = np.ones((steps - 1) * tok.obs_len, bool) if history == "observations" else np.tile(step_is_obs, steps - 1)
+    is_obs = np.concatenate([[False, False], past, step_is_obs])
+    item, reference = predicting[10], plain[10]
+    assert "obs_labels" not in reference and len(item["input_ids"]) == context
+    ids, targets = item["input_ids"].numpy(), item["obs_labels"].numpy()
+    np.testing.assert_array_equal(ids, reference["input_ids"].numpy())
+    np.testing.assert_array_equal(targets[is_obs], ids[is_obs])
+    assert (targets[~is_obs] == IGNORE_INDEX).all()
+    np.testing.assert_array_equal(item["labels"].numpy(), reference["labels"].numpy())

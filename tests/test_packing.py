@@ -57,6 +57,29 @@ def test_packed_batch_trains_exactly_as_the_padded_one(attn):
         torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-6)
 
 
+def test_observation_targets_pack_and_train_as_padded_ones():
+    items = _windows([30, 7, 12, 30, 19, 4, 25, 9])
+    for it in items:                                      # the tokens that are not action targets
+        it["obs_labels"] = torch.where(it["labels"] == IGNORE_INDEX, it["input_ids"], IGNORE_INDEX)
+        it["obs_labels"][:2] = IGNORE_INDEX               # the prompt
+    padded, packed = PadCollator(PAD)(items), PackCollator(PAD, row_length=32)(items)
+    # every position whose next token is past the prompt, to the longest window's end
+    assert padded["predict_positions"].tolist() == list(range(1, 29))
+    model = _model("sdpa")
+    results = []
+    for batch in (padded, packed):
+        model.zero_grad()
+        loss, stats = action_loss(model, batch, num_tasks=2, obs_weight=0.5)
+        loss.backward()
+        results.append((loss.detach(), stats, [p.grad.clone() for p in model.parameters()]))
+    (loss_a, stats_a, grads_a), (loss_b, stats_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats_b["obs_loss"], stats_a["obs_loss"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss_a, stats_a["loss"] + 0.5 * stats_a["obs_loss"])
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_windows_in_one_row_do_not_see_each_other(attn):
     """Changing one window's tokens leaves the loss of the window packed after it unchanged."""

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from bclm import config as cfg
 from bclm.collect import collect
@@ -172,6 +173,37 @@ def test_action_loss_ignores_observation_tokens():
     reference = model(**batch).loss          # transformers' own shifted cross-entropy
     assert torch.allclose(loss, reference, atol=1e-5)
     assert int(stats["action_tokens"]) == 4
+
+
+def test_observation_loss_is_the_weighted_cross_entropy_of_observation_tokens():
+    torch.manual_seed(0)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=20, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    ids = torch.randint(0, 20, (2, 9))
+    labels, obs_labels = torch.full_like(ids, -100), torch.full_like(ids, -100)
+    labels[:, [4, 8]] = ids[:, [4, 8]]
+    obs_labels[:, [1, 2, 3, 5, 6, 7]] = ids[:, [1, 2, 3, 5, 6, 7]]
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids),
+             "obs_labels": obs_labels}
+    loss, stats = action_loss(model, batch, obs_weight=0.25)
+    plain = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    actions, observations = model(**plain, labels=labels).loss, model(**plain, labels=obs_labels).loss
+    torch.testing.assert_close(loss, actions + 0.25 * observations)
+    torch.testing.assert_close(stats["loss"], actions)                   # what is logged stays the actions'
+    torch.testing.assert_close(stats["obs_loss"], observations)
+
+
+def test_training_with_observation_prediction_logs_it_and_validates_on_actions(dataset, tmp_path):
+    out = tmp_path / "p"
+    train(_recipe(dataset, out, "--train.max_steps", "30", "--train.obs_loss_weight", "0.5",
+                  "--data.val_episodes", "2"))
+    logs = _losses(out)
+    assert logs[-1]["obs_loss"] < 0.7 * logs[0]["obs_loss"] and logs[-1]["loss"] < logs[0]["loss"]
+    val = _validations(out)
+    assert val and not any("val_obs_loss" in v for v in val)
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["train"]["obs_loss_weight"] == 0.5
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(dataset, tmp_path):

@@ -15,6 +15,16 @@ import torch
 from bclm.data.sequences import IGNORE_INDEX
 
 PER_WINDOW = ("task_index", "loss_weight")      # per-window fields, per token once windows share a row
+TARGETS = ("labels", "obs_labels")              # per-token targets (obs_labels only with observation prediction)
+
+
+def predicted_positions(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Positions whose next token is a target of any kind: only these need logits (computed here, on the host)."""
+    has_target = torch.zeros_like(out["labels"][0, 1:], dtype=torch.bool)
+    for key in TARGETS:
+        if key in out:
+            has_target |= (out[key][:, 1:] != IGNORE_INDEX).any(dim=0)
+    return has_target.nonzero().squeeze(-1)
 
 
 class PadCollator:
@@ -25,19 +35,18 @@ class PadCollator:
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         length = max(len(it["input_ids"]) for it in items)
-        batch = len(items)
-        input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
-        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        shape = (len(items), length)
+        targets = [k for k in TARGETS if k in items[0]]
+        batch_out = {"input_ids": torch.full(shape, self.pad_id, dtype=torch.long),
+                     "attention_mask": torch.zeros(shape, dtype=torch.long)}
+        batch_out.update({k: torch.full(shape, IGNORE_INDEX, dtype=torch.long) for k in targets})
         for b, it in enumerate(items):
             n = len(it["input_ids"])
-            input_ids[b, :n] = it["input_ids"]
-            labels[b, :n] = it["labels"]
-            attention_mask[b, :n] = 1
-        # Positions whose next token carries a label: only these need logits (computed here, on the host).
-        predict_positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-        batch_out = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
-                     "predict_positions": predict_positions, "real_tokens": attention_mask.sum()}
+            for key in ("input_ids", *targets):
+                batch_out[key][b, :n] = it[key]
+            batch_out["attention_mask"][b, :n] = 1
+        batch_out["predict_positions"] = predicted_positions(batch_out)
+        batch_out["real_tokens"] = batch_out["attention_mask"].sum()
         for key in PER_WINDOW:
             if key in items[0]:
                 batch_out[key] = torch.stack([it[key] for it in items])
@@ -67,9 +76,10 @@ class PackCollator:
         if len(rows) * length > (1 - self.MIN_SAVING) * len(items) * max(lengths):
             return self.padded(items)
         shape = (len(rows), length)
+        targets = [k for k in TARGETS if k in items[0]]
         out = {"input_ids": torch.full(shape, self.pad_id, dtype=torch.long),
-               "labels": torch.full(shape, IGNORE_INDEX, dtype=torch.long),
                "position_ids": torch.arange(length).repeat(len(rows), 1)}
+        out.update({k: torch.full(shape, IGNORE_INDEX, dtype=torch.long) for k in targets})
         fields = [k for k in PER_WINDOW if k in items[0]]
         for key in fields:
             out[key] = torch.zeros(shape, dtype=items[0][key].dtype)
@@ -78,13 +88,14 @@ class PackCollator:
             for i in row:
                 n = len(items[i]["input_ids"])
                 out["input_ids"][r, at:at + n] = items[i]["input_ids"]
-                out["labels"][r, at + 1:at + n] = items[i]["labels"][1:]
+                for key in targets:
+                    out[key][r, at + 1:at + n] = items[i][key][1:]
                 out["position_ids"][r, at:at + n] = torch.arange(n)
                 for key in fields:
                     out[key][r, at:at + n] = items[i][key]
                 at += n
             out["position_ids"][r, at:] = torch.arange(length - at)
-        out["predict_positions"] = (out["labels"][:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+        out["predict_positions"] = predicted_positions(out)
         out["real_tokens"] = torch.tensor(sum(len(it["input_ids"]) for it in items))
         return out
 

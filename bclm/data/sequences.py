@@ -7,7 +7,8 @@ Two history layouts (`data.history`):
 - "observations": past steps keep their observation tokens only, `[BOS, TASK, o_t-k, ..., o_t-1, o_t, ACT, a_t]`,
   one window per labeled step with the loss on its action: log π(a_t | o_≤t). The model cannot copy its last
   action (the copycat shortcut), and the rollout session feeds exactly this (`bclm.policy.ActSession`).
-Labels are -100 everywhere except on action tokens, so observations are never predicted.
+Labels are -100 everywhere except on action tokens. With `predict_observations` (`train.obs_loss_weight`), a
+training item also carries `obs_labels`: its observation tokens as targets of an auxiliary next-token loss.
 """
 
 from __future__ import annotations
@@ -165,10 +166,12 @@ class WindowDataset(torch.utils.data.Dataset):
     def __init__(self, tokens: EpisodeTokens, tokenizer: BCTokenizer, context_length: int,
                  stride_fraction: float = 0.5, task_index: int = 0, loss_weight: float = 1.0,
                  jitter: np.ndarray | None = None, seed: int = 0, history: str = "full",
-                 action_dropout: float = 0.0):
+                 action_dropout: float = 0.0, predict_observations: bool = False):
         self.tokens = tokens
+        self.predict_observations = predict_observations
         self.history, self.action_dropout = history, action_dropout
         self.obs_len = tokenizer.obs_len
+        self.step_is_obs = np.arange(tokenizer.step_len) < tokenizer.obs_len
         self.per_window = steps_per_window(tokenizer, context_length, history)
         if history == "full":
             stride = max(1, int(self.per_window * stride_fraction))
@@ -204,8 +207,20 @@ class WindowDataset(torch.utils.data.Dataset):
         if self.jitter is not None:
             input_ids = self._jittered(input_ids, n, i)
         label_ids = np.concatenate([np.full(len(prefix), IGNORE_INDEX), body_labels])
-        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(label_ids),
+        item = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(label_ids),
                 "task_index": self.task_index, "loss_weight": self.loss_weight}
+        if self.predict_observations:
+            item["obs_labels"] = torch.from_numpy(self._observation_targets(input_ids, n))
+        return item
+
+    def _observation_targets(self, input_ids: np.ndarray, steps: int) -> np.ndarray:
+        """The window's observation tokens as they were fed (jittered too), IGNORE_INDEX elsewhere."""
+        if self.history == "observations":
+            is_obs = np.concatenate([np.ones((steps - 1) * self.obs_len, bool), self.step_is_obs])
+        else:
+            is_obs = np.tile(self.step_is_obs, steps)
+        is_obs = np.concatenate([np.zeros(len(input_ids) - len(is_obs), bool), is_obs])
+        return np.where(is_obs, input_ids, IGNORE_INDEX)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -37,6 +37,10 @@ class OptimConfig:
     ordinal_sigma: float = option(
         0.0, "Width in bins of the HL-Gauss target of continuous action tokens: cross-entropy against a Gaussian "
              "over the neighbouring bins, so near misses cost little (0 = plain cross-entropy).")
+    obs_loss_weight: float = option(
+        0.0, "Observation prediction (JAT's kappa): the training loss adds this times the mean next-token "
+             "cross-entropy of the windows' observation tokens, a dense auxiliary signal next to the one action "
+             "per step (0 = actions only). The logged loss, validation and keep-the-best stay on the actions.")
     weight_decay: float = option(0.1, "AdamW weight decay (not applied to norms and biases).")
     betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas.")
     grad_clip: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
@@ -53,6 +57,8 @@ class OptimConfig:
                 raise BCLMError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.epochs < 0 and self.epochs != -1:
             raise BCLMError(f"train.epochs must be >= 0, or -1 for auto, got {self.epochs}")
+        if not self.obs_loss_weight >= 0:
+            raise BCLMError(f"train.obs_loss_weight must be >= 0, got {self.obs_loss_weight}")
         if not self.ordinal_sigma >= 0:
             raise BCLMError(f"train.ordinal_sigma must be >= 0 (bins), got {self.ordinal_sigma}")
         if not 0 < self.decay_fraction <= 1:

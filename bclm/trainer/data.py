@@ -159,7 +159,7 @@ def prepare_data(recipe: TrainRecipe, tokenizers: dict[str, BCTokenizer] | None 
                                     recipe.loop.seed)
         train, val = (None if part is None else _windows(tokenizers[name], part, recipe.data, context, name, index,
                                                           entry.loss_weight, recipe.loop.seed if part is train_steps
-                                                          else None)
+                                                          else None, recipe.train.obs_loss_weight > 0)
                       for part in (train_steps, val_steps))
         tasks.append(TaskData(name, env, train, val, entry.weight))
     train_set = _concat([t.train for t in tasks])
@@ -229,9 +229,11 @@ def take_tree(batch: Any, mask: np.ndarray) -> Any:
 
 
 def _windows(tokenizer: BCTokenizer, steps: StepArrays, config: DataConfig, context_length: int, task_name: str,
-             task_index: int, loss_weight: float, jitter_seed: int | None) -> WindowDataset:
-    """Windows of one task's steps; training windows (a `jitter_seed`) jitter their observation numbers and
-    drop past actions, as configured; held-out ones are left as they are."""
+             task_index: int, loss_weight: float, jitter_seed: int | None,
+             predict_observations: bool = False) -> WindowDataset:
+    """Windows of one task's steps; training windows (a `jitter_seed`) jitter their observation numbers, drop
+    past actions and carry observation targets, as configured; held-out ones are left as they are (validation
+    measures the actions alone)."""
     task = np.full(len(steps), task_name, dtype=object)
     tokens = tokenize_episodes(tokenizer, steps.observation, steps.action, steps.columns["episode"],
                                steps.columns["step"], task, expert_action=steps.expert_action,
@@ -240,4 +242,5 @@ def _windows(tokenizer: BCTokenizer, steps: StepArrays, config: DataConfig, cont
     bins = jitter_bins(tokenizer, tokens.steps, config.jitter) if training else None
     return WindowDataset(tokens, tokenizer, context_length, config.stride_fraction, jitter=bins, seed=jitter_seed or 0,
                          task_index=task_index, loss_weight=loss_weight, history=config.history,
-                         action_dropout=config.action_dropout if training else 0.0)
+                         action_dropout=config.action_dropout if training else 0.0,
+                         predict_observations=predict_observations and training)

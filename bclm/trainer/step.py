@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from bclm.data.collate import PadCollator
+from bclm.data.collate import PadCollator, predicted_positions
 from bclm.data.sequences import IGNORE_INDEX
 from bclm.trainer.config import OptimConfig
 from bclm.trainer.ordinal import OrdinalTargets
@@ -21,10 +21,12 @@ _PLAIN = OrdinalTargets(0, 1, 0.0)   # plain cross-entropy
 
 def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_tasks: int = 1,
                 accelerator: Accelerator | None = None, ordinal: OrdinalTargets | None = None,
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                obs_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy over action tokens (each window's tokens times its task's loss weight, over the number
     of action tokens), with the counts behind action-token accuracy, per task when `num_tasks` > 1. With
-    `ordinal`, continuous action tokens are scored against HL-Gauss targets instead of one-hot ones.
+    `ordinal`, continuous action tokens are scored against HL-Gauss targets instead of one-hot ones. A batch
+    with `obs_labels` adds `obs_weight` times the mean cross-entropy of its observation tokens to the loss
+    returned; `stats["loss"]` stays the action loss, comparable with runs without it.
 
     Padded windows share one layout, so the positions that carry labels are (nearly) the same in every row:
     only those positions go through the LM head (`logits_to_keep`), which saves most of its compute.
@@ -36,7 +38,7 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_task
     targets = batch["labels"][:, 1:]                                # (B, T-1) next-token targets
     keep = batch.get("predict_positions")
     if keep is None:
-        keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+        keep = predicted_positions(batch)
     # A packed batch has position ids and no attention mask; a padded one the opposite (see bclm.data.collate).
     # No KV cache: training needs none, and transformers reads packed rows from the position ids only without one.
     out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
@@ -47,19 +49,31 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_task
     valid = chosen != IGNORE_INDEX
     weight = batch.get("loss_weight")
     weighted = token_loss if weight is None else token_loss * _per_target(weight, keep, chosen).to(token_loss.dtype)
-    count = valid.sum().clamp(min=1)
-    if accelerator is not None and accelerator.num_processes > 1:
-        count = accelerator.reduce(valid.sum(), reduction="sum").clamp(min=1) / accelerator.num_processes
-    loss = weighted.sum() / count
+    loss = _global_mean(weighted, valid, accelerator)
+    total = loss
+    if "obs_labels" in batch:
+        observed = batch["obs_labels"][:, 1:][:, keep]
+        obs_loss = _global_mean(_PLAIN.token_loss(logits, observed), observed != IGNORE_INDEX, accelerator)
+        total = loss + obs_weight * obs_loss
     with torch.no_grad():
         hits = (logits.argmax(-1) == chosen) & valid
         stats = {"loss": loss.detach(), "correct": hits.sum(), "action_tokens": valid.sum()}
+        if "obs_labels" in batch:
+            stats["obs_loss"] = obs_loss.detach()
         if num_tasks > 1:
             # Sums per task (the window's task index), so that averages over a logging window stay exact.
             task = _per_target(batch["task_index"], keep, chosen).flatten()
             for key, per_token in (("task_loss_sum", token_loss), ("task_correct", hits), ("task_tokens", valid)):
                 stats[key] = torch.zeros(num_tasks, device=task.device).index_add_(0, task, per_token.flatten().float())
-    return loss, stats
+    return total, stats
+
+
+def _global_mean(token_loss: torch.Tensor, valid: torch.Tensor, accelerator: Accelerator | None) -> torch.Tensor:
+    """Sum over this process's `valid` tokens over the mean count per process of the whole global batch."""
+    count = valid.sum().clamp(min=1)
+    if accelerator is not None and accelerator.num_processes > 1:
+        count = accelerator.reduce(valid.sum(), reduction="sum").clamp(min=1) / accelerator.num_processes
+    return token_loss.sum() / count
 
 
 def _per_target(values: torch.Tensor, keep: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
@@ -115,7 +129,7 @@ def train_step(model, optimizer, scheduler, stream: Iterator[dict], accelerator:
         batch = next(stream)
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss, stats = action_loss(model, batch, num_tasks, accelerator, ordinal)
+                loss, stats = action_loss(model, batch, num_tasks, accelerator, ordinal, optim.obs_loss_weight)
             accelerator.backward(loss)
             if accelerator.sync_gradients and optim.grad_clip > 0:
                 norm = accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
@@ -125,7 +139,9 @@ def train_step(model, optimizer, scheduler, stream: Iterator[dict], accelerator:
             if accelerator.sync_gradients:
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        stats["loss"] = stats["loss"] / optim.grad_accum
+        for key in ("loss", "obs_loss"):
+            if key in stats:
+                stats[key] = stats[key] / optim.grad_accum
         stats["tokens"] = batch["real_tokens"]
         for k, v in stats.items():
             totals[k] = totals[k] + v if k in totals else v
@@ -138,8 +154,9 @@ def summarize_stats(totals: dict[str, torch.Tensor], steps: int, task_names: lis
     also `loss/TASK` (unweighted, per action token) and `action_accuracy/TASK`."""
     out = {f"{prefix}loss": float(totals["loss"]) / steps,
            f"{prefix}action_accuracy": float(totals["correct"]) / max(float(totals["action_tokens"]), 1.0)}
-    if "grad_norm" in totals:
-        out["grad_norm"] = float(totals["grad_norm"]) / steps
+    for key in ("obs_loss", "grad_norm"):
+        if key in totals:
+            out[f"{prefix}{key}" if key == "obs_loss" else key] = float(totals[key]) / steps
     if "task_tokens" in totals:
         for i, name in enumerate(task_names or []):
             tokens = float(totals["task_tokens"][i])
