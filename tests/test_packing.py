@@ -33,9 +33,9 @@ def _model(attn: str) -> LlamaForCausalLM:
     return LlamaForCausalLM._from_config(config, attn_implementation=attn)
 
 
-def _loss_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+def _loss_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor], obs_weight: float = 0.0):
     model.zero_grad()
-    loss, stats = action_loss(model, batch, num_tasks=2)
+    loss, stats = action_loss(model, batch, num_tasks=2, obs_weight=obs_weight)
     loss.backward()
     return loss.detach(), stats, [p.grad.clone() for p in model.parameters()]
 
@@ -66,13 +66,8 @@ def test_observation_targets_pack_and_train_as_padded_ones():
     # every position whose next token is past the prompt, to the longest window's end
     assert padded["predict_positions"].tolist() == list(range(1, 29))
     model = _model("sdpa")
-    results = []
-    for batch in (padded, packed):
-        model.zero_grad()
-        loss, stats = action_loss(model, batch, num_tasks=2, obs_weight=0.5)
-        loss.backward()
-        results.append((loss.detach(), stats, [p.grad.clone() for p in model.parameters()]))
-    (loss_a, stats_a, grads_a), (loss_b, stats_b, grads_b) = results
+    loss_a, stats_a, grads_a = _loss_and_grads(model, padded, obs_weight=0.5)
+    loss_b, stats_b, grads_b = _loss_and_grads(model, packed, obs_weight=0.5)
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(stats_b["obs_loss"], stats_a["obs_loss"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loss_a, stats_a["loss"] + 0.5 * stats_a["obs_loss"])
