@@ -215,12 +215,16 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def _observation_targets(self, input_ids: np.ndarray, steps: int) -> np.ndarray:
         """The window's observation tokens as they were fed (jittered too), IGNORE_INDEX elsewhere."""
+        return np.where(self._laid_out(self.step_is_obs, steps, len(input_ids)), input_ids, IGNORE_INDEX)
+
+    def _laid_out(self, per_step: np.ndarray, steps: int, length: int) -> np.ndarray:
+        """(length,) a value per token of a step, over a window of `steps` steps as the history layout holds
+        them (past steps' observation tokens only, with history observations), zero over the prompt."""
         if self.history == "observations":
-            is_obs = np.concatenate([np.ones((steps - 1) * self.obs_len, bool), self.step_is_obs])
+            body = np.concatenate([np.tile(per_step[:self.obs_len], steps - 1), per_step])
         else:
-            is_obs = np.tile(self.step_is_obs, steps)
-        is_obs = np.concatenate([np.zeros(len(input_ids) - len(is_obs), bool), is_obs])
-        return np.where(is_obs, input_ids, IGNORE_INDEX)
+            body = np.tile(per_step, steps)
+        return np.concatenate([np.zeros(length - len(body), per_step.dtype), body])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -240,14 +244,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def _jittered(self, input_ids: np.ndarray, steps: int, i: int) -> np.ndarray:
         """The window's observation numbers moved by random whole bins."""
         rng = np.random.default_rng((self.seed, self.epoch, int(i)))
-        if self.history == "observations":     # past steps hold only their observation tokens
-            pattern, starts = (np.concatenate([np.tile(x[:self.obs_len], steps - 1), x])
-                               for x in (self.jitter, self.slot_starts))
-        else:
-            pattern, starts = np.tile(self.jitter, steps), np.tile(self.slot_starts, steps)
-        prefix = len(input_ids) - len(pattern)
-        bins = np.concatenate([np.zeros(prefix, np.int64), pattern])
-        low = np.concatenate([np.zeros(prefix, np.int64), starts])
+        bins, low = (self._laid_out(x, steps, len(input_ids)) for x in (self.jitter, self.slot_starts))
         moved = np.clip(input_ids + rng.integers(-bins, bins + 1), low, low + self.obs_bins - 1)
         return np.where(bins > 0, moved, input_ids)
 
