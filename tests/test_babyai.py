@@ -7,6 +7,7 @@ import pytest
 import torch
 
 pytest.importorskip("minigrid")
+from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 
 from bclm import config as cfg
 from bclm.collect import collect
@@ -131,15 +132,16 @@ def _wrapper(env):
 
 @pytest.mark.parametrize("level", ["GoToLocal", "PutNextLocal"])
 def test_renamed_colours_are_the_view_of_a_renamed_world_and_leave_the_bots_actions_unchanged(level):
-    import gymnasium as gym
     from minigrid.utils.baby_ai_bot import BabyAIBot
 
     from bclm.envs.babyai import permute_colours
+    from bclm.envs.tasks import make_env
 
     perm = np.array([3, 0, 5, 1, 2, 4])
     renamed_any = False
     for seed in range(4):
-        envs = [gym.make(f"bclm/BabyAI-{level}-v0") for _ in range(2)]
+        # The levels with the mission's objects as cells, so that those are renamed too.
+        envs = [make_env(get_task(f"BabyAI-{level}-Objects-v0")) for _ in range(2)]
         first = [env.reset(seed=seed)[0] for env in envs]
         _rename_world(envs[1], perm)
         obs = [first[0], _wrapper(envs[1]).observation(envs[1].unwrapped.gen_obs())]
@@ -147,7 +149,9 @@ def test_renamed_colours_are_the_view_of_a_renamed_world_and_leave_the_bots_acti
         while not done:
             batch = {k: np.asarray([obs[0][k]], dtype=object if k == "mission" else None) for k in obs[0]}
             expected = permute_colours(batch, np.zeros(1, dtype=int), _FixedPermutation(perm))
-            assert np.array_equal(expected["image"][0], obs[1]["image"]) and expected["mission"][0] == obs[1]["mission"]
+            assert expected["mission"][0] == obs[1]["mission"]
+            for key in ("image", "mission_objects"):
+                assert np.array_equal(expected[key][0], obs[1][key])
             renamed_any |= obs[0]["mission"] != obs[1]["mission"]
             actions = [int(bot.replan(a)) for bot, a in zip(bots, actions)]
             assert actions[0] == actions[1]
@@ -156,6 +160,37 @@ def test_renamed_colours_are_the_view_of_a_renamed_world_and_leave_the_bots_acti
             assert steps[0][1:4] == steps[1][1:4]          # reward, terminated, truncated alike
         assert steps[0][1] > 0                             # the mission was accomplished in both worlds
     assert renamed_any
+
+
+def test_mission_objects_are_the_named_cells_and_the_token_before_the_action_is_the_targets_own():
+    from bclm.envs.tasks import make_env
+    from bclm.tokenizers import BCTokenizer, TokenizerConfig
+
+    env = make_env(get_task("BabyAI-GoToLocal-Objects-v0"))
+    tok = BCTokenizer(env.observation_space, env.action_space, TokenizerConfig(group=3, text_max_tokens=5))
+    observations = [env.reset(seed=seed)[0] for seed in range(40)]
+    batch = {k: np.stack([o[k] for o in observations]) for k in ("direction", "image", "mission_objects")}
+    batch["mission"] = np.array([o["mission"] for o in observations], dtype=object)
+    ids = tok.fit(batch, np.zeros(40, dtype=int)).encode_observation(batch)
+    assert [c.path for c in tok.obs_codecs][-1] == "mission_objects" and ids.shape == (40, 5 + 1 + 49 + 1)
+    in_view = 0
+    for obs, row in zip(observations, ids):
+        colour, kind = obs["mission"].split()[-2:]
+        target = obs["mission_objects"][0]
+        assert (OBJECT_TO_IDX[kind], COLOR_TO_IDX[colour], 0) == tuple(target)
+        shown = np.flatnonzero((obs["image"] == target).all(axis=1))
+        in_view += len(shown) > 0
+        # The last observation token (the action marker follows) is the token of every cell showing the target.
+        assert set(row[6 + shown]) <= {row[-1]} and row[-1] not in np.delete(row[6:-1], shown)
+    assert in_view >= 10
+
+    env = make_env(get_task("BabyAI-PutNextLocal-Objects-v0"))
+    obs, _ = env.reset(seed=0)
+    assert obs["mission"] == "put the green ball next to the green key"
+    np.testing.assert_array_equal(obs["mission_objects"], [[6, 1, 0], [5, 1, 0]])
+    from bclm.envs.babyai import named_cells
+
+    np.testing.assert_array_equal(named_cells("go to the red ball", 2), [[0, 0, 0], [6, 0, 0]])
 
 
 def test_augment_adds_renamed_copies_of_the_training_episodes_with_their_labels(tmp_path):

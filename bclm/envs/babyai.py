@@ -27,6 +27,11 @@ MISSION_MAX = 200
 COLOURS = ("red", "green", "blue", "purple", "yellow", "grey")
 COLOURED_OBJECTS = (4, 5, 6, 7)
 _COLOUR_WORD = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
+# Objects a mission names, as "<colour> <type>" (every mission of the five levels names its objects so).
+MISSION_TYPES = ("door", "key", "ball", "box")
+_NAMED_OBJECT = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(MISSION_TYPES) + r")\b")
+# Objects each level's missions name (PutNextLocal: "put the red ball next to the blue box").
+NAMED_OBJECTS = {"PutNextLocal": 2}
 
 
 def _minigrid() -> Any:
@@ -41,18 +46,28 @@ def _minigrid() -> Any:
 class BabyAIObservation(gym.ObservationWrapper):
     """Keeps image, direction and mission. The 7×7×3 view becomes 49 cells of (object, colour, state) with
     their true cardinalities (a MultiDiscrete, not minigrid's 0..255 Box), so that `tokenizer.group: 3`
-    packs each cell into one token: 49 tokens instead of 147. The mission becomes a `Text` space."""
+    packs each cell into one token: 49 tokens instead of 147. The mission becomes a `Text` space.
 
-    def __init__(self, env: gym.Env):
+    With `mission_objects` = n > 0, the observation also holds the n objects the mission names written as
+    view cells (`named_cells`), under a key that comes after the view, so that with `tokenizer.group: 3`
+    the last observation token is the named object's own cell token: finding the target is then matching
+    a token with its copies, which one attention head does, rather than composing the mission's words
+    first."""
+
+    def __init__(self, env: gym.Env, mission_objects: int = 0):
         super().__init__(env)
         from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 
         cell = [len(OBJECT_TO_IDX), len(COLOR_TO_IDX), len(STATE_TO_IDX)]
-        self.observation_space = gym.spaces.Dict({
+        spaces = {
             "direction": env.observation_space["direction"],
             "image": gym.spaces.MultiDiscrete(np.tile(cell, (49, 1))),
             "mission": gym.spaces.Text(MISSION_MAX, min_length=0, charset=MISSION_CHARSET),
-        })
+        }
+        self.mission_objects = int(mission_objects)
+        if self.mission_objects:
+            spaces["mission_objects"] = gym.spaces.MultiDiscrete(np.tile(cell, (self.mission_objects, 1)))
+        self.observation_space = gym.spaces.Dict(spaces)
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         # minigrid prints "Sampling rejected: unreachable object" for every rejected level layout, which
@@ -62,7 +77,25 @@ class BabyAIObservation(gym.ObservationWrapper):
 
     def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
         image = np.asarray(obs["image"], dtype=np.int64).reshape(49, 3)
-        return {"direction": obs["direction"], "image": image, "mission": obs["mission"]}
+        out = {"direction": obs["direction"], "image": image, "mission": obs["mission"]}
+        if self.mission_objects:
+            out["mission_objects"] = named_cells(obs["mission"], self.mission_objects)
+        return out
+
+
+def named_cells(mission: str, count: int) -> np.ndarray:
+    """(count, 3) the first `count` "<colour> <type>" objects of a mission, in its order, as the cells that
+    show them: state 0, which keys, balls and boxes always show (a door's open, closed or locked state is
+    not named). A mission that names fewer fills the first rows with unseen cells (0, 0, 0), so that the
+    last named object is always the last row."""
+    from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
+
+    named = [(OBJECT_TO_IDX[kind], COLOR_TO_IDX[colour], 0)
+             for colour, kind in _NAMED_OBJECT.findall(str(mission))[:count]]
+    out = np.zeros((count, 3), dtype=np.int64)
+    if named:
+        out[count - len(named):] = named
+    return out
 
 
 def permute_colours(observation: dict[str, Any], episode: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
@@ -72,19 +105,26 @@ def permute_colours(observation: dict[str, Any], episode: np.ndarray, rng: np.ra
     renames the colours of a live env and replays the bot)."""
     ids, first = np.unique(episode, return_inverse=True)
     perms = np.argsort(rng.random((len(ids), len(COLOURS))), axis=1)[first]          # (steps, colours)
-    image = np.array(observation["image"], copy=True)
-    coloured = np.isin(image[..., 0], COLOURED_OBJECTS)
-    renamed = np.take_along_axis(perms, image[..., 1], axis=1)
-    image[..., 1] = np.where(coloured, renamed, image[..., 1])
     missions = np.empty(len(episode), dtype=object)
     missions[:] = [_COLOUR_WORD.sub(lambda m, p=perm: COLOURS[p[COLOURS.index(m[1])]], str(text))
                    for text, perm in zip(observation["mission"], perms)]
-    return {**observation, "image": image, "mission": missions}
+    renamed = {key: _renamed_cells(observation[key], perms) for key in ("image", "mission_objects")
+               if key in observation}
+    return {**observation, **renamed, "mission": missions}
 
 
-def make_babyai(level: str, **kwargs: Any) -> gym.Env:
+def _renamed_cells(cells: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """(steps, n, 3) cells with the colour of every coloured object renamed by its step's permutation."""
+    cells = np.array(cells, copy=True)
+    coloured = np.isin(cells[..., 0], COLOURED_OBJECTS)
+    renamed = np.take_along_axis(perms, cells[..., 1], axis=1)
+    cells[..., 1] = np.where(coloured, renamed, cells[..., 1])
+    return cells
+
+
+def make_babyai(level: str, mission_objects: int = 0, **kwargs: Any) -> gym.Env:
     _minigrid()
-    return BabyAIObservation(gym.make(f"BabyAI-{level}-v0", **kwargs))
+    return BabyAIObservation(gym.make(f"BabyAI-{level}-v0", **kwargs), mission_objects=mission_objects)
 
 
 for _level in LEVELS:

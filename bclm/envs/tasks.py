@@ -11,6 +11,8 @@ from typing import Any
 
 import gymnasium
 
+from bclm.envs.babyai import LEVELS as BABYAI_LEVELS
+from bclm.envs.babyai import NAMED_OBJECTS
 from bclm.envs.metaworld import MT50 as METAWORLD_MT50
 from bclm.envs.workers import WorkerVectorEnv
 from bclm.errors import BCLMError
@@ -87,9 +89,11 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
             {"continuous": True},
         ),
         # BabyAI (minigrid): a mission succeeds with a positive reward; the env module registers the ids.
-        *(TaskSpec(f"BabyAI-{level}-v0", f"bclm.envs.babyai:bclm/BabyAI-{level}-v0", "babyai_bot", "return",
-                   1e-9, symmetry="bclm.envs.babyai:permute_colours")
-          for level in ("GoToRedBall", "GoToLocal", "PickupLoc", "PutNextLocal", "GoTo")),
+        # "-Objects": the observation also gives the mission's objects as view cells (`BabyAIObservation`).
+        *(TaskSpec(f"BabyAI-{level}{suffix}-v0", f"bclm.envs.babyai:bclm/BabyAI-{level}-v0", "babyai_bot",
+                   "return", 1e-9, kwargs, symmetry="bclm.envs.babyai:permute_colours")
+          for level in BABYAI_LEVELS
+          for suffix, kwargs in (("", {}), ("-Objects", {"mission_objects": NAMED_OBJECTS.get(level, 1)}))),
         # Meta-World (MT50, which includes MT10): success is metaworld's info["success"]; the env module registers
         # the ids and terminates episodes at the first success. The expert is metaworld's scripted policy.
         *(TaskSpec(f"MetaWorld-{env_name}", f"bclm.envs.metaworld:bclm/MetaWorld-{env_name}",
