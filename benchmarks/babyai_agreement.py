@@ -6,6 +6,10 @@ its action on the bot's state, with a fresh one-step context (the GoToLocal reci
 say that a policy fails; this table says on which decisions (a turn towards a visible target, exploring
 while it is out of view, ...).
 
+"mission swapped" is whether a policy reads the mission at all: on steps where the target and another
+object are in view, the share of steps whose action changes when the mission names that other object
+instead (a policy blind to the mission: 0%; the bot would head elsewhere on most of them).
+
     python benchmarks/babyai_agreement.py runs/gtl/bc/labels-20000/seed-0 runs/gtl/bc/labels-20000/seed-2
 """
 
@@ -18,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 import bclm.envs.babyai  # noqa: F401  (registers the bclm/BabyAI-* envs)
-from bclm.envs.babyai import BabyAIBotExpert
+from bclm.envs.babyai import COLOURED_OBJECTS, BabyAIBotExpert, named_cells
 from bclm.policy import Policy
 
 ACTIONS = {0: "left", 1: "right", 2: "forward", 3: "pickup", 4: "drop", 5: "toggle", 6: "done"}
@@ -35,8 +39,29 @@ def target_in_view(env: gym.Env, image: np.ndarray) -> bool:
     return bool(fits.any())
 
 
+def other_mission(env: gym.Env, image: np.ndarray) -> str | None:
+    """'go to the <colour> <type>' for an object in view that the mission does not describe, if any."""
+    from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT
+
+    desc = env.unwrapped.instrs.desc
+    for kind, colour, _ in image:
+        name = (IDX_TO_OBJECT[int(kind)], IDX_TO_COLOR[int(colour)])
+        if int(kind) in COLOURED_OBJECTS and name != (desc.type, desc.color):
+            return f"go to the {name[1]} {name[0]}"
+    return None
+
+
+def _act(policy: Policy, obs: dict, mission: str) -> int:
+    """The policy's action on one observation with this mission (and its named cells, for -Objects policies)."""
+    batch = {"direction": np.asarray([obs["direction"]]), "image": obs["image"][None], "mission": [mission]}
+    if "mission_objects" in policy.tokenizer.observation_space.spaces:
+        batch["mission_objects"] = named_cells(mission, 1)[None]
+    return int(np.asarray(policy.act(batch, np.ones(1, dtype=bool)))[0])
+
+
 def agreement(policies: list[Policy], level: str, episodes: int) -> list[dict[str, list[int]]]:
-    """Per policy, {category: [agreeing steps, steps]} over `episodes` bot-driven episodes."""
+    """Per policy, {category: [agreeing steps, steps]} over `episodes` bot-driven episodes; "mission
+    swapped": [steps whose action changes with another visible object's mission, steps with one]."""
     env = gym.make(f"bclm/{level}")
     counts = [collections.defaultdict(lambda: [0, 0]) for _ in policies]
     for ep in range(episodes):
@@ -47,13 +72,15 @@ def agreement(policies: list[Policy], level: str, episodes: int) -> list[dict[st
         while not done:
             action = bot(obs)
             view = "in view" if target_in_view(env, obs["image"]) else "out of view"
-            batch = {"direction": np.asarray([obs["direction"]]), "image": obs["image"][None],
-                     "mission": [obs["mission"]]}
+            other = other_mission(env, obs["image"]) if view == "in view" else None
             for policy, count in zip(policies, counts):
-                agrees = int(np.asarray(policy.act(batch, np.ones(1, dtype=bool)))[0]) == action
+                acted = _act(policy, obs, obs["mission"])
                 for key in ("all", view, f"{view}, bot: {ACTIONS[action]}"):
-                    count[key][0] += agrees
+                    count[key][0] += acted == action
                     count[key][1] += 1
+                if other is not None:
+                    count["mission swapped"][0] += _act(policy, obs, other) != acted
+                    count["mission swapped"][1] += 1
             bot.observe(action)
             obs, _, terminated, truncated, _ = env.step(action)
             done = terminated or truncated
@@ -68,7 +95,7 @@ def main() -> None:
     args = p.parse_args()
     policies = [Policy.from_pretrained(path, device="cpu") for path in args.policies]
     counts = agreement(policies, args.level, args.episodes)
-    keys = sorted(counts[0], key=lambda k: (k != "all", k))
+    keys = sorted(counts[0], key=lambda k: (k != "all", k == "mission swapped", k))
     print(f"{args.level}, {args.episodes} bot-driven episodes (seeds 50000+)\n")
     print("| bot's state | steps | " + " | ".join(args.policies) + " |")
     print("|---|---:|" + "---:|" * len(policies))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -76,17 +77,27 @@ def test_the_training_step_benchmark_times_factored_symbols_against_free_rows_an
 
 def test_babyai_agreement_splits_by_target_view_and_bot_action():
     sys.path.insert(0, str(BENCHMARKS))
+    import gymnasium as gym
     from babyai_agreement import agreement
 
-    class AlwaysForward:
+    class AlwaysForward:                       # blind to the mission
+        tokenizer = types.SimpleNamespace(observation_space=gym.spaces.Dict({}))
+
         def act(self, batch, new_episode):
             return np.full(len(new_episode), 2)
 
-    counts = agreement([AlwaysForward()], "BabyAI-GoToLocal-v0", episodes=3)[0]
-    assert counts["all"][1] > 0 and counts["in view"][1] + counts["out of view"][1] == counts["all"][1]
-    for key, (agree, steps) in counts.items():
+    class ByMission(AlwaysForward):            # acts on the mission's text only
+        def act(self, batch, new_episode):
+            return np.array([sum(map(ord, m)) % 1000 for m in batch["mission"]])
+
+    blind, reader = agreement([AlwaysForward(), ByMission()], "BabyAI-GoToLocal-v0", episodes=6)
+    assert blind["all"][1] > 0 and blind["in view"][1] + blind["out of view"][1] == blind["all"][1]
+    for key, (agree, steps) in blind.items():
         if "bot:" in key:
             assert agree == (steps if key.endswith("forward") else 0), (key, agree, steps)
+    swapped = blind["mission swapped"][1]
+    assert 0 < swapped <= blind["in view"][1] and reader["mission swapped"][1] == swapped
+    assert blind["mission swapped"][0] == 0 and reader["mission swapped"][0] == swapped
 
 
 def test_the_sweep_collection_benchmark_prints_both_ways():
