@@ -12,7 +12,7 @@ from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 from bclm import config as cfg
 from bclm.collect import collect
 from bclm.data.store import TrajectoryStore
-from bclm.envs import get_task, load_expert
+from bclm.envs import get_task, load_expert, make_env
 from bclm.errors import BCLMError
 from bclm.trainer.dagger import DaggerRecipe, run_dagger
 
@@ -135,7 +135,6 @@ def test_renamed_colours_are_the_view_of_a_renamed_world_and_leave_the_bots_acti
     from minigrid.utils.baby_ai_bot import BabyAIBot
 
     from bclm.envs.babyai import permute_colours
-    from bclm.envs.tasks import make_env
 
     perm = np.array([3, 0, 5, 1, 2, 4])
     renamed_any = False
@@ -163,7 +162,7 @@ def test_renamed_colours_are_the_view_of_a_renamed_world_and_leave_the_bots_acti
 
 
 def test_mission_objects_are_the_named_cells_and_the_token_before_the_action_is_the_targets_own():
-    from bclm.envs.tasks import make_env
+    from bclm.envs.babyai import named_cells
     from bclm.tokenizers import BCTokenizer, TokenizerConfig
 
     env = make_env(get_task("BabyAI-GoToLocal-Objects-v0"))
@@ -188,8 +187,6 @@ def test_mission_objects_are_the_named_cells_and_the_token_before_the_action_is_
     obs, _ = env.reset(seed=0)
     assert obs["mission"] == "put the green ball next to the green key"
     np.testing.assert_array_equal(obs["mission_objects"], [[6, 1, 0], [5, 1, 0]])
-    from bclm.envs.babyai import named_cells
-
     np.testing.assert_array_equal(named_cells("go to the red ball", 2), [[0, 0, 0], [6, 0, 0]])
 
 
