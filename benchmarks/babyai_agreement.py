@@ -8,7 +8,9 @@ while it is out of view, ...).
 
 "mission swapped" is whether a policy reads the mission at all: on steps where the target and another
 object are in view, the share of steps whose action changes when the mission names that other object
-instead (a policy blind to the mission: 0%; the bot would head elsewhere on most of them).
+instead (a policy blind to the mission: 0%; the bot would head elsewhere on most of them). Policies of
+`-Heading` tasks are judged on their action; their "heading" row is the share of the bot's steps, with what
+it heads for in view, where the policy names the same view cell.
 
     python benchmarks/babyai_agreement.py runs/gtl/bc/labels-20000/seed-0 runs/gtl/bc/labels-20000/seed-2
 """
@@ -22,9 +24,10 @@ import gymnasium as gym
 import numpy as np
 
 import bclm.envs.babyai  # noqa: F401  (registers the bclm/BabyAI-* envs)
-from bclm.envs.babyai import COLOURED_OBJECTS, BabyAIBotExpert, named_cells
+from bclm.envs.babyai import COLOURED_OBJECTS, OUT_OF_VIEW, BabyAIBotExpert, named_cells
 from bclm.policy import Policy
 
+AGENT_CELL = 3 * 7 + 6                         # the agent's own cell in the (49, 3) view
 ACTIONS = {0: "left", 1: "right", 2: "forward", 3: "pickup", 4: "drop", 5: "toggle", 6: "done"}
 
 
@@ -44,19 +47,25 @@ def other_mission(env: gym.Env, image: np.ndarray) -> str | None:
     from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT
 
     desc = env.unwrapped.instrs.desc
-    for kind, colour, _ in image:
+    for cell, (kind, colour, _) in enumerate(image):
+        if cell == AGENT_CELL:                 # what the agent carries is shown there, not in the room
+            continue
         name = (IDX_TO_OBJECT[int(kind)], IDX_TO_COLOR[int(colour)])
         if int(kind) in COLOURED_OBJECTS and name != (desc.type, desc.color):
             return f"go to the {name[1]} {name[0]}"
     return None
 
 
-def _act(policy: Policy, obs: dict, mission: str) -> int:
-    """The policy's action on one observation with this mission (and its named cells, for -Objects policies)."""
+def _act(policy: Policy, obs: dict, mission: str) -> tuple[int | None, int]:
+    """The policy's heading (None but for -Heading policies) and action on one observation with this mission
+    (and its named cells, for -Objects policies)."""
     batch = {"direction": np.asarray([obs["direction"]]), "image": obs["image"][None], "mission": [mission]}
     if "mission_objects" in policy.tokenizer.observation_space.spaces:
         batch["mission_objects"] = named_cells(mission, 1)[None]
-    return int(np.asarray(policy.act(batch, np.ones(1, dtype=bool)))[0])
+    out = policy.act(batch, np.ones(1, dtype=bool))
+    if isinstance(out, tuple):
+        return int(out[0][0]), int(out[1][0])
+    return None, int(np.asarray(out)[0])
 
 
 def agreement(policies: list[Policy], level: str, episodes: int) -> list[dict[str, list[int]]]:
@@ -71,15 +80,19 @@ def agreement(policies: list[Policy], level: str, episodes: int) -> list[dict[st
         done = False
         while not done:
             action = bot(obs)
+            heading = bot.heading()
             view = "in view" if target_in_view(env, obs["image"]) else "out of view"
             other = other_mission(env, obs["image"]) if view == "in view" else None
             for policy, count in zip(policies, counts):
-                acted = _act(policy, obs, obs["mission"])
+                headed, acted = _act(policy, obs, obs["mission"])
+                if headed is not None and heading != OUT_OF_VIEW:
+                    count["heading"][0] += headed == heading
+                    count["heading"][1] += 1
                 for key in ("all", view, f"{view}, bot: {ACTIONS[action]}"):
                     count[key][0] += acted == action
                     count[key][1] += 1
                 if other is not None:
-                    count["mission swapped"][0] += _act(policy, obs, other) != acted
+                    count["mission swapped"][0] += _act(policy, obs, other)[1] != acted
                     count["mission swapped"][1] += 1
             bot.observe(action)
             obs, _, terminated, truncated, _ = env.step(action)
@@ -95,13 +108,14 @@ def main() -> None:
     args = p.parse_args()
     policies = [Policy.from_pretrained(path, device="cpu") for path in args.policies]
     counts = agreement(policies, args.level, args.episodes)
-    keys = sorted(counts[0], key=lambda k: (k != "all", k == "mission swapped", k))
+    keys = sorted(set().union(*counts), key=lambda k: (k != "all", k in ("mission swapped", "heading"), k))
     print(f"{args.level}, {args.episodes} bot-driven episodes (seeds 50000+)\n")
     print("| bot's state | steps | " + " | ".join(args.policies) + " |")
-    print("|---|---:|" + "---:|" * len(policies))
+    print("|---|---|" + "---:|" * len(policies))
     for key in keys:
-        cells = " | ".join(f"{c[key][0] / c[key][1]:.1%}" for c in counts)
-        print(f"| {key} | {counts[0][key][1]} | {cells} |")
+        steps = sorted({c[key][1] for c in counts if c[key][1]})
+        cells = " | ".join(f"{c[key][0] / c[key][1]:.1%}" if c[key][1] else "–" for c in counts)
+        print(f"| {key} | {' / '.join(map(str, steps))} | {cells} |")
 
 
 if __name__ == "__main__":

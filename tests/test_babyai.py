@@ -208,3 +208,26 @@ def test_augment_adds_renamed_copies_of_the_training_episodes_with_their_labels(
     with pytest.raises(BCLMError, match=r"data\.augment 2: task 'CartPole-v1' has no symmetry"):
         prepare_data(cfg.build_config(TrainRecipe, None, ["--dataset", str(tmp_path / "cartpole"),
                                                           "--data.augment", "2"]))
+
+
+def test_heading_names_the_targets_view_cell_and_the_env_executes_only_the_action(tmp_path):
+    from bclm.envs.babyai import OUT_OF_VIEW, named_cells
+
+    task = get_task("BabyAI-GoToLocal-Heading-v0")
+    summary = collect(task, None, 12, tmp_path / "data", num_envs=3, seed=5)
+    assert summary["success_rate"] == 1.0
+    steps = TrajectoryStore(tmp_path / "data").arrays()
+    headings, actions = steps.action
+    targets = np.stack([named_cells(m, 1)[0] for m in steps.observation["mission"]])
+    shows = (steps.observation["image"] == targets[:, None]).all(axis=2)          # (steps, 49)
+    in_view = headings != OUT_OF_VIEW
+    # A heading in view is a cell showing the mission's object, and out of view no cell shows it (on these
+    # episodes: the bot could go for a nearer copy it remembers); most steps have the target in view.
+    assert shows[in_view, headings[in_view]].all() and not shows[~in_view].any()
+    assert in_view.mean() > 0.6 and set(actions) <= set(range(7))
+
+    plain, headed = make_env(get_task("BabyAI-GoToLocal-v0")), make_env(task)
+    a, b = plain.reset(seed=11)[0], headed.reset(seed=11)[0]
+    for action in (1, 2, 2, 0, 2):
+        a, b = plain.step(action)[0], headed.step((int(OUT_OF_VIEW), action))[0]
+        np.testing.assert_array_equal(a["image"], b["image"])

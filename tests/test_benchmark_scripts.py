@@ -90,7 +90,17 @@ def test_babyai_agreement_splits_by_target_view_and_bot_action():
         def act(self, batch, new_episode):
             return np.array([sum(map(ord, m)) % 1000 for m in batch["mission"]])
 
-    blind, reader = agreement([AlwaysForward(), ByMission()], "BabyAI-GoToLocal-v0", episodes=6)
+    class FindsTheTarget(AlwaysForward):       # a -Heading policy: the first view cell showing the target
+        def act(self, batch, new_episode):
+            from bclm.envs.babyai import named_cells
+
+            shows = (batch["image"][0] == named_cells(batch["mission"][0], 1)).all(axis=1)
+            return np.array([shows.argmax() if shows.any() else 49]), np.full(1, 2)
+
+    blind, reader, finder = agreement([AlwaysForward(), ByMission(), FindsTheTarget()], "BabyAI-GoToLocal-v0",
+                                      episodes=6)
+    assert "heading" not in blind and finder["heading"][1] > 0 and finder["heading"][0] >= 0.8 * finder["heading"][1]
+    assert finder["all"] == blind["all"] and finder["mission swapped"][0] == 0
     assert blind["all"][1] > 0 and blind["in view"][1] + blind["out of view"][1] == blind["all"][1]
     for key, (agree, steps) in blind.items():
         if "bot:" in key:

@@ -122,9 +122,30 @@ def _renamed_cells(cells: np.ndarray, perms: np.ndarray) -> np.ndarray:
     return cells
 
 
-def make_babyai(level: str, mission_objects: int = 0, **kwargs: Any) -> gym.Env:
+# The heading of a `BabyAIHeading` action that names no view cell: the bot heads for a place out of view.
+OUT_OF_VIEW = 49
+
+
+class BabyAIHeading(gym.ActionWrapper):
+    """Actions become (heading, action): the view cell (0..48, as the observation's `image` rows) of the
+    object or place the bot is heading for, `OUT_OF_VIEW` when it lies outside the view, then minigrid's
+    action, the only part the env executes. The learner predicts the heading before the action, so the
+    bot's labels also say which cell the mission names: a direct target for what the 75% plateau lacks
+    (README, "BabyAI GoToLocal"), where the action alone rewards finding that cell only through the turn
+    it implies. In rollouts the policy's own heading is a token it conditions its action on."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.action_space = gym.spaces.Tuple((gym.spaces.Discrete(OUT_OF_VIEW + 1), env.action_space))
+
+    def action(self, action: Any) -> Any:
+        return action[1]
+
+
+def make_babyai(level: str, mission_objects: int = 0, heading: bool = False, **kwargs: Any) -> gym.Env:
     _minigrid()
-    return BabyAIObservation(gym.make(f"BabyAI-{level}-v0", **kwargs), mission_objects=mission_objects)
+    env = BabyAIObservation(gym.make(f"BabyAI-{level}-v0", **kwargs), mission_objects=mission_objects)
+    return BabyAIHeading(env) if heading else env
 
 
 for _level in LEVELS:
@@ -134,7 +155,8 @@ for _level in LEVELS:
 
 
 class BabyAIBotExpert:
-    """The BabyAI bot as a bclm stateful expert (one instance per env, see `ExpertActor`)."""
+    """The BabyAI bot as a bclm stateful expert (one instance per env, see `ExpertActor`). On an env with
+    `BabyAIHeading` actions it labels (heading, action)."""
 
     stateful = True
 
@@ -144,19 +166,41 @@ class BabyAIBotExpert:
         self.bot: Any = None
         self.executed: int | None = None
         self.recreated = 0
+        self.headings = False
 
     def reset(self, env: gym.Env) -> None:
         self.env = env.unwrapped
         self.bot = self.bot_class(self.env)
         self.executed = None
+        self.headings = isinstance(env.action_space, gym.spaces.Tuple)
 
-    def __call__(self, obs: Any) -> int:
+    def __call__(self, obs: Any) -> int | tuple[int, int]:
         try:
-            return int(self.bot.replan(self.executed))
+            action = int(self.bot.replan(self.executed))
         except Exception:   # the bot gives up on some states a learner reaches (e.g. an opened box)
             self.recreated += 1
             self.bot = self.bot_class(self.env)    # plan afresh from the env's current state
-            return int(self.bot.replan())
+            action = int(self.bot.replan())
+        return (self.heading(), action) if self.headings else action
+
+    def heading(self) -> int:
+        """The view cell of what the bot's innermost go-next-to subgoal heads for (after `replan`, so the
+        subgoal of the action it just chose), or `OUT_OF_VIEW`."""
+        from minigrid.core.world_object import WorldObj
+        from minigrid.utils.baby_ai_bot import GoNextToSubgoal, ObjDesc
+
+        for subgoal in reversed(self.bot.stack):
+            if not isinstance(subgoal, GoNextToSubgoal):
+                continue
+            if isinstance(subgoal.datum, ObjDesc):
+                pos = self.bot._find_obj_pos(subgoal.datum, subgoal.reason == "PutNext")[1]
+            elif isinstance(subgoal.datum, WorldObj):
+                pos = subgoal.datum.cur_pos
+            else:
+                pos = subgoal.datum
+            view = None if pos is None else self.env.relative_coords(*pos)
+            return OUT_OF_VIEW if view is None else int(view[0]) * 7 + int(view[1])
+        return OUT_OF_VIEW
 
     def observe(self, action: Any) -> None:
-        self.executed = int(np.asarray(action))
+        self.executed = int(np.asarray(action[1] if isinstance(action, tuple) else action))

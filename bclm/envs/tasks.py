@@ -89,11 +89,13 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
             {"continuous": True},
         ),
         # BabyAI (minigrid): a mission succeeds with a positive reward; the env module registers the ids.
-        # "-Objects": the observation also gives the mission's objects as view cells (`BabyAIObservation`).
+        # "-Objects": the observation also gives the mission's objects as view cells (`BabyAIObservation`);
+        # "-Heading": each action also names the view cell the bot heads for (`BabyAIHeading`).
         *(TaskSpec(f"BabyAI-{level}{suffix}-v0", f"bclm.envs.babyai:bclm/BabyAI-{level}-v0", "babyai_bot",
                    "return", 1e-9, kwargs, symmetry="bclm.envs.babyai:permute_colours")
           for level in BABYAI_LEVELS
-          for suffix, kwargs in (("", {}), ("-Objects", {"mission_objects": NAMED_OBJECTS.get(level, 1)}))),
+          for suffix, kwargs in (("", {}), ("-Objects", {"mission_objects": NAMED_OBJECTS.get(level, 1)}),
+                                 ("-Heading", {"heading": True}))),
         # Meta-World (MT50, which includes MT10): success is metaworld's info["success"]; the env module registers
         # the ids and terminates episodes at the first success. The expert is metaworld's scripted policy.
         *(TaskSpec(f"MetaWorld-{env_name}", f"bclm.envs.metaworld:bclm/MetaWorld-{env_name}",
