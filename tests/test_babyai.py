@@ -231,3 +231,18 @@ def test_heading_names_the_targets_view_cell_and_the_env_executes_only_the_actio
     for action in (1, 2, 2, 0, 2):
         a, b = plain.step(action)[0], headed.step((int(OUT_OF_VIEW), action))[0]
         np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_a_dagger_round_on_heading_actions_labels_and_decodes_both_parts(tmp_path):
+    from bclm.envs.babyai import OUT_OF_VIEW, named_cells
+
+    report = run_dagger(_recipe(tmp_path / "run", "--dagger.env", "BabyAI-GoToLocal-Heading-v0",
+                                "--dagger.beta", "constant", "--dagger.beta_value", "0.0"))
+    steps = TrajectoryStore(tmp_path / "run" / "data").arrays(["round-001"])
+    (headings, actions), (labels, _) = steps.action, steps.expert_action      # the learner's, the bot's
+    assert len(headings) == len(actions) > 0 and set(actions) <= set(range(7)) and set(headings) <= set(range(50))
+    # The bot labels the learner's states with the cell showing the mission's object, as in demonstrations.
+    in_view = labels != OUT_OF_VIEW
+    targets = np.stack([named_cells(m, 1)[0] for m in steps.observation["mission"][in_view]])
+    assert in_view.any() and (steps.observation["image"][in_view, labels[in_view]] == targets).all()
+    assert "mistake_rate" in report["rounds"][1]
