@@ -52,7 +52,11 @@ def _recipe(out, *extra: str) -> DaggerRecipe:
 
 
 def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
-    report = run_dagger(_recipe(tmp_path / "run", "--dagger.beta", "constant", "--dagger.beta_value", "0.5",
+    from bclm.envs.babyai import OUT_OF_VIEW, named_cells
+
+    # On heading actions: the learner decodes (heading, action) pairs, and the bot labels both parts.
+    report = run_dagger(_recipe(tmp_path / "run", "--dagger.env", "BabyAI-GoToRedBall-Heading-v0",
+                                "--dagger.beta", "constant", "--dagger.beta_value", "0.5",
                                 "--model.symbol_factors", "true",
                                 "--model.word_factors", "{red: [1, 0], ball: [0, 6]}",
                                 "--tokenizer.symbol_grid", "[7, 7]", "--tokenizer.value_vocab", "9702"))
@@ -60,7 +64,12 @@ def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
     steps = TrajectoryStore(tmp_path / "run" / "data").arrays(["round-001"])
     used = steps.columns["expert_used"]
     assert 0 < used.mean() < 1                                    # the β coin picked both sides
-    np.testing.assert_array_equal(steps.action[used], steps.expert_action[used])
+    for executed, label in zip(steps.action, steps.expert_action):
+        np.testing.assert_array_equal(executed[used], label[used])
+    labels = steps.expert_action[0]
+    in_view = labels != OUT_OF_VIEW                # the bot names the cell showing the mission's object
+    targets = np.stack([named_cells(m, 1)[0] for m in steps.observation["mission"][in_view]])
+    assert in_view.any() and (steps.observation["image"][in_view, labels[in_view]] == targets).all()
     assert row["expert_labels"] > report["rounds"][0]["expert_labels"]
     assert "mistake_rate" in row
     from bclm.policy import Policy
@@ -232,17 +241,3 @@ def test_heading_names_the_targets_view_cell_and_the_env_executes_only_the_actio
         a, b = plain.step(action)[0], headed.step((int(OUT_OF_VIEW), action))[0]
         np.testing.assert_array_equal(a["image"], b["image"])
 
-
-def test_a_dagger_round_on_heading_actions_labels_and_decodes_both_parts(tmp_path):
-    from bclm.envs.babyai import OUT_OF_VIEW, named_cells
-
-    report = run_dagger(_recipe(tmp_path / "run", "--dagger.env", "BabyAI-GoToLocal-Heading-v0",
-                                "--dagger.beta", "constant", "--dagger.beta_value", "0.0"))
-    steps = TrajectoryStore(tmp_path / "run" / "data").arrays(["round-001"])
-    (headings, actions), (labels, _) = steps.action, steps.expert_action      # the learner's, the bot's
-    assert len(headings) == len(actions) > 0 and set(actions) <= set(range(7)) and set(headings) <= set(range(50))
-    # The bot labels the learner's states with the cell showing the mission's object, as in demonstrations.
-    in_view = labels != OUT_OF_VIEW
-    targets = np.stack([named_cells(m, 1)[0] for m in steps.observation["mission"][in_view]])
-    assert in_view.any() and (steps.observation["image"][in_view, labels[in_view]] == targets).all()
-    assert "mistake_rate" in report["rounds"][1]
