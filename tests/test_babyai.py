@@ -13,6 +13,7 @@ from bclm import config as cfg
 from bclm.collect import collect
 from bclm.data.store import TrajectoryStore
 from bclm.envs import get_task, load_expert, make_env
+from bclm.envs.babyai import OUT_OF_VIEW, named_cells
 from bclm.errors import BCLMError
 from bclm.trainer.dagger import DaggerRecipe, run_dagger
 
@@ -43,6 +44,12 @@ def test_bot_is_stateful_and_recreated_when_it_gives_up():
     assert 0 <= bot(obs) < 7 and bot.recreated == 1
 
 
+def _shows_the_target(observation: dict) -> np.ndarray:
+    """(steps, 49) whether each view cell shows the object the step's mission names."""
+    targets = np.stack([named_cells(m, 1)[0] for m in observation["mission"]])
+    return (observation["image"] == targets[:, None]).all(axis=2)
+
+
 def _recipe(out, *extra: str) -> DaggerRecipe:
     return cfg.build_config(DaggerRecipe, None, [
         "--output-dir", str(out), "--dagger.env", TASK, "--dagger.rounds", "1",
@@ -52,8 +59,6 @@ def _recipe(out, *extra: str) -> DaggerRecipe:
 
 
 def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
-    from bclm.envs.babyai import OUT_OF_VIEW, named_cells
-
     # On heading actions: the learner decodes (heading, action) pairs, and the bot labels both parts.
     report = run_dagger(_recipe(tmp_path / "run", "--dagger.env", "BabyAI-GoToRedBall-Heading-v0",
                                 "--dagger.beta", "constant", "--dagger.beta_value", "0.5",
@@ -68,8 +73,7 @@ def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
         np.testing.assert_array_equal(executed[used], label[used])
     labels = steps.expert_action[0]
     in_view = labels != OUT_OF_VIEW                # the bot names the cell showing the mission's object
-    targets = np.stack([named_cells(m, 1)[0] for m in steps.observation["mission"][in_view]])
-    assert in_view.any() and (steps.observation["image"][in_view, labels[in_view]] == targets).all()
+    assert in_view.any() and _shows_the_target(steps.observation)[in_view, labels[in_view]].all()
     assert row["expert_labels"] > report["rounds"][0]["expert_labels"]
     assert "mistake_rate" in row
     from bclm.policy import Policy
@@ -171,7 +175,6 @@ def test_renamed_colours_are_the_view_of_a_renamed_world_and_leave_the_bots_acti
 
 
 def test_mission_objects_are_the_named_cells_and_the_token_before_the_action_is_the_targets_own():
-    from bclm.envs.babyai import named_cells
     from bclm.tokenizers import BCTokenizer, TokenizerConfig
 
     env = make_env(get_task("BabyAI-GoToLocal-Objects-v0"))
@@ -220,15 +223,12 @@ def test_augment_adds_renamed_copies_of_the_training_episodes_with_their_labels(
 
 
 def test_heading_names_the_targets_view_cell_and_the_env_executes_only_the_action(tmp_path):
-    from bclm.envs.babyai import OUT_OF_VIEW, named_cells
-
     task = get_task("BabyAI-GoToLocal-Heading-v0")
     summary = collect(task, None, 12, tmp_path / "data", num_envs=3, seed=5)
     assert summary["success_rate"] == 1.0
     steps = TrajectoryStore(tmp_path / "data").arrays()
     headings, actions = steps.action
-    targets = np.stack([named_cells(m, 1)[0] for m in steps.observation["mission"]])
-    shows = (steps.observation["image"] == targets[:, None]).all(axis=2)          # (steps, 49)
+    shows = _shows_the_target(steps.observation)
     in_view = headings != OUT_OF_VIEW
     # A heading in view is a cell showing the mission's object, and out of view no cell shows it (on these
     # episodes: the bot could go for a nearer copy it remembers); most steps have the target in view.

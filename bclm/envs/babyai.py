@@ -193,6 +193,7 @@ class BabyAIBotExpert:
             if not isinstance(subgoal, GoNextToSubgoal):
                 continue
             if isinstance(subgoal.datum, ObjDesc):
+                # The bot's own pick among the objects that fit (private, but what its next actions follow).
                 pos = self.bot._find_obj_pos(subgoal.datum, subgoal.reason == "PutNext")[1]
             elif isinstance(subgoal.datum, WorldObj):
                 pos = subgoal.datum.cur_pos
