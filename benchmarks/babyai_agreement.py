@@ -24,10 +24,10 @@ import gymnasium as gym
 import numpy as np
 
 import bclm.envs.babyai  # noqa: F401  (registers the bclm/BabyAI-* envs)
-from bclm.envs.babyai import COLOURED_OBJECTS, OUT_OF_VIEW, BabyAIBotExpert, named_cells
+from bclm.envs.babyai import COLOURED_OBJECTS, OUT_OF_VIEW, BabyAIBotExpert, named_cells, view_cell
 from bclm.policy import Policy
 
-AGENT_CELL = 3 * 7 + 6                         # the agent's own cell in the (49, 3) view
+AGENT_CELL = view_cell(3, 6)                   # the agent's own cell: bottom row, middle column
 ACTIONS = {0: "left", 1: "right", 2: "forward", 3: "pickup", 4: "drop", 5: "toggle", 6: "done"}
 
 

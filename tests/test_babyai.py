@@ -240,4 +240,3 @@ def test_heading_names_the_targets_view_cell_and_the_env_executes_only_the_actio
     for action in (1, 2, 2, 0, 2):
         a, b = plain.step(action)[0], headed.step((int(OUT_OF_VIEW), action))[0]
         np.testing.assert_array_equal(a["image"], b["image"])
-

@@ -126,6 +126,11 @@ def _renamed_cells(cells: np.ndarray, perms: np.ndarray) -> np.ndarray:
 OUT_OF_VIEW = 49
 
 
+def view_cell(x: int, y: int) -> int:
+    """The row of the (49, 3) `image` that shows view position (x, y): minigrid's 7×7 view, x-major."""
+    return int(x) * 7 + int(y)
+
+
 class BabyAIHeading(gym.ActionWrapper):
     """Actions become (heading, action): the view cell (0..48, as the observation's `image` rows) of the
     object or place the bot is heading for, `OUT_OF_VIEW` when it lies outside the view, then minigrid's
@@ -200,7 +205,7 @@ class BabyAIBotExpert:
             else:
                 pos = subgoal.datum
             view = None if pos is None else self.env.relative_coords(*pos)
-            return OUT_OF_VIEW if view is None else int(view[0]) * 7 + int(view[1])
+            return OUT_OF_VIEW if view is None else view_cell(*view)
         return OUT_OF_VIEW
 
     def observe(self, action: Any) -> None:
