@@ -64,16 +64,23 @@ def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
                                 "--dagger.beta", "constant", "--dagger.beta_value", "0.5",
                                 "--model.symbol_factors", "true",
                                 "--model.word_factors", "{red: [1, 0], ball: [0, 6]}",
-                                "--tokenizer.symbol_grid", "[7, 7]", "--tokenizer.value_vocab", "9702"))
+                                "--tokenizer.symbol_grid", "[7, 7]", "--tokenizer.value_vocab", "9702",
+                                "--dagger.label_repeats", "false"))
     row = report["rounds"][1]
     steps = TrajectoryStore(tmp_path / "run" / "data").arrays(["round-001"])
-    used = steps.columns["expert_used"]
+    used, labeled = steps.columns["expert_used"], steps.columns["labeled"]
     assert 0 < used.mean() < 1                                    # the β coin picked both sides
     for executed, label in zip(steps.action, steps.expert_action):
         np.testing.assert_array_equal(executed[used], label[used])
     labels = steps.expert_action[0]
-    in_view = labels != OUT_OF_VIEW                # the bot names the cell showing the mission's object
+    in_view = (labels != OUT_OF_VIEW) & labeled    # the bot names the cell showing the mission's object
     assert in_view.any() and _shows_the_target(steps.observation)[in_view, labels[in_view]].all()
+    # A learner revisiting a view in its episode is not labeled there again (the bot drove where it was asked).
+    views = list(zip(steps.columns["episode"], steps.observation["direction"], map(bytes, steps.observation["image"])))
+    first = np.array([views.index(v) == t for t, v in enumerate(views)])
+    np.testing.assert_array_equal(labeled, first | used)
+    assert (~labeled).any() and row["unlabeled_steps"] == int((~labeled).sum())
+    assert row["expert_labels"] == report["rounds"][0]["expert_labels"] + int(labeled.sum())
     assert row["expert_labels"] > report["rounds"][0]["expert_labels"]
     assert "mistake_rate" in row
     from bclm.policy import Policy
@@ -85,6 +92,42 @@ def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
 
     saved = load_file(tmp_path / "run" / "round-001" / "model.safetensors")   # factored cells, saved plain
     assert not any("symbol_factors" in k for k in saved) and "lm_head.weight" in saved
+
+
+class _TurnsLeft:
+    """A learner session that only turns left: after 4 turns it sees its first view again, a loop."""
+
+    def __init__(self, batch: int):
+        self.batch_size = batch
+
+    def act(self, observations, new_episode):
+        return np.zeros(self.batch_size, np.int64)
+
+    def record_executed(self, actions):
+        pass
+
+
+@pytest.mark.parametrize("skip_repeats", [False, True])
+def test_a_looping_learner_is_labeled_once_per_state_when_repeats_are_skipped(skip_repeats):
+    import dataclasses
+
+    from bclm.rollout import ExpertActor, run_episodes
+    from bclm.rollout.actors import MixtureActor
+
+    task = get_task(TASK)
+    task = dataclasses.replace(task, env_kwargs={**task.env_kwargs, "max_episode_steps": 12})
+    probe = make_env(task)
+    bot = ExpertActor(load_expert("babyai_bot"), probe.observation_space, probe.action_space, on_fault="count")
+    actor = MixtureActor(_TurnsLeft(2), bot, 0.0, 0, skip_repeats=skip_repeats)
+    episodes = run_episodes(task, actor, 4, num_envs=2, seed=3, expert=actor.labels()).episodes
+    for ep in episodes:
+        assert len(ep.labeled) == 12 and not ep.expert_used.any()            # the learner drove every step
+        views = [(d, bytes(im)) for d, im in zip(ep.observation["direction"], ep.observation["image"])]
+        first = [views.index(v) == t for t, v in enumerate(views)]
+        if skip_repeats:         # each view labeled at its first visit only; the rest kept as history
+            assert ep.labeled.tolist() == first and sum(first) <= 4
+        else:
+            assert ep.labeled.all() and not all(first)
 
 
 def test_hg_dagger_with_the_stateful_bot_as_gate(tmp_path):

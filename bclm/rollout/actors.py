@@ -22,13 +22,16 @@ if TYPE_CHECKING:           # the policy (torch, transformers) is loaded by whoe
 
 class MixtureActor(ExpertLabeledActor):
     """Per step and env, a β-coin picks the expert's action, else the learner's; the expert labels every
-    state either way. The learner's session is told what was executed, so its context stays true."""
+    state either way, or, with `skip_repeats`, every state not already labeled in that env's episode (where
+    it drives it is asked all the same). The learner's session is told what was executed, so its context
+    stays true."""
 
     def __init__(self, session: ActSession, expert: ExpertActor, beta: float, seed: int,
-                 env_ids: Sequence[int] | None = None):
+                 env_ids: Sequence[int] | None = None, skip_repeats: bool = False):
         self.session = session
         self.expert = expert
         self.beta = beta
+        self.repeats = RepeatFilter(expert.observation_space) if skip_repeats else None
         # A coin per env, seeded by the env's index: the same draws whichever process steps that env.
         ids = range(session.batch_size) if env_ids is None else env_ids
         self.rngs = [np.random.default_rng([seed, i]) for i in ids]
@@ -38,15 +41,45 @@ class MixtureActor(ExpertLabeledActor):
 
     def act(self, observations: Any, new_episode: np.ndarray) -> Any:
         learner = self.session.act(observations, new_episode)
-        self.last_expert = self.expert.act(observations, new_episode)
-        self.last_labeled = self.expert.last_labeled
-        # Where the expert faulted there is nothing to execute from it: the learner acts.
         coins = np.array([rng.random() for rng in self.rngs])
+        ask = None if self.repeats is None else (coins < self.beta) | self.repeats.fresh(observations, new_episode)
+        self.last_expert = self.expert.act(observations, new_episode, rows=ask)
+        self.last_labeled = self.expert.last_labeled
+        if self.repeats is not None:
+            self.repeats.remember(self.last_labeled)
+        # Where the expert faulted there is nothing to execute from it: the learner acts.
         use = (coins < self.beta) & self.last_labeled
         self.last_expert_used = use
         executed = _choose(self.expert.action_space, use, self.last_expert, learner)
         self.session.record_executed(executed)
         return executed
+
+
+class RepeatFilter:
+    """Per env, the observations labeled so far in its current episode. A learner caught in a loop (a
+    deterministic policy in a deterministic env, as on BabyAI) revisits the same states until the episode is
+    cut; asking a deterministic expert again buys the same label, and in DAgger's GoToLocal rounds 60% of
+    the labels were such repeats, so they are left unlabeled (history with no loss) and cost nothing."""
+
+    def __init__(self, observation_space: Any):
+        self.space = observation_space
+        self.seen: list[set[bytes]] = []
+        self.keys: list[bytes] = []
+
+    def fresh(self, observations: Any, new_episode: np.ndarray) -> np.ndarray:
+        """(B,) bool: the envs whose observation has not been labeled in their episode."""
+        leaves = list(leaf_arrays(self.space, observations).values())
+        self.keys = [b"".join(np.asarray(leaf[i]).tobytes() for leaf in leaves) for i in range(len(leaves[0]))]
+        if not self.seen:
+            self.seen = [set() for _ in self.keys]
+        for i in np.flatnonzero(new_episode):
+            self.seen[i].clear()
+        return np.array([key not in seen for key, seen in zip(self.keys, self.seen)])
+
+    def remember(self, labeled: np.ndarray) -> None:
+        """Marks the last observations labeled where the expert gave a label (a fault may be asked again)."""
+        for i in np.flatnonzero(labeled):
+            self.seen[i].add(self.keys[i])
 
 
 class GatedActor(ExpertLabeledActor):

@@ -69,6 +69,10 @@ class DaggerConfig:
     rollout_max_steps: int = option(
         0, "Truncate the rollouts of rounds >= 1 after this many steps (0 = the env's own limit): once a learner is "
            "stuck in a loop, more steps of it cost labels and add little the expert has not already labeled.")
+    label_repeats: bool = option(
+        True, "β-mixture rounds: ask the expert again where a rollout revisits an observation it already labeled "
+              "in that episode. False: such steps (a learner in a loop) stay in the history with no loss and cost "
+              "no label; where the expert drives it is asked all the same.")
     warm_start: bool = option(True, "Start each round's training from the previous round's policy.")
     intervener: str = option(
         "", "HG-DAgger instead of the β-mixture: who may take over from the learner. 'expert-gated' (the "
@@ -156,7 +160,7 @@ def collect_round(task: TaskSpec, expert_ref: str, policy: Policy, store: Trajec
     elif config.gate:
         source = f"gated-dagger {config.gate} {config.gate_metric} budget {config.gate_budget:g}"
     else:
-        source = "hg-dagger" if config.intervener else "dagger"
+        source = "hg-dagger" if config.intervener else "dagger" if config.label_repeats else "dagger skip-repeats"
     write_gathered(store, ROUND.format(round_index), share, round_index=round_index, source=source,
                    policy_revision=ROUND.format(round_index - 1))
 
@@ -175,7 +179,7 @@ def round_actor(config: DaggerConfig, session: ActSession, expert_ref: str, stor
         return FittedNoiseActor(expert, noise, seed, env_ids, session)
     if config.gate:
         return GatedActor(session, expert, config.make_gate())
-    return MixtureActor(session, expert, beta, seed, env_ids)
+    return MixtureActor(session, expert, beta, seed, env_ids, skip_repeats=not config.label_repeats)
 
 
 def train_recipe(recipe: DaggerRecipe, **changes: Any) -> TrainRecipe:
@@ -376,6 +380,8 @@ def _labels(store: TrajectoryStore, k: int) -> dict[str, int]:
     elif k and source.startswith("gated-dagger"):       # its unlabeled steps are the states it did not ask
         row["queries"] = int(shard["labeled"][:].sum())
         row["query_fraction"] = row["queries"] / max(1, len(shard))
+    elif k and source == "dagger skip-repeats":       # revisited states left unlabeled (and any faults)
+        row["unlabeled_steps"] = int((~shard["labeled"][:]).sum())
     elif k and source.startswith("dart"):               # "dart eps:fit 0.083": the fitted level
         row["noise_level"] = float(source.split()[-1])
         row["label_faults"] = int((~shard["labeled"][:]).sum())
