@@ -81,7 +81,6 @@ def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
     np.testing.assert_array_equal(labeled, first | used)
     assert (~labeled).any() and row["unlabeled_steps"] == int((~labeled).sum())
     assert row["expert_labels"] == report["rounds"][0]["expert_labels"] + int(labeled.sum())
-    assert row["expert_labels"] > report["rounds"][0]["expert_labels"]
     assert "mistake_rate" in row
     from bclm.policy import Policy
 
