@@ -50,6 +50,11 @@ def _shows_the_target(observation: dict) -> np.ndarray:
     return (observation["image"] == targets[:, None]).all(axis=2)
 
 
+def _first_visits(views: list) -> np.ndarray:
+    """Per step, whether its view is seen there for the first time (views compare as hashable keys)."""
+    return np.array([views.index(v) == t for t, v in enumerate(views)])
+
+
 def _recipe(out, *extra: str) -> DaggerRecipe:
     return cfg.build_config(DaggerRecipe, None, [
         "--output-dir", str(out), "--dagger.env", TASK, "--dagger.rounds", "1",
@@ -77,8 +82,7 @@ def test_dagger_round_with_the_bot_in_lockstep(tmp_path):
     assert in_view.any() and _shows_the_target(steps.observation)[in_view, labels[in_view]].all()
     # A learner revisiting a view in its episode is not labeled there again (the bot drove where it was asked).
     views = list(zip(steps.columns["episode"], steps.observation["direction"], map(bytes, steps.observation["image"])))
-    first = np.array([views.index(v) == t for t, v in enumerate(views)])
-    np.testing.assert_array_equal(labeled, first | used)
+    np.testing.assert_array_equal(labeled, _first_visits(views) | used)
     assert (~labeled).any() and row["unlabeled_steps"] == int((~labeled).sum())
     assert row["expert_labels"] == report["rounds"][0]["expert_labels"] + int(labeled.sum())
     assert "mistake_rate" in row
@@ -122,9 +126,9 @@ def test_a_looping_learner_is_labeled_once_per_state_when_repeats_are_skipped(sk
     for ep in episodes:
         assert len(ep.labeled) == 12 and not ep.expert_used.any()            # the learner drove every step
         views = [(d, bytes(im)) for d, im in zip(ep.observation["direction"], ep.observation["image"])]
-        first = [views.index(v) == t for t, v in enumerate(views)]
+        first = _first_visits(views)
         if skip_repeats:         # each view labeled at its first visit only; the rest kept as history
-            assert ep.labeled.tolist() == first and sum(first) <= 4
+            assert ep.labeled.tolist() == first.tolist() and first.sum() <= 4
         else:
             assert ep.labeled.all() and not all(first)
 
