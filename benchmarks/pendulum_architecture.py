@@ -1,20 +1,23 @@
 """Which part of a transformer loses Pendulum's law off the expert's path: the tokens, the output, or the trunk.
 
 `pendulum_generalization.py` shows bclm's policies fitting the expert's own states better than the MLP and
-erring 2-3x more just off them. Here fourteen learners train on the same 800 expert labels (4 episodes of the
+erring 2-3x more just off them. Here twenty-three learners train on the same 800 expert labels (4 episodes of the
 swing-up expert, collection seeds 1000*seed+i), all on standardised raw observations, 800 batches of 64,
 Adam 1e-3, and are measured as `pendulum_generalization.py` measures (torque error on fresh expert states
 and on the 13 x 13 grid around the top) and by closed-loop success (20 episodes, seeds 10000+i):
 
 - the label-efficiency MLP (2 x 64 tanh) and the same with SiLU;
-- a gated MLP (two SwiGLU layers without biases, Llama's MLP), and residual SwiGLU blocks without and with
-  RMSNorm (pre-norm and final, as in Llama);
+- a gated MLP (two SwiGLU layers without biases, Llama's MLP), the same with a sigmoid gate (GLU, linear
+  near the origin where SwiGLU is quadratic), and residual SwiGLU blocks without and with RMSNorm (pre-norm
+  and final, as in Llama);
 - Llama "small" (bclm's default trunk) on one token holding the whole observation, with a regression head;
   on a token per dimension (a constant plus the value along a direction of its own, bclm's number
   tokens), with a regression head; and with bclm's 256-bin categorical head (argmax decoding);
 - the same with a near-linear RMSNorm (`rms_norm_eps` 1.0), or with token constants 50x the value's
-  (RMS 1: the norm then divides by a near-constant), and GPT-2 "small" (an ungated GELU MLP,
-  LayerNorm) in Llama's three set-ups.
+  (RMS 1: the norm then divides by a near-constant), or a sigmoid gate in its MLPs (`hidden_act`), or read
+  at the last observation token (no ACT token to gather the dimensions into), one layer, or queries that
+  start at zero (attention starts as a fixed average); and GPT-2 "small" (an ungated GELU MLP, LayerNorm) in
+  Llama's three set-ups.
 
 `--mixup K` trains every learner with local mixup (each state mixed with one of its K nearest demonstrated
 states, torque alike), `--only NAME` runs the learners whose name contains NAME.
@@ -48,13 +51,16 @@ def collect(seed: int, episodes: int = 4) -> tuple[np.ndarray, np.ndarray]:
     return states, (torques / 2.0).astype(np.float32)
 
 
-class SwiGLU(nn.Module):
-    def __init__(self, d_in: int, d_out: int):
+class Gated(nn.Module):
+    """act(gate x) * (up x), no biases: SwiGLU with SiLU (Llama's MLP), GLU with a sigmoid."""
+
+    def __init__(self, d_in: int, d_out: int, act=nn.functional.silu):
         super().__init__()
         self.gate, self.up = nn.Linear(d_in, d_out, bias=False), nn.Linear(d_in, d_out, bias=False)
+        self.act = act
 
     def forward(self, x):
-        return nn.functional.silu(self.gate(x)) * self.up(x)
+        return self.act(self.gate(x)) * self.up(x)
 
 
 class Residual(nn.Module):
@@ -64,7 +70,7 @@ class Residual(nn.Module):
         super().__init__()
         make_norm = (lambda: nn.RMSNorm(d)) if norm else nn.Identity
         self.embed, self.final, self.head = nn.Linear(3, d), make_norm(), nn.Linear(d, 1)
-        self.blocks = nn.ModuleList(nn.Sequential(make_norm(), SwiGLU(d, 2 * d), nn.Linear(2 * d, d, bias=False))
+        self.blocks = nn.ModuleList(nn.Sequential(make_norm(), Gated(d, 2 * d), nn.Linear(2 * d, d, bias=False))
                                     for _ in range(2))
 
     def forward(self, x):
@@ -74,32 +80,38 @@ class Residual(nn.Module):
         return self.head(self.final(h))
 
 
-def trunk(arch: str, d: int = 128, eps: float = 1e-6) -> nn.Module:
-    """bclm's "small" size (4 layers, width 128, 4 heads) as Llama (gated MLP, RMSNorm with `eps`) or GPT-2
-    (a plain GELU MLP, LayerNorm), dropout off alike."""
+def trunk(arch: str, d: int = 128, **llama) -> nn.Module:
+    """bclm's "small" size (4 layers, width 128, 4 heads) as Llama (gated MLP, RMSNorm; `llama` overrides its
+    config) or GPT-2 (a plain GELU MLP, LayerNorm), dropout off alike."""
     if arch == "llama":
-        return LlamaModel(LlamaConfig(hidden_size=d, intermediate_size=4 * d, num_hidden_layers=4,
-                                      num_attention_heads=4, num_key_value_heads=4, vocab_size=8,
-                                      max_position_embeddings=16, rms_norm_eps=eps))
+        return LlamaModel(LlamaConfig(**{**dict(hidden_size=d, intermediate_size=4 * d, num_hidden_layers=4,
+                                                num_attention_heads=4, num_key_value_heads=4, vocab_size=8,
+                                                max_position_embeddings=16, rms_norm_eps=1e-6), **llama}))
     return GPT2Model(GPT2Config(n_embd=d, n_inner=4 * d, n_layer=4, n_head=4, vocab_size=8, n_positions=16,
                                 resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
 
 
 class TransformerLearner(nn.Module):
-    """A "small" trunk over [task, observation token(s), ACT]; the action is read at ACT."""
+    """A "small" trunk over [task, observation token(s), ACT]; the action is read at ACT, or with `read_act`
+    False at the last observation token (no ACT). `zero_queries`: every layer's queries start at zero, so
+    attention starts uniform, a fixed average of the tokens rather than a weighting by their values."""
 
-    def __init__(self, arch: str, tokens: str, out: int, d: int = 128, eps: float = 1e-6, const: float = 0.02):
+    def __init__(self, arch: str, tokens: str, out: int, d: int = 128, const: float = 0.02, read_act: bool = True,
+                 zero_queries: bool = False, **llama):
         super().__init__()
-        self.trunk = trunk(arch, d, eps)
-        self.tokens = tokens
+        self.trunk = trunk(arch, d, **llama)
+        self.tokens, self.read_act = tokens, read_act
         self.const = nn.Parameter(torch.randn(5, d) * const)       # task, one per dimension, ACT
         self.value = nn.Linear(3, d) if tokens == "one" else nn.Parameter(torch.randn(3, d) * 0.02)
         self.head = nn.Linear(d, out)
+        for layer in self.trunk.layers if zero_queries else ():
+            nn.init.zeros_(layer.self_attn.q_proj.weight)
 
     def forward(self, x):
         task, act = self.const[0].expand(len(x), 1, -1), self.const[4].expand(len(x), 1, -1)
         obs = self.value(x)[:, None] if self.tokens == "one" else self.const[1:4] + x[..., None] * self.value
-        return self.head(self.trunk(inputs_embeds=torch.cat([task, obs, act], 1)).last_hidden_state[:, -1])
+        seq = [task, obs, act] if self.read_act else [task, obs]
+        return self.head(self.trunk(inputs_embeds=torch.cat(seq, 1)).last_hidden_state[:, -1])
 
 
 def mlp(act: type[nn.Module]) -> nn.Module:
@@ -109,19 +121,37 @@ def mlp(act: type[nn.Module]) -> nn.Module:
 LEARNERS = {
     "MLP 2 x 64 tanh (the reference)": lambda: mlp(nn.Tanh),
     "MLP 2 x 64 SiLU": lambda: mlp(nn.SiLU),
-    "gated MLP (2 SwiGLU layers)": lambda: nn.Sequential(SwiGLU(3, 64), SwiGLU(64, 64), nn.Linear(64, 1)),
+    "gated MLP (2 SwiGLU layers)": lambda: nn.Sequential(Gated(3, 64), Gated(64, 64), nn.Linear(64, 1)),
+    "gated MLP, sigmoid gate (2 GLU layers)":
+        lambda: nn.Sequential(Gated(3, 64, torch.sigmoid), Gated(64, 64, torch.sigmoid), nn.Linear(64, 1)),
     "residual SwiGLU blocks": lambda: Residual(norm=False),
     "residual SwiGLU blocks + RMSNorm": lambda: Residual(norm=True),
     "Llama small, one observation token, regression": lambda: TransformerLearner("llama", "one", 1),
     "Llama small, a token per dimension, regression": lambda: TransformerLearner("llama", "dims", 1),
     "Llama small, a token per dimension, 256 bins": lambda: TransformerLearner("llama", "dims", BINS),
     "Llama small, RMSNorm eps 1, a token per dimension, regression":
-        lambda: TransformerLearner("llama", "dims", 1, eps=1.0),
+        lambda: TransformerLearner("llama", "dims", 1, rms_norm_eps=1.0),
     "Llama small, RMSNorm eps 1, a token per dimension, 256 bins":
-        lambda: TransformerLearner("llama", "dims", BINS, eps=1.0),
+        lambda: TransformerLearner("llama", "dims", BINS, rms_norm_eps=1.0),
     # Each token's constant part 50x the value's, so that RMSNorm divides by a near-constant: near-linear norms.
     "Llama small, constant parts of RMS 1, a token per dimension, regression":
         lambda: TransformerLearner("llama", "dims", 1, const=1.0),
+    "Llama small, sigmoid gate, one observation token, regression":
+        lambda: TransformerLearner("llama", "one", 1, hidden_act="sigmoid"),
+    "Llama small, sigmoid gate, a token per dimension, regression":
+        lambda: TransformerLearner("llama", "dims", 1, hidden_act="sigmoid"),
+    "Llama small, sigmoid gate, a token per dimension, 256 bins":
+        lambda: TransformerLearner("llama", "dims", BINS, hidden_act="sigmoid"),
+    "Llama small, one observation token read at it (no ACT), regression":
+        lambda: TransformerLearner("llama", "one", 1, read_act=False),
+    "Llama small, a token per dimension read at the last (no ACT), regression":
+        lambda: TransformerLearner("llama", "dims", 1, read_act=False),
+    "Llama 1 layer, a token per dimension, regression": lambda: TransformerLearner("llama", "dims", 1,
+                                                                                  num_hidden_layers=1),
+    "Llama small, zero-initialised queries, a token per dimension, regression":
+        lambda: TransformerLearner("llama", "dims", 1, zero_queries=True),
+    "Llama small, zero-initialised queries, a token per dimension, 256 bins":
+        lambda: TransformerLearner("llama", "dims", BINS, zero_queries=True),
     "GPT-2 small, one observation token, regression": lambda: TransformerLearner("gpt2", "one", 1),
     "GPT-2 small, a token per dimension, regression": lambda: TransformerLearner("gpt2", "dims", 1),
     "GPT-2 small, a token per dimension, 256 bins": lambda: TransformerLearner("gpt2", "dims", BINS),

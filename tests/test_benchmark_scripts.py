@@ -39,7 +39,7 @@ def test_the_pendulum_probe_names_a_directory_without_cells(tmp_path):
 def test_the_architecture_probe_prints_every_learner():
     out = _run(str(BENCHMARKS / "pendulum_architecture.py"), "--seeds", "1", "--episodes", "2", "--batches", "20")
     rows = [line for line in out.splitlines() if line.startswith("| ") and "%" in line]
-    assert len(rows) == 14, out
+    assert len(rows) == 23, out
     for row in rows:
         cells = row.strip("| ").split(" | ")
         assert all(0 <= float(c) <= 4 for c in cells[2:4]), row          # torques are within ±2
