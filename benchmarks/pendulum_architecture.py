@@ -84,9 +84,9 @@ def trunk(arch: str, d: int = 128, **llama) -> nn.Module:
     """bclm's "small" size (4 layers, width 128, 4 heads) as Llama (gated MLP, RMSNorm; `llama` overrides its
     config) or GPT-2 (a plain GELU MLP, LayerNorm), dropout off alike."""
     if arch == "llama":
-        return LlamaModel(LlamaConfig(**{**dict(hidden_size=d, intermediate_size=4 * d, num_hidden_layers=4,
-                                                num_attention_heads=4, num_key_value_heads=4, vocab_size=8,
-                                                max_position_embeddings=16, rms_norm_eps=1e-6), **llama}))
+        return LlamaModel(LlamaConfig(**(dict(hidden_size=d, intermediate_size=4 * d, num_hidden_layers=4,
+                                              num_attention_heads=4, num_key_value_heads=4, vocab_size=8,
+                                              max_position_embeddings=16, rms_norm_eps=1e-6) | llama)))
     return GPT2Model(GPT2Config(n_embd=d, n_inner=4 * d, n_layer=4, n_head=4, vocab_size=8, n_positions=16,
                                 resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
 
@@ -104,8 +104,9 @@ class TransformerLearner(nn.Module):
         self.const = nn.Parameter(torch.randn(5, d) * const)       # task, one per dimension, ACT
         self.value = nn.Linear(3, d) if tokens == "one" else nn.Parameter(torch.randn(3, d) * 0.02)
         self.head = nn.Linear(d, out)
-        for layer in self.trunk.layers if zero_queries else ():
-            nn.init.zeros_(layer.self_attn.q_proj.weight)
+        if zero_queries:
+            for layer in self.trunk.layers:
+                nn.init.zeros_(layer.self_attn.q_proj.weight)
 
     def forward(self, x):
         task, act = self.const[0].expand(len(x), 1, -1), self.const[4].expand(len(x), 1, -1)
@@ -146,8 +147,8 @@ LEARNERS = {
         lambda: TransformerLearner("llama", "one", 1, read_act=False),
     "Llama small, a token per dimension read at the last (no ACT), regression":
         lambda: TransformerLearner("llama", "dims", 1, read_act=False),
-    "Llama 1 layer, a token per dimension, regression": lambda: TransformerLearner("llama", "dims", 1,
-                                                                                  num_hidden_layers=1),
+    "Llama 1 layer, a token per dimension, regression":
+        lambda: TransformerLearner("llama", "dims", 1, num_hidden_layers=1),
     "Llama small, zero-initialised queries, a token per dimension, regression":
         lambda: TransformerLearner("llama", "dims", 1, zero_queries=True),
     "Llama small, zero-initialised queries, a token per dimension, 256 bins":
