@@ -63,7 +63,8 @@ def check_weights(directory: Path) -> None:
     from safetensors import SafetensorError, safe_open
 
     files = sorted(directory.glob("*.safetensors"))
-    if not files:
+    # The LM's own weights: one file, or shards named by an index (a state projector's file is no LM).
+    if not (directory / "model.safetensors").is_file() and not any(directory.glob("*.safetensors.index.json")):
         pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
         why = f" (it has {', '.join(pickles)}: bclm never loads pickled weights)" if pickles else ""
         raise BCLMError(f"{directory}: no model.safetensors{why}")

@@ -48,6 +48,7 @@ from bclm.tokenizers import BCTokenizer
 
 NUMBER_PROJ = "number_proj"
 SYMBOL_FACTORS = "symbol_factors"
+STATE = "state"                  # a `bclm.state.StateProjector` submodule, saved apart from the plain table
 
 
 def cosine_basis(size: int, features: int) -> torch.Tensor:
@@ -102,15 +103,13 @@ def element_starts(radix: tuple[int, ...]) -> np.ndarray:
 class StructuredEmbedding(nn.Embedding):
     """An embedding table whose rows [start, start + size) are `slots` blocks of `basis @ number_proj[slot]`
     (none when `size` is 0) and, once `add_symbol_factors` is called, whose packed symbols add the sum of
-    their elements' rows."""
+    their elements' rows; with a `state` projector, whose ACT tokens add the step's state (`bclm.state`)."""
 
     def __init__(self, table: torch.Tensor, start: int, size: int, features: int, slots: int = 1,
                  positions: torch.Tensor | None = None):
         super().__init__(table.shape[0], table.shape[1], _weight=table.detach().clone(),
                          device=table.device, dtype=table.dtype)
-        if size % slots:
-            raise ValueError(f"number range of {size} ids is not {slots} equal slots")
-        self.start, self.size, self.slots = int(start), int(size), int(slots)
+        self.start, self.size, self.slots = 0, 0, 1
         self.factor_start = 0
         self.register_buffer("factor_index", None, persistent=False)
         self.register_buffer("word_ids", None, persistent=False)
@@ -118,10 +117,16 @@ class StructuredEmbedding(nn.Embedding):
         self.register_parameter(SYMBOL_FACTORS, None)
         self.register_buffer("number_basis", None, persistent=False)
         self.register_parameter(NUMBER_PROJ, None)
-        if self.size:
-            self._init_numbers(table, features, positions)
+        self.register_module(STATE, None)
+        if size:
+            self.add_numbers(table, start, size, features, slots, positions)
 
-    def _init_numbers(self, table: torch.Tensor, features: int, positions: torch.Tensor | None) -> None:
+    def add_numbers(self, table: torch.Tensor, start: int, size: int, features: int, slots: int = 1,
+                    positions: torch.Tensor | None = None) -> None:
+        """Rows [start, start + size) become `slots` blocks of `basis @ number_proj[slot]`, fitted to `table`."""
+        if size % slots:
+            raise ValueError(f"number range of {size} ids is not {slots} equal slots")
+        self.start, self.size, self.slots = int(start), int(size), int(slots)
         width = self.size // self.slots
         features = min(int(features), width)
         basis = cosine_basis(width, features) if positions is None else value_basis(positions, features)
@@ -192,6 +197,8 @@ class StructuredEmbedding(nn.Embedding):
         if self.word_ids is not None:
             hits = (input_ids[..., None] == self.word_ids).to(out.dtype)                   # (..., words)
             out = out + hits @ self.words().to(out.dtype)
+        if self.state is not None:
+            out = out + self.state(input_ids).to(out.dtype)
         return out
 
     def materialized(self, table: torch.Tensor | None = None, proj: torch.Tensor | None = None,
@@ -224,6 +231,9 @@ def attach_structured_embedding(model: nn.Module, start: int, size: int, feature
         return None
     current = model.get_input_embeddings()
     if isinstance(current, StructuredEmbedding):
+        # A warm start whose table came back plain but with a state projector (`bclm.state`): structure it again.
+        if size and not current.size:
+            current.add_numbers(current.weight, start, size, features, slots, positions)
         return current
     untie(model)
     emb = StructuredEmbedding(current.weight, start, size, features, slots, positions)
@@ -322,8 +332,8 @@ def plain_embedding(model: nn.Module) -> Iterator[None]:
 
 def plain_state_dict(state_dict: dict[str, torch.Tensor], emb: StructuredEmbedding) -> dict[str, torch.Tensor]:
     """A gathered (ZeRO-3) state dict with the structured rows written into the table and their parameters
-    dropped."""
-    out = dict(state_dict)
+    (and a state projector's, saved apart) dropped."""
+    out = {k: v for k, v in state_dict.items() if not k.endswith(f".{STATE}.weight")}
     structured = [k for k in out if k.endswith((NUMBER_PROJ, SYMBOL_FACTORS))]
     if not structured:
         return out

@@ -34,6 +34,11 @@ class ModelConfig:
            "bin. With a slot per dimension (tokenizer format 3): a constant, the bin's value relative to the data "
            "(so 2 is linear in the value, as an MLP's input and JAT's embedding are), then cosines of the bin; with "
            "one shared slot (format 2): cosines of the bin. 0 = free rows (the old free-symbol learner).")
+    state_token: bool = option(
+        True, "The state token: each step's ACT token adds a learned linear map of the step's continuous "
+              "observation numbers (their values relative to the data), so the action is read where every "
+              "number is already weighed, as by an MLP's first layer or JAT's observation embedding. Saved as "
+              "state_projector.safetensors beside the plain causal LM. No effect without continuous observations.")
     symbol_factors: bool = option(
         False, "Tokens that pack several integer elements (tokenizer.group > 1, e.g. a BabyAI cell's object, "
                "colour and state) are embedded as the sum of a row per element value plus a free row, so that "

@@ -33,6 +33,7 @@ from bclm.artifacts import (
 )
 from bclm.embeddings import StructuredEmbedding, plain_embedding, plain_state_dict
 from bclm.errors import BCLMError
+from bclm.state import feeding, load_state, save_state, serving
 from bclm.tokenizers import (
     HISTORY_LAYOUTS,
     TOKENIZER_FILE,
@@ -128,6 +129,7 @@ class Policy:
         with plain_embedding(self.model) if state_dict is None else nullcontext(), \
                 atomic.disk_errors_named(directory / "model.safetensors"):
             self.model.save_pretrained(str(directory), state_dict=state_dict)
+        save_state(self.model, directory, state_dict)
         failpoints.point("weights")
         if self.tokenizer.text_tokenizer is not None:      # a pretrained LM's own text tokenizer
             self.tokenizer.text_tokenizer.save_pretrained(str(directory))
@@ -162,6 +164,7 @@ class Policy:
             str(directory), trust_remote_code=False) if has_text_tokenizer else None)
         model = AutoModelForCausalLM.from_pretrained(str(directory), config=config, use_safetensors=True,
                                                      trust_remote_code=False)
+        load_state(model, tokenizers, directory)
         model.to(device).eval()
         context_length = int(meta.pop("context_length"))
         task = meta.pop("task", "default")
@@ -212,10 +215,15 @@ class ActSession:
         for k, (lo, hi) in enumerate(ranges):
             allowed[k, lo:hi] = True
         self.logit_mask = torch.where(allowed, 0.0, float("-inf")).to(policy.device)
+        self.regressed, self.regression_ids = tok.regressed_actions(), tok.regression_ids()
+        self.fed = 0
         self.generator = torch.Generator(device=policy.device)
         if seed is not None:
             self.generator.manual_seed(seed)
         self.history: list[list[np.ndarray]] = [[] for _ in range(batch_size)]   # complete steps per row
+        # Beside each step's ids, the exact values of its continuous observation tokens (0 elsewhere), which the
+        # state token reads (bclm.state).
+        self.step_values: list[list[np.ndarray]] = [[] for _ in range(batch_size)]
         self.started = np.zeros(batch_size, dtype=bool)
         self.trims = 0                                                   # times the contexts were trimmed
         self.stale = np.zeros(batch_size, dtype=bool)   # rows whose cache holds tokens that were not executed
@@ -238,7 +246,7 @@ class ActSession:
         obs_tokens = tok.encode_observation(observations)     # (B, obs_len); rejects NaN/inf and bad shapes
         restart = ~self.started if new_episode is None else (np.asarray(new_episode, bool) | ~self.started)
         for i in np.flatnonzero(restart):
-            self.history[i] = []
+            self.history[i], self.step_values[i] = [], []
         self.started[:] = True
         rebuild = any(len(h) + 1 > self.max_steps for h in self.history)
         if rebuild:
@@ -246,34 +254,44 @@ class ActSession:
             # A context is full: every row keeps its last `keep_steps` and the cache is rebuilt once.
             # Re-entering rows one at a time would left-pad a long block across the whole batch each
             # time a row fills up; together, the cost is one batch of half-contexts every W/2 steps.
-            self.history = [h[len(h) - self.keep_steps:] if self.keep_steps else [] for h in self.history]
+            self.history, self.step_values = ([h[len(h) - self.keep_steps:] if self.keep_steps else [] for h in rows]
+                                              for rows in (self.history, self.step_values))
         step_head = np.concatenate([obs_tokens, np.full((self.batch_size, 1), tok.act_id)], axis=1)
+        head_values = np.concatenate([tok.observation_values(observations), np.zeros((self.batch_size, 1))], axis=1)
         if self.use_cache:
-            logits = self._feed_step(step_head, restart | self.stale, rebuild)
+            logits = self._feed_step(step_head, head_values, restart | self.stale, rebuild)
             self.stale[:] = False
         else:
-            logits = self._recompute(step_head, [np.zeros(0, np.int64)] * self.batch_size)
-        actions = np.zeros((self.batch_size, tok.action_len), dtype=np.int64)
+            logits = self._recompute(step_head, head_values, [np.zeros(0, np.int64)] * self.batch_size)
+        # Regressed dimensions are all read at the ACT token (bclm.trainer.regression); the others are chosen
+        # one token at a time, each after the tokens before it.
+        values = np.zeros((self.batch_size, tok.action_len))
+        values[:, self.regressed] = logits[:, self.regression_ids[self.regressed]].cpu().numpy()
+        actions = tok.regressed_ids(values)
         self.last_entropy, self.last_margin = np.zeros(self.batch_size), np.ones(self.batch_size)
-        for k in range(tok.action_len):
-            actions[:, k] = self._choose(logits, k)
-            if k + 1 < tok.action_len:
+        self.fed = 0                          # action tokens of this step in the cache
+        for k in np.flatnonzero(~self.regressed):
+            if k > self.fed:
                 if self.use_cache:
-                    logits = self._feed([actions[:, k:k + 1][i] for i in range(self.batch_size)])
+                    logits = self._feed(list(actions[:, self.fed:k]))
                 else:
-                    logits = self._recompute(step_head, list(actions[:, :k + 1]))
+                    logits = self._recompute(step_head, head_values, list(actions[:, :k]))
+                self.fed = int(k)
+            actions[:, k] = self._choose(logits, k)
         if self.policy.history == "observations":
             # Past steps are their observations only, as in training: the step's ACT and action tokens leave
             # the cache (all rows end with them), and the context never shows an action to copy.
             for i in range(self.batch_size):
                 self.history[i].append(step_head[i, :-1])
+                self.step_values[i].append(head_values[i, :-1])
             if self.use_cache:
-                self._crop(tok.action_len)
-            return tok.decode_action(actions)
+                self._crop(1 + self.fed)
+            return tok.decode_action(actions, values)
         for i in range(self.batch_size):
             self.history[i].append(np.concatenate([step_head[i], actions[i]]))
-            self.pending[i] = actions[i, -1:]
-        return tok.decode_action(actions)
+            self.step_values[i].append(np.concatenate([head_values[i], np.zeros(tok.action_len)]))
+            self.pending[i] = actions[i, self.fed:]
+        return tok.decode_action(actions, values)
 
     def _crop(self, n: int) -> None:
         """Remove the last `n` tokens of every row from the cache."""
@@ -293,56 +311,70 @@ class ActSession:
             if np.array_equal(chosen, executed[i]):
                 continue
             self.history[i][-1] = np.concatenate([self.history[i][-1][:-tok.action_len], executed[i]])
-            self.pending[i] = executed[i, -1:]
-            # All but the last action token are already in the cache: re-feed the row next step.
-            self.stale[i] |= not np.array_equal(chosen[:-1], executed[i, :-1])
+            self.pending[i] = executed[i, self.fed:]
+            # The first `fed` action tokens are already in the cache: where they differ, re-feed the row next step.
+            self.stale[i] |= not np.array_equal(chosen[:self.fed], executed[i, :self.fed])
 
-    def _context(self, i: int, head: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.prefix, *self.history[i], head])
+    def _context(self, i: int, head: np.ndarray, head_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row i's whole context ending in `head`: its ids and their values."""
+        return (np.concatenate([self.prefix, *self.history[i], head]),
+                np.concatenate([np.zeros(len(self.prefix)), *self.step_values[i], head_values]))
 
-    def _feed_step(self, step_head: np.ndarray, refeed: np.ndarray, rebuild: bool) -> torch.Tensor:
+    def _feed_step(self, step_head: np.ndarray, head_values: np.ndarray, refeed: np.ndarray,
+                   rebuild: bool) -> torch.Tensor:
         """Feed this step's observation; rows in `refeed` (new episodes, stale rows) re-enter in full."""
         blocks = []
         for i in range(self.batch_size):
             if refeed[i]:
                 self.cache_mask[i] = 0
                 self.valid_len[i] = 0
-                blocks.append(self._context(i, step_head[i]))
+                blocks.append(self._context(i, step_head[i], head_values[i]))
             else:
-                blocks.append(np.concatenate([self.pending[i], step_head[i]]))
-        longest = max(len(b) for b in blocks) + self.policy.tokenizer.action_len
+                blocks.append((np.concatenate([self.pending[i], step_head[i]]),
+                               np.concatenate([np.zeros(len(self.pending[i])), head_values[i]])))
+        longest = max(len(b) for b, _ in blocks) + self.policy.tokenizer.action_len
         if rebuild or self.cache_mask.shape[1] + longest > 2 * self.policy.context_length:
             # Trimmed histories, or too many masked-out entries: every row afresh from its history.
             self._clear_cache()
-            blocks = [self._context(i, step_head[i]) for i in range(self.batch_size)]
-        return self._feed(blocks)
+            blocks = [self._context(i, step_head[i], head_values[i]) for i in range(self.batch_size)]
+        return self._feed(*zip(*blocks))
 
-    def _feed(self, blocks: list[np.ndarray]) -> torch.Tensor:
-        """Append one left-padded block per row to the cache; logits at each row's last token."""
+    def _feed(self, blocks: list[np.ndarray], value_blocks: list[np.ndarray] | None = None) -> torch.Tensor:
+        """Append one left-padded block per row to the cache (with the values of its ids, if any: a block of
+        action tokens has none to give); logits at each row's last token."""
         device = self.policy.device
         width = max(len(b) for b in blocks)
         ids = np.zeros((self.batch_size, width), dtype=np.int64)
         mask = np.zeros((self.batch_size, width), dtype=np.int64)
+        values = np.zeros((self.batch_size, width), dtype=np.float32)
         for i, b in enumerate(blocks):
             ids[i, width - len(b):] = b
             mask[i, width - len(b):] = 1
+            if value_blocks is not None:
+                values[i, width - len(b):] = value_blocks[i]
         positions = np.maximum(self.valid_len[:, None] + np.cumsum(mask, axis=1) - 1, 0)
         self.valid_len += mask.sum(axis=1)
         mask_t = torch.from_numpy(mask).to(device)
         self.cache_mask = torch.cat([self.cache_mask, mask_t], dim=1)
         if self.cache is None:
             self.cache = DynamicCache(config=self.policy.model.config)
-        out = self.policy.model(
-            input_ids=torch.from_numpy(ids).to(device), attention_mask=self.cache_mask,
-            position_ids=torch.from_numpy(positions).to(device), use_cache=True,
-            **{cache_argument(self.policy.model): self.cache})             # the cache grows in place
+        fed = torch.from_numpy(values).to(device) if value_blocks is not None else None
+        with serving(self.policy.model, self.policy.tokenizer), feeding(self.policy.model, fed):
+            out = self.policy.model(
+                input_ids=torch.from_numpy(ids).to(device), attention_mask=self.cache_mask,
+                position_ids=torch.from_numpy(positions).to(device), use_cache=True,
+                **{cache_argument(self.policy.model): self.cache})         # the cache grows in place
         return out.logits[:, -1, :].float()
 
-    def _recompute(self, step_head: np.ndarray, partial: list[np.ndarray]) -> torch.Tensor:
+    def _recompute(self, step_head: np.ndarray, head_values: np.ndarray, partial: list[np.ndarray]) -> torch.Tensor:
         """Reference path without a cache: the whole context of every row, every token."""
         self._clear_cache()
-        blocks = [np.concatenate([self._context(i, step_head[i]), partial[i]]) for i in range(self.batch_size)]
-        logits = self._feed(blocks)
+        blocks, value_blocks = [], []
+        for i in range(self.batch_size):
+            ids, values = self._context(i, step_head[i], head_values[i])
+            blocks.append(np.concatenate([ids, partial[i]]))
+            value_blocks.append(np.concatenate([values, np.zeros(len(partial[i]))]))
+        logits = self._feed(blocks, value_blocks)
         self._clear_cache()
         return logits
 

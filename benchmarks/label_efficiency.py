@@ -33,6 +33,7 @@ from bclm.eval.curves import mean_ci
 from bclm.rollout import ExpertActor, run_episodes
 from bclm.rollout.metrics import summarize
 from bclm.sweep import SweepRecipe, expert_episodes, expert_store, run_sweep, within_budget
+from bclm.tokenizers import leaf_arrays
 from bclm.trainer.data import first_episodes
 
 # Budgets in expert labels, about 1, 2, 4, 8 (and more) demonstrations of each task's expert.
@@ -44,19 +45,20 @@ BUDGETS = {
     "Pendulum-v1": [200, 400, 800, 1600, 3200],
     "LunarLanderContinuous-v3": [1000, 2500, 5000, 10000, 25000],
     "MetaWorld-reach-v3": [150, 300, 600, 1200, 2400],
+    "benchmarks.point_reach:PointReach-v0": [250, 500, 1000, 2000],
 }
 
 
 class MLPActor:
     """The reference learner: raw observations in, an action out (argmax, or tanh scaled to the Box)."""
 
-    def __init__(self, net: torch.nn.Module, mean: np.ndarray, std: np.ndarray, space: gym.Space):
-        self.net, self.mean, self.std, self.space = net.eval(), mean, std, space
+    def __init__(self, net: torch.nn.Module, mean: np.ndarray, std: np.ndarray, obs_space: gym.Space,
+                 space: gym.Space):
+        self.net, self.mean, self.std, self.obs_space, self.space = net.eval(), mean, std, obs_space, space
 
     @torch.no_grad()
     def act(self, observations, new_episode=None):
-        x = torch.as_tensor((np.asarray(observations, np.float32).reshape(len(observations), -1) - self.mean)
-                            / self.std)
+        x = torch.as_tensor((flat_observations(self.obs_space, observations) - self.mean) / self.std)
         out = self.net(x)
         if isinstance(self.space, gym.spaces.Discrete):
             return out.argmax(-1).numpy() + self.space.start
@@ -64,9 +66,16 @@ class MLPActor:
         return (low + (torch.tanh(out).numpy() + 1) / 2 * (high - low)).astype(self.space.dtype)
 
 
-def train_mlp(obs: np.ndarray, actions: np.ndarray, space: gym.Space, seed: int, batches: int = 800) -> MLPActor:
+def flat_observations(space: gym.Space, observations) -> np.ndarray:
+    """(B, n) float32: a batch of observations (a Dict's leaves side by side) as one vector each."""
+    leaves = leaf_arrays(space, observations).values()
+    return np.concatenate([np.asarray(v, np.float32).reshape(len(v), -1) for v in leaves], axis=1)
+
+
+def train_mlp(obs, actions: np.ndarray, obs_space: gym.Space, space: gym.Space, seed: int,
+              batches: int = 800) -> MLPActor:
     torch.manual_seed(seed)
-    x = obs.reshape(len(obs), -1).astype(np.float32)
+    x = flat_observations(obs_space, obs)
     mean, std = x.mean(0), x.std(0) + 1e-6
     discrete = isinstance(space, gym.spaces.Discrete)
     out_dim = int(space.n) if discrete else int(np.prod(space.shape))
@@ -87,7 +96,7 @@ def train_mlp(obs: np.ndarray, actions: np.ndarray, space: gym.Space, seed: int,
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return MLPActor(net, mean, std, space)
+    return MLPActor(net, mean, std, obs_space, space)
 
 
 def evaluate_actor(task_name: str, actor, episodes: int, seed: int = 10_000) -> float:
@@ -103,7 +112,9 @@ def labels_to_threshold(rows: list[dict], target: float) -> int | None:
 def run_task(task_name: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / task_name
     budgets = args.budgets or BUDGETS.get(task_name, [500, 1000, 2000])[: args.max_budgets]
+    expert_ref = args.expert or get_task(task_name).expert
     overrides = ["--output-dir", str(out), "--dagger.env", task_name, "--sweep.methods", "bc",
+                 *(["--dagger.expert", args.expert] if args.expert else []),
                  "--sweep.budgets", ",".join(map(str, budgets)), "--sweep.seeds", str(args.seeds),
                  "--sweep.jobs", "1", "--loop.progress", "false", "--eval.episodes", str(args.episodes),
                  *args.bclm]
@@ -111,8 +122,7 @@ def run_task(task_name: str, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     bclm_rows = run_sweep(recipe)["summary"]["bc"]
     bclm_s = time.perf_counter() - t0
-    task = get_task(task_name)
-    expert = ExpertActor(load_expert(task.expert), *_spaces(out), name=task.expert)
+    expert = ExpertActor(load_expert(expert_ref), *_spaces(out), name=expert_ref)
     expert_success = evaluate_actor(task_name, expert, args.episodes)
     mlp_rows, t0 = [], time.perf_counter()
     for budget in budgets:
@@ -121,7 +131,7 @@ def run_task(task_name: str, args: argparse.Namespace) -> dict:
             shards, count, _ = within_budget(expert_episodes(recipe, out, seed), budget)
             store = TrajectoryStore(expert_store(out, seed))
             steps = first_episodes(store.arrays(shards), count, store.path)     # the episodes bclm trained on
-            actor = train_mlp(np.asarray(steps.observation), np.asarray(steps.action), _spaces(out)[1], seed)
+            actor = train_mlp(steps.observation, np.asarray(steps.action), *_spaces(out), seed)
             values.append(evaluate_actor(task_name, actor, args.episodes))
         mlp_rows.append({"budget": budget, "success": mean_ci(values)})
     mlp_s = time.perf_counter() - t0
@@ -160,6 +170,8 @@ def print_results(results: list[dict], args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=["CartPole-v1"], help=f"Tasks; budgets known for {list(BUDGETS)}.")
+    p.add_argument("--expert", default="", help="Expert of every task given (default: each task's own), e.g. "
+                   "benchmarks.point_reach:expert for benchmarks.point_reach:PointReach-v0.")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--episodes", type=int, default=20, help="Evaluation episodes per cell.")
     p.add_argument("--threshold", type=float, default=0.9, help="Fraction of the expert's success to reach.")

@@ -202,8 +202,8 @@ def fit(net: nn.Module, obs: np.ndarray, target: np.ndarray, seed: int, batches:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    space = gym.make("Pendulum-v1").action_space
-    return (BinActor if categorical else MLPActor)(net.eval(), mean, std, space)
+    env = gym.make("Pendulum-v1")
+    return (BinActor if categorical else MLPActor)(net.eval(), mean, std, env.observation_space, env.action_space)
 
 
 def main() -> None:

@@ -64,7 +64,7 @@ def cell_row(cell: Path, probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> di
     store = TrajectoryStore(recipe["dataset"])
     steps = first_episodes(store.arrays(recipe["data"]["shards"]), recipe["data"].get("max_episodes", 0), store.path)
     seed = int(cell.name.split("-")[1])
-    mlp = train_mlp(np.asarray(steps.observation), np.asarray(steps.action), store.action_space, seed)
+    mlp = train_mlp(steps.observation, np.asarray(steps.action), store.observation_space, store.action_space, seed)
 
     def bclm_act(states):
         return policy.new_session(batch_size=len(states)).act(states, np.ones(len(states), bool))

@@ -42,6 +42,7 @@ from gymnasium.vector.utils import concatenate, create_empty_array, iterate
 from bclm.envs import get_task, make_vector_env
 from bclm.models import ModelConfig, build_model
 from bclm.policy import Policy
+from bclm.state import attach_state
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
 
 MODES = ("kv-batched", "recompute", "one-at-a-time")
@@ -89,6 +90,7 @@ def build_policy(task_name: str, num_envs: int, context_steps: int, size: str, s
     torch.manual_seed(seed)
     model = build_model(ModelConfig(size=size), tok.vocab_size, context_length, tok.bos_id, tok.eos_id,
                         tok.pad_id).eval()
+    attach_state(model, {task: tok for task in tok.tasks})      # as a trained policy loads: its state token
     return Policy(model, tok, context_length)
 
 

@@ -4,7 +4,7 @@ Both sides train the same model config from the same initial weights (a deep cop
 in the same precision, so the ratio measures only what bclm's step adds or saves:
 
 * bclm: `train_step(model, optimizer, scheduler, stream, accelerator, optim)` on the model as `bclm train`
-  builds it (number embeddings whose rows are computed each step, an untied output head), under
+  builds it (number embeddings whose rows are computed each step, the state token, an untied output head), under
   `accelerate.Accelerator(cpu=True)`, with bclm's AdamW groups and cosine schedule; its loss
   (`action_loss`) sends only the label-carrying positions through the LM head (`logits_to_keep`);
 * bare: `model(input_ids, attention_mask, labels=labels).loss.backward()`, `clip_grad_norm_`,
@@ -51,6 +51,7 @@ from bclm.data.collate import PadCollator
 from bclm.data.sequences import WindowDataset, tokenize_episodes
 from bclm.embeddings import attach_for, shared_radix
 from bclm.models import ModelConfig, build_model
+from bclm.state import attach_state
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
 from bclm.trainer.config import OptimConfig
 from bclm.trainer.step import make_optimizer, make_scheduler, train_step
@@ -207,6 +208,7 @@ def main() -> None:
         attach_for(free_rows, tok, ModelConfig().number_features, fresh=True)
         sides["bclm train_step, free symbol rows"] = bclm_stepper(free_rows, optim, args.bf16)
     attach_for(model, tok, ModelConfig().number_features, fresh=True, radix=radix)
+    attach_state(model, {"default": tok})       # the state token, fed the batches' exact values
     sides["bclm train_step"] = bclm_stepper(model, optim, args.bf16)
     sides["bare PyTorch"] = bare_stepper(bare_model, optim, args.bf16)
 

@@ -15,11 +15,12 @@ import torch
 from bclm.embeddings import attach_for
 from bclm.models import ModelConfig, build_model
 from bclm.policy import Policy
+from bclm.state import attach_state
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
 
 
 def tiny_policy(obs_space: gym.Space, act_space: gym.Space, context_length: int = 64, seed: int = 0,
-                attn: str = "eager", number_features: int = 16) -> Policy:
+                attn: str = "eager", number_features: int = 16, state: bool = True) -> Policy:
     obs_space.seed(seed)
     act_space.seed(seed)
     obs = np.stack([obs_space.sample() for _ in range(64)]) if isinstance(obs_space, gym.spaces.Box) else \
@@ -33,6 +34,8 @@ def tiny_policy(obs_space: gym.Space, act_space: gym.Space, context_length: int 
     model = build_model(ModelConfig(size="tiny", attn_implementation=attn), tok.vocab_size, context_length,
                         tok.bos_id, tok.eos_id, tok.pad_id).eval()
     attach_for(model, tok, number_features, fresh=True)
+    if state:
+        attach_state(model, {t: tok for t in tok.tasks})
     return Policy(model, tok, context_length)
 
 

@@ -34,7 +34,7 @@ def test_kv_cache_matches_recompute_with_past_observations_only(name):
         new_episode = rng.random(batch) < 0.08 if t else np.ones(batch, bool)
         a, b = cached.act(obs, new_episode), recompute.act(obs, new_episode)
         assert _actions_equal(a, b), f"step {t}: cached {a} != recomputed {b}"
-        np.testing.assert_array_equal(cached.valid_len, [len(cached._context(i, np.zeros(0, np.int64)))
+        np.testing.assert_array_equal(cached.valid_len, [len(cached._context(i, np.zeros(0, np.int64), np.zeros(0))[0])
                                                          for i in range(batch)])
     assert cached.trims >= 2, "the test should exercise the sliding context"
 
@@ -47,8 +47,9 @@ def test_training_windows_hold_exactly_what_the_session_feeds(name, monkeypatch)
     session = policy.new_session(1, use_cache=False)
     fed = []
     real = session._recompute
-    monkeypatch.setattr(session, "_recompute", lambda head, partial: (
-        fed.append(session._context(0, head[0])) if not len(partial[0]) else None) or real(head, partial))
+    monkeypatch.setattr(session, "_recompute", lambda head, values, partial: (
+        fed.append(session._context(0, head[0], values[0])) if not len(partial[0]) else None)
+        or real(head, values, partial))
     observations, actions = _obs_stream(obs_space, 1, 25, seed=3), []
     for obs in observations:
         actions.append(session.act(obs))
@@ -66,14 +67,18 @@ def test_training_windows_hold_exactly_what_the_session_feeds(name, monkeypatch)
         item = windows[t]
         inputs, labels = item["input_ids"].numpy(), item["labels"].numpy()
         context = inputs[:-tok.action_len]                    # what the model sees before the action
+        values = item["values"].numpy()[:-tok.action_len]     # and the exact values beside those ids
         assert (labels[:-tok.action_len] == IGNORE_INDEX).all() and (labels[-tok.action_len:] >= 0).all()
-        if len(fed[t]) == len(context):
-            np.testing.assert_array_equal(fed[t], context)
+        ids, fed_values = fed[t]
+        if len(ids) == len(context):
+            np.testing.assert_array_equal(ids, context)
+            np.testing.assert_allclose(fed_values, values, rtol=0, atol=1e-6)
         else:     # after the session trimmed its context: the same prompt and the window's latest observations
             trimmed += 1
-            np.testing.assert_array_equal(fed[t][:2], context[:2])
-            np.testing.assert_array_equal(fed[t][2:], context[len(context) - len(fed[t]) + 2:])
-    assert trimmed and len(fed[0]) == 2 + tok.obs_len + 1    # the first step: prompt, observation, ACT
+            np.testing.assert_array_equal(ids[:2], context[:2])
+            np.testing.assert_array_equal(ids[2:], context[len(context) - len(ids) + 2:])
+            np.testing.assert_allclose(fed_values[2:], values[len(context) - len(ids) + 2:], rtol=0, atol=1e-6)
+    assert trimmed and len(fed[0][0]) == 2 + tok.obs_len + 1    # the first step: prompt, observation, ACT
 
 
 def _random_episodes(name: str, episodes: int, length: int):

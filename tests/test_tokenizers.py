@@ -27,7 +27,8 @@ from bclm.tokenizers import (
 )
 from bclm.tokenizers.codecs import BoxCodec
 
-GOLDEN = Path(__file__).parent / "golden" / "tokenizer_v3.json"
+GOLDEN = Path(__file__).parent / "golden" / "tokenizer_v4.json"
+GOLDEN_V3 = Path(__file__).parent / "golden" / "tokenizer_v3.json"
 GOLDEN_V2 = Path(__file__).parent / "golden" / "tokenizer_v2.json"
 GOLDEN_V1 = Path(__file__).parent / "golden" / "tokenizer_v1.json"
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -466,14 +467,14 @@ def golden_batch() -> tuple[dict, np.ndarray]:
     return obs_batch, np.linspace(-1, 1, 202, dtype=np.float32).reshape(101, 2)
 
 
-def golden_tokenizer(numbers: bool = True, slots: bool = True) -> BCTokenizer:
+def golden_tokenizer(numbers: bool = True, slots: bool = True, head: str = "regression") -> BCTokenizer:
     obs = gym.spaces.Dict({"pos": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
                            "dir": gym.spaces.Discrete(4, start=1),
                            "cell": gym.spaces.MultiDiscrete([11, 6, 3, 2])})
     act = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
     # Format 1 had no margin: its golden file is the old defaults' fit.
     config = TokenizerConfig(obs_bins=64, action_bins=32, mode="mulaw", group=2, value_vocab=512, numbers=numbers,
-                             margin=3.0 if numbers else 0.0, number_slots=slots)
+                             margin=3.0 if numbers else 0.0, number_slots=slots, action_head=head)
     tok = BCTokenizer(obs, act, config, tasks=["reach", "push"])
     return tok.fit(golden_batch()[0], np.zeros((101, 2), dtype=np.float32))
 
@@ -504,6 +505,14 @@ def test_format_1_files_still_load_and_encode_as_before():
     v2 = golden_tokenizer(slots=False)
     assert v2.vocab_size == loaded.vocab_size + 64                # + one number per bin of the finest binning
     np.testing.assert_array_equal(v2.decode_action(v2.encode_action(act)), loaded.decode_action(steps[:, -2:]))
+
+
+def test_format_3_files_still_load_with_action_bins():
+    v3 = json.loads(GOLDEN_V3.read_text())
+    loaded = BCTokenizer.from_dict(v3)
+    assert loaded.to_dict() == v3 and not loaded.regression and not loaded.regressed_actions().any()
+    assert loaded == golden_tokenizer(head="bins")
+    assert (loaded.regression_ids() == -1).all()
 
 
 def test_format_2_files_still_load_with_one_shared_number_slot():

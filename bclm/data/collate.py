@@ -16,6 +16,7 @@ from bclm.data.sequences import IGNORE_INDEX
 
 PER_WINDOW = ("task_index", "loss_weight")      # per-window fields, per token once windows share a row
 TARGETS = ("labels", "obs_labels")              # per-token targets (obs_labels only with observation prediction)
+VALUES = ("values", "value_labels")              # per-token exact values of continuous tokens (0 elsewhere)
 
 
 def predicted_positions(out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -40,9 +41,11 @@ class PadCollator:
         batch_out = {"input_ids": torch.full(shape, self.pad_id, dtype=torch.long),
                      "attention_mask": torch.zeros(shape, dtype=torch.long)}
         batch_out.update({k: torch.full(shape, IGNORE_INDEX, dtype=torch.long) for k in targets})
+        values = [k for k in VALUES if k in items[0]]
+        batch_out.update({k: torch.zeros(shape) for k in values})
         for b, it in enumerate(items):
             n = len(it["input_ids"])
-            for key in ("input_ids", *targets):
+            for key in ("input_ids", *targets, *values):
                 batch_out[key][b, :n] = it[key]
             batch_out["attention_mask"][b, :n] = 1
         batch_out["predict_positions"] = predicted_positions(batch_out)
@@ -80,7 +83,7 @@ class PackCollator:
         out = {"input_ids": torch.full(shape, self.pad_id, dtype=torch.long),
                "position_ids": torch.arange(length).repeat(len(rows), 1)}
         out.update({k: torch.full(shape, IGNORE_INDEX, dtype=torch.long) for k in targets})
-        fields = [k for k in PER_WINDOW if k in items[0]]
+        fields = [k for k in PER_WINDOW if k in items[0]] + [k for k in VALUES if k in items[0]]
         for key in fields:
             out[key] = torch.zeros(shape, dtype=items[0][key].dtype)
         for r, row in enumerate(rows):

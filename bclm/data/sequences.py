@@ -106,6 +106,8 @@ class EpisodeTokens:
     lengths: np.ndarray        # (E,) steps per episode
     task_tokens: np.ndarray    # (E,) task token id of each episode
     episode_ids: np.ndarray    # (E,) the store's episode id
+    values: np.ndarray         # (N, step_len) float32 exact values of the continuous tokens of `steps`, 0 elsewhere
+    value_labels: np.ndarray   # (N, step_len) float32 the same of the expert's action tokens (the labels)
 
 
 def action_labels(tokenizer: BCTokenizer, executed: np.ndarray, expert: np.ndarray) -> np.ndarray:
@@ -115,11 +117,12 @@ def action_labels(tokenizer: BCTokenizer, executed: np.ndarray, expert: np.ndarr
     the expert's action; for a multi-token action, token k is predicted after tokens < k, so it is a
     target only while those are the expert's own: the model is never taught to continue a prefix the
     expert would not have produced (at inference it would only see such a prefix after its own error,
-    and the expert's continuation of it is unknown).
+    and the expert's continuation of it is unknown). Regressed tokens (`tokenizer.regressed_actions`) are all
+    predicted at the step's ACT token, before any action token, so they are always targets.
     """
     agree = executed[:, :-1] == expert[:, :-1]
     prefix_ok = np.concatenate([np.ones((len(expert), 1), bool), np.cumprod(agree, axis=1).astype(bool)], axis=1)
-    return np.where(prefix_ok, expert, IGNORE_INDEX)
+    return np.where(prefix_ok | tokenizer.regressed_actions(), expert, IGNORE_INDEX)
 
 
 def tokenize_episodes(tokenizer: BCTokenizer, observation, action, episode: np.ndarray, step: np.ndarray,
@@ -135,13 +138,18 @@ def tokenize_episodes(tokenizer: BCTokenizer, observation, action, episode: np.n
     expert = executed if expert_action is None else tokenizer.encode_action(expert_action)
     labels = np.full_like(tokens, IGNORE_INDEX)
     labels[:, first_action:] = action_labels(tokenizer, executed, expert)
+    values = np.zeros(tokens.shape, np.float32)
+    values[:, :tokenizer.obs_len] = tokenizer.observation_values(observation)
+    values[:, first_action:] = tokenizer.action_values(action)
+    value_labels = np.zeros(tokens.shape, np.float32)
+    value_labels[:, first_action:] = tokenizer.action_values(action if expert_action is None else expert_action)
     if labeled is not None:
         labels[~np.asarray(labeled, bool)] = IGNORE_INDEX
     order = np.lexsort((step, episode))
     tokens, labels, episode, task = tokens[order], labels[order], episode[order], task[order]
     ids, starts, lengths = np.unique(episode, return_index=True, return_counts=True)
     task_tokens = np.array([tokenizer.task_token(str(t)) for t in task[starts]], dtype=np.int64)
-    return EpisodeTokens(tokens, labels, starts, lengths, task_tokens, ids)
+    return EpisodeTokens(tokens, labels, starts, lengths, task_tokens, ids, values[order], value_labels[order])
 
 
 def window_index(lengths: np.ndarray, per_window: int, stride: int) -> np.ndarray:
@@ -193,25 +201,31 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         e, s, n = self.index[i]
-        row = self.tokens.starts[e] + s
-        steps, labels = self.tokens.steps[row:row + n], self.tokens.labels[row:row + n]
+        rows = slice(self.tokens.starts[e] + s, self.tokens.starts[e] + s + n)
+        steps, labels = self.tokens.steps[rows], self.tokens.labels[rows]
+        values, value_labels = self.tokens.values[rows], self.tokens.value_labels[rows]
         if self.action_dropout:
-            steps, labels = self._dropped(steps, labels, i)
-        if self.history == "observations":            # past steps: their observation tokens only
-            body = np.concatenate([steps[:-1, :self.obs_len].reshape(-1), steps[-1]])
-            body_labels = np.concatenate([np.full((n - 1) * self.obs_len, IGNORE_INDEX), labels[-1]])
-        else:
-            body, body_labels = steps.reshape(-1), labels.reshape(-1)
+            steps, labels, values = self._dropped(steps, labels, values, i)
         prefix = np.array([self.bos, self.tokens.task_tokens[e]], dtype=np.int64)
-        input_ids = np.concatenate([prefix, body])
+        input_ids = np.concatenate([prefix, self._body(steps)])
         if self.jitter is not None:
             input_ids = self._jittered(input_ids, n, i)
-        label_ids = np.concatenate([np.full(len(prefix), IGNORE_INDEX), body_labels])
-        item = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(label_ids),
+        item = {"input_ids": torch.from_numpy(input_ids),
+                "labels": torch.from_numpy(np.concatenate([np.full(2, IGNORE_INDEX), self._body(labels)])),
+                # Exact values of continuous tokens, beside the ids (bclm.state, bclm.trainer.regression).
+                "values": torch.from_numpy(np.concatenate([np.zeros(2, np.float32), self._body(values)])),
+                "value_labels": torch.from_numpy(np.concatenate([np.zeros(2, np.float32), self._body(value_labels)])),
                 "task_index": self.task_index, "loss_weight": self.loss_weight}
         if self.predict_observations:
             item["obs_labels"] = torch.from_numpy(self._observation_targets(input_ids, n))
         return item
+
+    def _body(self, per_step: np.ndarray) -> np.ndarray:
+        """A window's `per_step` (n, step_len) rows as the history layout holds them: whole steps, or past steps'
+        observation tokens only (the labels of those are all IGNORE_INDEX, their value labels 0)."""
+        if self.history == "observations":
+            return np.concatenate([per_step[:-1, :self.obs_len].reshape(-1), per_step[-1]])
+        return per_step.reshape(-1)
 
     def _observation_targets(self, input_ids: np.ndarray, steps: int) -> np.ndarray:
         """The window's observation tokens as they were fed (jittered too), IGNORE_INDEX elsewhere."""
@@ -229,17 +243,19 @@ class WindowDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _dropped(self, steps: np.ndarray, labels: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def _dropped(self, steps: np.ndarray, labels: np.ndarray, values: np.ndarray,
+                 i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """History dropout: the actions of past steps masked with probability `action_dropout`. A masked
         action's tokens after its first lose their labels too: each was predicted after the ones before it."""
         rng = np.random.default_rng((self.seed, self.epoch, int(i), 1))
         drop = rng.random(len(steps)) < self.action_dropout
         drop[-1] = False                      # the last action is no step's history
-        steps, labels = steps.copy(), labels.copy()
+        steps, labels, values = steps.copy(), labels.copy(), values.copy()
         first = self.obs_len + 1
         steps[drop, first:] = self.mask_id
+        values[drop, first:] = 0.0
         labels[drop, first + 1:] = IGNORE_INDEX
-        return steps, labels
+        return steps, labels, values
 
     def _jittered(self, input_ids: np.ndarray, steps: int, i: int) -> np.ndarray:
         """The window's observation numbers moved by random whole bins."""

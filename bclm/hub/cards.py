@@ -139,6 +139,8 @@ def _training_summary(recipe: dict[str, Any]) -> str:
 FILE_NOTES = {
     "config.json": "the transformers model config (with the digest of its tokenizer)",
     "model.safetensors": "the weights",
+    "state_projector.safetensors": "the state token's projector: a step's continuous observation into one vector "
+                                   "at its ACT token (attached by `Policy.from_pretrained`)",
     "generation_config.json": "transformers' generation defaults",
     "bclm_tokenizer.json": "how observations and actions become token ids (spaces, bins, vocabulary)",
     POLICY_FILE: "context length, default task, the env of each task",

@@ -194,10 +194,28 @@ class BoxCodec:
         ±1 at the edges of the data (the bounds less the margin), growing linearly in the value beyond them."""
         self._check_ready()
         ids = np.broadcast_to(np.arange(self.bins), (self.num_tokens, self.bins)).T       # (bins, num_tokens)
-        values = self.decode(ids).reshape(self.bins, -1).T.astype(np.float64)
+        values = self.decode(ids).reshape(self.bins, -1).astype(np.float64)
+        return self.normalize(values).T
+
+    def _frame(self) -> tuple[np.ndarray, np.ndarray]:
+        """(centre, half width) per dimension of the data: the bounds less the margin."""
         half = (self.high - self.low) / 2 / ((1 + 2 * self.margin) if self._bounds_from_data() else 1.0)
-        return np.divide(values - ((self.low + self.high) / 2)[:, None], half[:, None],
-                         out=np.zeros_like(values), where=half[:, None] > 0)
+        return (self.low + self.high) / 2, half
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """(B, num_tokens) values relative to the data, as `bin_positions` measures bins: 0 at the centre, ±1 at
+        the data's edges (the regression head's targets)."""
+        centre, half = self._frame()
+        flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        return np.divide(flat - centre, half, out=np.zeros_like(flat), where=half > 0)
+
+    def denormalize(self, z: np.ndarray) -> np.ndarray:
+        """Values of positions `z` (B, num_tokens), clipped to the bounds, in the leaf's shape and dtype."""
+        centre, half = self._frame()
+        x = np.clip(centre + np.asarray(z, dtype=np.float64) * half, self.low, self.high)
+        if np.issubdtype(self.dtype, np.integer):
+            x = np.rint(x)
+        return x.astype(self.dtype).reshape((len(x), *self.shape))
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
         self._check_ready()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 from bclm.errors import BCLMError
 from bclm.tokenizers.codecs import train_bpe
@@ -84,6 +85,20 @@ def check_shared_layout(tokenizers: Mapping[str, BCTokenizer], where: str = "tok
             if getattr(tok, attr) != getattr(first, attr):
                 raise BCLMError(f"{where}: task {name!r} has {attr}={getattr(tok, attr)} but task {first_name!r} "
                                 f"has {getattr(first, attr)}: their tokenizers do not share one vocabulary")
+
+
+def slot_positions(tokenizers: Mapping[str, BCTokenizer], part: str) -> np.ndarray:
+    """(number_slots, number_width) the bin positions of every slot that some task uses for its `part`
+    ("observation" or "action") dimensions, from the first such task. Positions are relative to each
+    dimension's data, so tasks agree on them unless one bounds a slot by its space and another by its data:
+    they are what ids alone say of a value, where the exact values are not at hand."""
+    table = None
+    for tok in reversed(list(tokenizers.values())):          # the first task's positions written last
+        positions = tok.number_positions(part)
+        table = np.zeros_like(positions) if table is None else table
+        mine = tok.part_slots(part)
+        table[mine] = positions[mine]
+    return table
 
 
 def save_tokenizers(tokenizers: Mapping[str, BCTokenizer], directory: str | Path) -> Path:

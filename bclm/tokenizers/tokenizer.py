@@ -13,6 +13,7 @@ Tasks are last so that adding a task never moves a value or text id of an existi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -31,7 +32,9 @@ TOKENIZER_FILE = "bclm_tokenizer.json"
 # What a context holds of past steps: whole steps, or their observation tokens only (`steps_in_context`).
 HISTORY_LAYOUTS = ("full", "observations")
 FORMAT = "bclm-tokenizer"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+# How continuous action dimensions are predicted (`TokenizerConfig.action_head`); format 4 adds regression.
+ACTION_HEADS = ("regression", "bins")
 NUM_SPECIAL = 8
 
 
@@ -75,6 +78,12 @@ class TokenizerConfig:
         "help": "Each continuous dimension gets its own slot of number ids (format 3), so a token says which "
                 "dimension it is as well as its bin: the model can add dimensions up with a weight each, as an "
                 "MLP's first layer does; false: every dimension shares one slot (format 2)."})
+    action_head: str = field(default="regression", metadata={
+        "help": "How continuous action dimensions are predicted. 'regression' (format 4): all of a step's at once, "
+                "at its ACT token, each as the output logit of its slot's first id, trained by squared error on "
+                "the value normalised to its bounds (the position of `bin_positions`) and decoded exactly, as an "
+                "MLP regresses (needs number_slots). 'bins': one categorical token per dimension, cross-entropy "
+                "over its bins (train.ordinal_sigma smooths it), each dimension after the ones before it."})
 
     def __post_init__(self) -> None:
         self.percentiles = tuple(float(p) for p in self.percentiles)  # JSON gives a list back
@@ -89,6 +98,8 @@ class TokenizerConfig:
             if getattr(self, name) > self.value_vocab:
                 raise BCLMError(f"tokenizer config {name}={getattr(self, name)} exceeds value_vocab="
                                 f"{self.value_vocab}: every bin needs its own value token")
+        if self.action_head not in ACTION_HEADS:
+            raise BCLMError(f"tokenizer config action_head={self.action_head!r}: expected one of {list(ACTION_HEADS)}")
         if self.mode not in MODES:
             raise BCLMError(f"tokenizer config mode={self.mode!r}: expected one of {list(MODES)}")
         for name in ("obs_bounds", "action_bounds"):
@@ -112,7 +123,8 @@ class TokenizerConfig:
         d["percentiles"] = list(self.percentiles)
         d["symbol_grid"] = list(self.symbol_grid)
         # Fields format 1 did not have are left out at their format-1 values, so such files read back as written.
-        for name, old in (("numbers", False), ("margin", 0.0), ("number_slots", False), ("symbol_grid", [])):
+        for name, old in (("numbers", False), ("margin", 0.0), ("number_slots", False), ("symbol_grid", []),
+                          ("action_head", "bins")):
             if d[name] == old:
                 del d[name]
         if not self.numbers:
@@ -125,7 +137,8 @@ class TokenizerConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise BCLMError(f"unknown tokenizer config field(s) {unknown}: expected some of {sorted(known)}")
-        return cls(**{"numbers": False, "margin": 0.0, "number_slots": False, **d})   # older formats lack them
+        return cls(**{"numbers": False, "margin": 0.0, "number_slots": False, "action_head": "bins",
+                      **d})   # older formats lack them
 
 
 def _leaf(path: str) -> str:
@@ -230,6 +243,25 @@ class BCTokenizer:
         return any(_binned(c).any() for c in self.action_codecs)
 
     @property
+    def regression(self) -> bool:
+        """Whether continuous action dimensions are regressed at the ACT token (`TokenizerConfig.action_head`)."""
+        return (self.config.action_head == "regression" and self.config.numbers and self.config.number_slots
+                and self.continuous_actions)
+
+    def regressed_actions(self) -> np.ndarray:
+        """(action_len,) True at the action tokens whose value is regressed rather than chosen among bins."""
+        if not self.regression:
+            return np.zeros(self.action_len, dtype=bool)
+        return np.concatenate([_binned(c) for c in self.action_codecs])
+
+    def regression_ids(self) -> np.ndarray:
+        """(action_len,) the id whose output logit at the ACT token is each regressed action token's value: the
+        first id of its number slot (-1 at tokens chosen among tokens)."""
+        starts = np.concatenate([self._offsets(c) for c in self.action_codecs]) if self.action_codecs else \
+            np.zeros(0, dtype=np.int64)
+        return np.where(self.regressed_actions(), starts, -1)
+
+    @property
     def number_slots(self) -> int:
         return max(self.own_number_slots, self.reserve_slots)
 
@@ -328,18 +360,27 @@ class BCTokenizer:
             slot = before + np.cumsum(binned) - 1
         return np.where(binned, self.number_offset + slot * self.number_width, self.value_offset).astype(np.int64)
 
-    def number_positions(self) -> np.ndarray:
+    def number_positions(self, part: str = "") -> np.ndarray:
         """(number_slots, number_width) each bin's value relative to its dimension's data (`bin_positions`),
-        0 on ids a slot does not use; slots only (format 3): a shared slot has no one dimension to measure."""
+        0 on ids a slot does not use, and on the slots of the other part when `part` is "observation" or
+        "action"; slots only (format 3): a shared slot has no one dimension to measure."""
         out = np.zeros((self.number_slots, self.number_width))
         slot = 0
         for codec in self.obs_codecs + self.action_codecs:
             binned = _binned(codec)
             if binned.any():
-                positions = codec.bin_positions()[binned]
-                out[slot:slot + len(positions), :positions.shape[1]] = positions
-                slot += len(positions)
+                n = int(binned.sum())
+                if part != ("action" if codec in self.obs_codecs else "observation"):
+                    positions = codec.bin_positions()[binned]
+                    out[slot:slot + n, :positions.shape[1]] = positions
+                slot += n
         return out
+
+    def part_slots(self, part: str) -> np.ndarray:
+        """(number_slots,) True at the slots of this tokenizer's "observation" or "action" dimensions."""
+        n_obs = sum(int(_binned(c).sum()) for c in self.obs_codecs)
+        own = np.arange(self.number_slots) < self.own_number_slots
+        return own & ((np.arange(self.number_slots) < n_obs) == (part == "observation"))
 
     def word_ids(self, word: str) -> set[int]:
         """Ids of the text tokens that spell `word` alone or after a space (BPE's form inside a sentence)."""
@@ -470,8 +511,50 @@ class BCTokenizer:
     def decode_observation(self, ids: np.ndarray) -> Any:
         return self._decode(self.observation_space, self.obs_codecs, ids, self.obs_len, "observation")
 
-    def decode_action(self, ids: np.ndarray) -> Any:
-        return self._decode(self.action_space, self.action_codecs, ids, self.action_len, "action")
+    def decode_action(self, ids: np.ndarray, values: np.ndarray | None = None) -> Any:
+        """Actions of `ids` (batch, action_len); with `values` (batch, action_len), the regressed tokens'
+        positions (`regressed_actions`), those dimensions are their exact values rather than bin centres."""
+        actions = self._decode(self.action_space, self.action_codecs, ids, self.action_len, "action")
+        if values is None or not self.regression:
+            return actions
+        leaves, pos = leaf_arrays(self.action_space, actions), 0
+        for codec in self.action_codecs:
+            n, binned = codec.num_tokens, _binned(codec)
+            if binned.any():
+                exact = codec.denormalize(values[:, pos:pos + n]).reshape(len(values), -1)
+                kept = leaves[codec.path].reshape(len(values), -1)
+                leaves[codec.path] = np.where(binned, exact, kept).astype(codec.dtype).reshape(
+                    leaves[codec.path].shape)
+            pos += n
+        return assemble(self.action_space, leaves)
+
+    def regressed_ids(self, values: np.ndarray) -> np.ndarray:
+        """(batch, action_len) the token ids of the regressed values `values` (batch, action_len), as they enter
+        the context (0 at the other tokens)."""
+        ids, pos = np.zeros(values.shape, dtype=np.int64), 0
+        for codec in self.action_codecs:
+            n = codec.num_tokens
+            if _binned(codec).any():
+                ids[:, pos:pos + n] = codec.encode(codec.denormalize(values[:, pos:pos + n])) + self._offsets(codec)
+            pos += n
+        return np.where(self.regressed_actions(), ids, 0)
+
+    def _values(self, codecs: list[Codec], arrays: dict[str, np.ndarray]) -> np.ndarray:
+        batch = len(next(iter(arrays.values()))) if arrays else 0
+        parts = [np.where(_binned(c), c.normalize(np.clip(arrays[c.path].reshape(batch, -1), c.low, c.high)), 0.0)
+                 if isinstance(c, BoxCodec) else
+                 np.zeros((batch, c.num_tokens)) for c in codecs]
+        return np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((batch, 0), np.float32)
+
+    def observation_values(self, obs_batch: Any) -> np.ndarray:
+        """(batch, obs_len) the exact value of each continuous observation token relative to its data (as
+        `number_positions` measures bins: ±1 at the data's edges, clipped to the bounds), 0 at the other
+        tokens: what the state token reads (bclm.state) instead of the bins' rounded positions."""
+        return self._values(self.obs_codecs, self.check_observation(obs_batch))
+
+    def action_values(self, act_batch: Any) -> np.ndarray:
+        """(batch, action_len) the same for actions: the regression head's exact targets."""
+        return self._values(self.action_codecs, leaf_arrays(self.action_space, act_batch))
 
     def encode_steps(self, obs_batch: Any, act_batch: Any) -> np.ndarray:
         obs = self.encode_observation(obs_batch)
@@ -506,10 +589,12 @@ class BCTokenizer:
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
-            "format_version": (FORMAT_VERSION if self.config.number_slots else 2) if self.config.numbers else 1,
+            "format_version": self._format_version(),
             "observation_space": space_to_dict(self.observation_space),
             "action_space": space_to_dict(self.action_space),
-            "config": self.config.to_dict(),
+            # A tokenizer that regresses nothing is written as 'bins' (its files stay format 3).
+            "config": TokenizerConfig.to_dict(self.config if self.regression else
+                                              dataclasses.replace(self.config, action_head="bins")),
             "tasks": list(self.tasks),
             "base_vocab_size": self.base_vocab_size,
             "text_tokenizer": self.text_tokenizer_name,
@@ -528,6 +613,13 @@ class BCTokenizer:
                            **({"number_slots": self.number_slots} if self.config.number_slots else {})}
                           if self.config.numbers else {})},
         }
+
+    def _format_version(self) -> int:
+        if not self.config.numbers:
+            return 1
+        if not self.config.number_slots:
+            return 2
+        return FORMAT_VERSION if self.regression else 3
 
     @classmethod
     def from_dict(cls, d: dict, text_tokenizer: Any = None, source: str = "tokenizer dict") -> BCTokenizer:

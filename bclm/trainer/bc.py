@@ -28,6 +28,7 @@ from bclm.eval.evaluate import evaluate, evaluate_tasks, write_report
 from bclm.hub.cards import CARD_FILE, policy_card
 from bclm.models import build_model
 from bclm.policy import Policy
+from bclm.state import attach_state
 from bclm.tokenizers import BCTokenizer
 from bclm.trainer.best import KeepBest
 from bclm.trainer.config import OptimConfig, TrainRecipe
@@ -41,6 +42,7 @@ from bclm.trainer.launch import (
     whole_models,
 )
 from bclm.trainer.ordinal import OrdinalTargets, ordinal_targets
+from bclm.trainer.regression import RegressionTargets, regression_targets
 from bclm.trainer.rundir import (
     METRICS_FILE,
     STEP_MARKER,
@@ -112,6 +114,7 @@ class _Run:
     loader: torch.utils.data.DataLoader
     sampler: EpochSampler
     ordinal: OrdinalTargets | None
+    regression: RegressionTargets | None
     zero3: bool
     start: int                          # the optimizer steps already done (resumed from a checkpoint)
     keeper: KeepBest | None = None
@@ -173,7 +176,8 @@ def _set_up(recipe: TrainRecipe, accelerator: Accelerator, out: Path) -> _Run:
     if optim.compile:
         model = torch.compile(model)
     return _Run(out, data, optim, model, optimizer, scheduler, loader, sampler,
-                ordinal_targets(tok, optim.ordinal_sigma), zero3, start=_maybe_resume(accelerator, out))
+                ordinal_targets(tok, optim.ordinal_sigma), regression_targets(data.tokenizers), zero3,
+                start=_maybe_resume(accelerator, out))
 
 
 def _model_and_data(recipe: TrainRecipe) -> tuple[PreTrainedModel, Prepared]:
@@ -191,6 +195,8 @@ def _model_and_data(recipe: TrainRecipe) -> tuple[PreTrainedModel, Prepared]:
         radix = shared_radix(data.tokenizers.values()) if recipe.model.symbol_factors else None
         words = word_rows(data.tokenizers.values(), radix, recipe.model.word_factors)
         attach_for(model, widest, recipe.model.number_features, fresh=warm_model is None, radix=radix, words=words)
+        if recipe.model.state_token:
+            attach_state(model, data.tokenizers, fresh=warm_model is None)
     return model, data
 
 
@@ -225,7 +231,7 @@ def _optimize(recipe: TrainRecipe, run: _Run, policy: Policy, accelerator: Accel
     with interrupt.deferred() as term:
         for step in range(run.start + 1, optim.max_steps + 1):
             log.add(train_step(run.model, run.optimizer, run.scheduler, stream, accelerator, optim, len(names),
-                               run.ordinal))
+                               run.ordinal, run.regression))
             failpoints.point("step")
             if step == run.start + 1:
                 _write_launch(accelerator, run.out, digests)
@@ -234,7 +240,7 @@ def _optimize(recipe: TrainRecipe, run: _Run, policy: Policy, accelerator: Accel
                 _log(accelerator, stats, metrics_file)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['action_accuracy']:.3f}")
             if run.data.val_set is not None and (step % val_every == 0 or step == optim.max_steps):
-                _validate(run.model, run.data, accelerator, step, metrics_file, run.ordinal, run.keeper)
+                _validate(run, accelerator, step, metrics_file)
             if loop.eval_every and step % loop.eval_every == 0 and step < optim.max_steps:
                 _evaluate_and_log(policy, run.data, recipe, step, accelerator, run.out, metrics_file)
             if loop.save_every and step % loop.save_every == 0 and step < optim.max_steps:
@@ -298,12 +304,11 @@ def _export(accelerator: Accelerator, model: torch.nn.Module, policy: Policy, ou
         return Policy.from_pretrained(out, device=accelerator.device)
 
 
-def _validate(model, data: Prepared, accelerator: Accelerator, step: int, metrics_file: Path,
-              ordinal: OrdinalTargets | None, keeper: KeepBest | None) -> None:
-    tok = data.tokenizers[data.task_names[0]]
-    stats = validate(model, data.val_set, tok.pad_id, accelerator, data.task_names, ordinal=ordinal)
-    if keeper is not None:
-        keeper.update(accelerator.unwrap_model(model), stats, step, accelerator.is_main_process)
+def _validate(run: _Run, accelerator: Accelerator, step: int, metrics_file: Path) -> None:
+    stats = validate(run.model, run.data.val_set, run.tokenizer.pad_id, accelerator, run.data.task_names,
+                     ordinal=run.ordinal, regression=run.regression)
+    if run.keeper is not None:
+        run.keeper.update(accelerator.unwrap_model(run.model), stats, step, accelerator.is_main_process)
     _log(accelerator, {"step": step, **stats}, metrics_file)
 
 

@@ -35,8 +35,9 @@ class OptimConfig:
     min_lr_ratio: float = option(0.1, "Final learning rate of the cosine and wsd schedules, as a fraction of the peak.")
     warmup_steps: int = option(100, "Linear warmup steps.")
     ordinal_sigma: float = option(
-        0.0, "Width in bins of the HL-Gauss target of continuous action tokens: cross-entropy against a Gaussian "
-             "over the neighbouring bins, so near misses cost little (0 = plain cross-entropy).")
+        0.0, "Width in bins of the HL-Gauss target of continuous action tokens chosen among bins "
+             "(tokenizer.action_head bins): cross-entropy against a Gaussian over the neighbouring bins, so near "
+             "misses cost little (0 = plain cross-entropy). Regressed dimensions (the default) ignore it.")
     obs_loss_weight: float = option(
         0.0, "Observation prediction (JAT's kappa): the training loss adds this times the mean next-token "
              "cross-entropy of the windows' observation tokens, a dense auxiliary signal next to the one action "

@@ -13,18 +13,23 @@ from transformers import get_scheduler
 
 from bclm.data.collate import PadCollator, predicted_positions
 from bclm.data.sequences import IGNORE_INDEX
+from bclm.state import feeding
 from bclm.trainer.config import OptimConfig
 from bclm.trainer.ordinal import OrdinalTargets
+from bclm.trainer.regression import RegressionTargets
 
 _PLAIN = OrdinalTargets(0, 1, 0.0)   # plain cross-entropy
 
 
 def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_tasks: int = 1,
                 accelerator: Accelerator | None = None, ordinal: OrdinalTargets | None = None,
-                obs_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                obs_weight: float = 0.0, regression: RegressionTargets | None = None,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy over action tokens (each window's tokens times its task's loss weight, over the number
     of action tokens), with the counts behind action-token accuracy, per task when `num_tasks` > 1. With
-    `ordinal`, continuous action tokens are scored against HL-Gauss targets instead of one-hot ones. A batch
+    `ordinal`, continuous action tokens are scored against HL-Gauss targets instead of one-hot ones; with
+    `regression`, by the squared error of their value read at the step's ACT token (a hit: its nearest bin
+    is the target's). A batch
     with `obs_labels` adds `obs_weight` times the mean cross-entropy of its observation tokens to the loss
     returned; `stats["loss"]` stays the action loss, comparable with runs without it.
 
@@ -41,12 +46,18 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_task
         keep = predicted_positions(batch)
     # A packed batch has position ids and no attention mask; a padded one the opposite (see bclm.data.collate).
     # No KV cache: training needs none, and transformers reads packed rows from the position ids only without one.
-    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                position_ids=batch.get("position_ids"), logits_to_keep=keep, use_cache=False)
+    with feeding(model, batch.get("values")):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                    position_ids=batch.get("position_ids"), logits_to_keep=keep, use_cache=False)
     logits = out.logits.float()                                     # (B, K, V)
     chosen = targets[:, keep]                                       # (B, K)
     token_loss = (ordinal or _PLAIN).token_loss(logits, chosen)    # (B, K), 0 where ignored
     valid = chosen != IGNORE_INDEX
+    hits = (logits.argmax(-1) == chosen) & valid
+    if regression is not None:
+        exact = batch["value_labels"][:, 1:][:, keep] if "value_labels" in batch else None
+        squared, regressed, near = regression.token_loss(logits, chosen, keep, batch["input_ids"], exact)
+        token_loss, hits = torch.where(regressed, squared, token_loss), torch.where(regressed, near, hits)
     weight = batch.get("loss_weight")
     weighted = token_loss if weight is None else token_loss * _per_target(weight, keep, chosen).to(token_loss.dtype)
     loss = _global_mean(weighted, valid, accelerator)
@@ -56,7 +67,7 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_task
         obs_loss = _global_mean(_PLAIN.token_loss(logits, observed), observed != IGNORE_INDEX, accelerator)
         total = loss + obs_weight * obs_loss
     with torch.no_grad():
-        hits = (logits.argmax(-1) == chosen) & valid
+        hits = hits.detach()
         stats = {"loss": loss.detach(), "correct": hits.sum(), "action_tokens": valid.sum()}
         if "obs_labels" in batch:
             stats["obs_loss"] = obs_loss.detach()
@@ -122,14 +133,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig):
 
 def train_step(model, optimizer, scheduler, stream: Iterator[dict], accelerator: Accelerator,
                optim: OptimConfig, num_tasks: int = 1, ordinal: OrdinalTargets | None = None,
-               ) -> dict[str, torch.Tensor]:
+               regression: RegressionTargets | None = None) -> dict[str, torch.Tensor]:
     """One optimizer step over `grad_accum` micro-batches; returns tensors (no device sync)."""
     totals: dict[str, torch.Tensor] = {}
     for _ in range(optim.grad_accum):
         batch = next(stream)
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss, stats = action_loss(model, batch, num_tasks, accelerator, ordinal, optim.obs_loss_weight)
+                loss, stats = action_loss(model, batch, num_tasks, accelerator, ordinal, optim.obs_loss_weight,
+                                          regression)
             accelerator.backward(loss)
             if accelerator.sync_gradients and optim.grad_clip > 0:
                 norm = accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
@@ -169,7 +181,7 @@ def summarize_stats(totals: dict[str, torch.Tensor], steps: int, task_names: lis
 @torch.no_grad()
 def validate(model, dataset: torch.utils.data.Dataset, pad_id: int, accelerator: Accelerator,
              task_names: list[str] | None = None, batch_size: int = 64, ordinal: OrdinalTargets | None = None,
-             ) -> dict[str, float]:
+             regression: RegressionTargets | None = None) -> dict[str, float]:
     """Loss and action accuracy over held-out windows (per task too, with several tasks)."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=PadCollator(pad_id))
@@ -177,7 +189,7 @@ def validate(model, dataset: torch.utils.data.Dataset, pad_id: int, accelerator:
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            _, stats = action_loss(model, batch, len(task_names or []), accelerator, ordinal)
+            _, stats = action_loss(model, batch, len(task_names or []), accelerator, ordinal, regression=regression)
         stats["loss"] = stats["loss"] * stats["action_tokens"]       # token-weighted over batches
         for k, v in stats.items():
             totals[k] = totals[k] + v if k in totals else v

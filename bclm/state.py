@@ -1,0 +1,161 @@
+"""The state token: a step's continuous observation, projected into one vector at its ACT token.
+
+With a token per observation number, a transformer must gather the numbers of a step by attention before
+it can weigh them, and a law that is linear in several of them (a reach: force = gain · (goal − position)
+− damping · velocity) is then learned slowly or not at all: measured on a 2-D reach from 1,000 labels, 23%
+success with a token per number, 100% with one projected vector on the same trunk (and an MLP 96%). JAT and
+VLA projectors embed a continuous input with one linear layer for the same reason. Here the ACT token of each
+step adds `Σ_s W_s z_s`: z_s is the value of the step's continuous observation number in slot s, normalised
+with the tokenizer's statistics (0 at the centre of its data, ±1 at its edges: `observation_values`), W_s a
+learned vector per slot. Training batches and rollouts hand the exact values beside the ids (`feeding`); with
+ids alone, z_s is the position of the token's bin (`BCTokenizer.number_positions`), rounded to the bin. The
+number tokens stay in the sequence (history, discrete and text leaves are unchanged); the ACT token, where
+the action is read, gets the linear path an MLP's first layer has.
+
+The step's observation tokens are the `obs_len` tokens before its ACT (`obs_len` of the task whose token
+last started a window, or of the task being served where the ids fed hold no task token: a cached decoding
+step). The causal LM itself stays a plain `AutoModelForCausalLM`; the projector's weights are their own
+safetensors file beside it (`STATE_FILE`), which `Policy.from_pretrained` attaches again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bclm.embeddings import StructuredEmbedding, untie
+from bclm.tokenizers import BCTokenizer, slot_positions
+
+STATE_FILE = "state_projector.safetensors"
+STATE_KEY = "state.weight"          # the projector's weight, under the input embedding's prefix
+
+
+class StateProjector(nn.Module):
+    """(B, T) ids -> (B, T, dim): at each ACT token, the sum over the step's observation number tokens of their
+    position times their slot's vector; zero elsewhere."""
+
+    def __init__(self, dim: int, positions: np.ndarray, number_offset: int, act_id: int, task_offset: int,
+                 obs_lens: list[int]):
+        super().__init__()
+        slots, width = positions.shape
+        self.weight = nn.Parameter(torch.zeros(slots, dim))
+        self.register_buffer("positions", torch.as_tensor(positions, dtype=torch.float32).flatten(), persistent=False)
+        self.register_buffer("obs_lens", torch.as_tensor(obs_lens, dtype=torch.long), persistent=False)
+        self.number_offset, self.width, self.act_id, self.task_offset = number_offset, width, act_id, task_offset
+        self.default_obs_len = max(obs_lens)        # set per task by `serving` where the ids hold no task token
+        self.values: torch.Tensor | None = None     # (B, T) exact values of the ids about to be fed (`feeding`)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        local = input_ids - self.number_offset
+        is_number = (local >= 0) & (local < len(self.positions))
+        local = local.clamp(0, len(self.positions) - 1)
+        # The exact values where the caller gave them; else the bins' positions (rounded to the bin).
+        value = self.values.to(self.weight.dtype) if self.values is not None else self.positions[local]
+        value = torch.where(is_number, value, 0.0)                                           # (B, T)
+        terms = value[..., None] * self.weight[local // self.width]                          # (B, T, dim)
+        before = torch.cat([torch.zeros_like(terms[:, :1]), terms.cumsum(dim=1)], dim=1)      # sums of [0, t)
+        arange = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        start = (arange - self._obs_lens(input_ids, arange)).clamp(min=0)
+        index = torch.stack([arange, start])[..., None].expand(-1, -1, -1, terms.shape[-1])
+        state = before.gather(1, index[0]) - before.gather(1, index[1])
+        return torch.where((input_ids == self.act_id)[..., None], state, 0.0)
+
+    def _obs_lens(self, input_ids: torch.Tensor, arange: torch.Tensor) -> torch.Tensor:
+        """(B, T) observation tokens per step of the task of each position's window."""
+        task = input_ids - self.task_offset
+        is_task = (task >= 0) & (task < len(self.obs_lens))
+        last = torch.where(is_task, arange, -1).cummax(dim=1).values
+        task_at = task.gather(1, last.clamp(min=0)).clamp(0, len(self.obs_lens) - 1)
+        return torch.where(last >= 0, self.obs_lens[task_at], self.default_obs_len)
+
+
+def wants_state(tokenizers: Mapping[str, BCTokenizer]) -> bool:
+    """Whether any task has continuous observation dimensions in number slots (format 3)."""
+    return any(t.part_slots("observation").any() for t in tokenizers.values())
+
+
+def attach_state(model: nn.Module, tokenizers: Mapping[str, BCTokenizer], weight: torch.Tensor | None = None,
+                 fresh: bool = True) -> StateProjector | None:
+    """Give `model` a state projector for `tokenizers` (its weight `weight`; without one small and random when
+    `fresh`, else zero, so that a warm-started model computes what it did), unless it has one already or no
+    task has continuous observation slots. Returns it (or None)."""
+    if not wants_state(tokenizers):
+        return None
+    emb = model.get_input_embeddings()
+    if not isinstance(emb, StructuredEmbedding):
+        untie(model)
+        emb = StructuredEmbedding(emb.weight, 0, 0, 0)
+        model.set_input_embeddings(emb)
+    if emb.state is not None:
+        return emb.state
+    first = next(iter(tokenizers.values()))
+    obs_lens = [tokenizers[task].obs_len if task in tokenizers else 0 for task in first.tasks]
+    state = StateProjector(emb.embedding_dim, slot_positions(tokenizers, "observation"), first.number_offset,
+                           first.act_id, first.task_offset, obs_lens).to(emb.weight.device)
+    if weight is None and fresh:
+        nn.init.normal_(state.weight, std=getattr(model.config, "initializer_range", 0.02))
+    elif weight is not None:
+        state.weight.data.copy_(weight.to(state.weight.dtype))
+    emb.state = state
+    return state
+
+
+def state_of(model: nn.Module) -> StateProjector | None:
+    """The projector of `model`, also when accelerate, DeepSpeed or torch.compile wrap it."""
+    return next((m for m in model.modules() if isinstance(m, StateProjector)), None)
+
+
+@contextmanager
+def feeding(model: nn.Module, values: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, the ids fed to `model` have the exact values `values` (B, T) (the tokenizer's
+    `observation_values`): the ids alone carry them rounded to their bins. torch has no way to hand a tensor
+    beside the ids to an inner module of a transformers model, hence this attribute."""
+    state = state_of(model) if values is not None else None
+    if state is None:
+        yield
+        return
+    state.values = values
+    try:
+        yield
+    finally:
+        state.values = None
+
+
+@contextmanager
+def serving(model: nn.Module, tokenizer: BCTokenizer) -> Iterator[None]:
+    """Within the block, ids without a task token are steps of `tokenizer`'s task (cached decoding)."""
+    state = state_of(model)
+    if state is None:
+        yield
+        return
+    before, state.default_obs_len = state.default_obs_len, tokenizer.obs_len
+    try:
+        yield
+    finally:
+        state.default_obs_len = before
+
+
+def save_state(model: nn.Module, directory: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the projector's weight (from a gathered ZeRO-3 `state_dict` when given) to `directory/STATE_FILE`."""
+    from safetensors.torch import save_file
+
+    state = state_of(model)
+    if state is None:
+        return
+    weight = next((v for k, v in (state_dict or {}).items() if k.endswith(STATE_KEY)), state.weight)
+    save_file({"weight": weight.detach().float().cpu().contiguous()}, str(directory / STATE_FILE),
+              metadata={"format": "bclm-state-projector"})
+
+
+def load_state(model: nn.Module, tokenizers: Mapping[str, BCTokenizer], directory: Path) -> None:
+    """Attach the projector saved in `directory`, if any."""
+    from safetensors.torch import load_file
+
+    path = directory / STATE_FILE
+    if path.is_file():
+        attach_state(model, tokenizers, load_file(str(path))["weight"])

@@ -1,0 +1,62 @@
+"""Regression of continuous action dimensions (`TokenizerConfig.action_head` "regression").
+
+A categorical head over 256 bins learns a law that is linear in the observation slowly or not at all (a
+2-D reach from 1,000 labels: 0% with bins, HL-Gauss or not, 100% with regression on the same trunk; an MLP
+with bins failed too), and its argmax moves in whole bins. So a continuous dimension is regressed, as an MLP
+and JAT regress continuous actions: the value of action dimension k is the output logit, at the step's ACT
+token, of the first id of k's number slot, trained by squared error (a Gaussian log-likelihood of fixed
+variance) against the expert's value normalised with the tokenizer's statistics (`action_values`: 0 at the
+centre of the data, ±1 at its edges; the target bin's position where a batch carries no exact values).
+Every dimension is read at the ACT token, from the observations alone, so the model stays a plain causal LM
+(the read-out is a row of its output head) and one forward pass gives the whole vector.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bclm.tokenizers import BCTokenizer, slot_positions
+
+
+class RegressionTargets:
+    """Squared-error loss of the action tokens in the number range (`slots` slots of `width` ids from
+    `offset`, whose bins sit at `positions` (slots, width)), predicted at the last `act_id` token."""
+
+    def __init__(self, act_id: int, offset: int, positions: torch.Tensor):
+        self.act_id, self.offset = act_id, offset
+        self.positions = positions.float()
+        self.slots, self.width = positions.shape
+
+    def token_loss(self, logits: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor, input_ids: torch.Tensor,
+                   exact: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, regressed, hits), each (B, K): the squared error of each regressed target (0 elsewhere), which
+        targets are regressed, and whether the prediction's nearest bin is the target's. `logits` (B, K, V) are
+        at the kept positions `keep` (K,) of `input_ids` (B, T); `targets` (B, K) their next tokens, `exact`
+        (B, K) the targets' exact values (the tokenizer's `action_values`; default: their bins' positions)."""
+        local = targets - self.offset
+        regressed = (local >= 0) & (local < self.slots * self.width)
+        local = local.clamp(0, self.slots * self.width - 1)
+        slot = local // self.width
+        positions = self.positions.to(logits.device)
+        target = positions.flatten()[local] if exact is None else exact.to(logits.dtype)
+        # The step's ACT is the last one at or before the position (packed windows each have their own).
+        arange = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last_act = torch.where(input_ids == self.act_id, arange, 0).cummax(dim=1).values[:, keep]     # (B, K)
+        kept_index = torch.zeros_like(arange).scatter_(0, keep, torch.arange(len(keep), device=keep.device))
+        column = self.offset + slot * self.width
+        vocab = logits.shape[-1]
+        pred = logits.reshape(len(logits), -1).gather(1, kept_index[last_act] * vocab + column)      # (B, K)
+        loss = torch.where(regressed, (pred - target) ** 2, 0.0)
+        with torch.no_grad():
+            nearest = (positions[slot] - pred[..., None]).abs().argmin(-1)
+            hits = regressed & (nearest == local % self.width)
+        return loss, regressed, hits
+
+
+def regression_targets(tokenizers: dict[str, BCTokenizer]) -> RegressionTargets | None:
+    """The regression of the tasks' continuous action dimensions, or None when no task regresses any."""
+    if not any(t.regression for t in tokenizers.values()):
+        return None
+    tok = next(iter(tokenizers.values()))
+    positions = slot_positions(tokenizers, "action")
+    return RegressionTargets(tok.act_id, tok.number_offset, torch.as_tensor(positions))

@@ -1,0 +1,165 @@
+"""Continuous control: the regression head (values read at the ACT token) and the state token (the step's
+continuous observation projected into one vector there), and how both are saved, loaded and trained."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_policy
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from bclm import config as cfg
+from bclm.collect import collect
+from bclm.data.sequences import IGNORE_INDEX, action_labels
+from bclm.envs import get_task
+from bclm.hub.policies import stage_policy
+from bclm.policy import Policy
+from bclm.state import STATE_FILE, serving, state_of
+from bclm.tokenizers import BCTokenizer, TokenizerConfig
+from bclm.trainer.bc import train
+from bclm.trainer.config import TrainRecipe
+from bclm.trainer.regression import RegressionTargets
+
+OBS = gym.spaces.Dict({"goal": gym.spaces.Box(-1, 1, (2,), np.float32), "mode": gym.spaces.Discrete(3),
+                       "pos": gym.spaces.Box(-2, 2, (2,), np.float32)})
+ACT = gym.spaces.Box(-1, 1, (2,), np.float32)
+REACH = "benchmarks.point_reach:PointReach-v0"
+
+
+def _stream(space: gym.Space, batch: int, steps: int, seed: int):
+    bspace = gym.vector.utils.batch_space(space, batch)
+    bspace.seed(seed)
+    return [bspace.sample() for _ in range(steps)]
+
+
+def _moved(policy: Policy) -> Policy:
+    """Every parameter moved, as training would, so nothing passes by matching an initialisation."""
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return policy
+
+
+# --- the tokenizer's side ---------------------------------------------------------------------------
+
+def test_regressed_values_decode_exactly_and_stay_in_the_space():
+    tok = tiny_policy(OBS, ACT).tokenizer
+    assert tok.regression and tok.regressed_actions().tolist() == [True, True]
+    actions = np.array([[0.1234567, -0.7654321], [1.0, -1.0]], np.float32)
+    values = tok.action_codecs[0].normalize(actions)
+    ids = tok.regressed_ids(values)
+    np.testing.assert_allclose(tok.decode_action(ids, values), actions, atol=1e-6)     # no bin rounding
+    np.testing.assert_array_equal(ids, tok.encode_action(actions))                       # the context sees bins
+    far = tok.decode_action(ids, values * 5)
+    assert ACT.contains(far[0]) and ACT.contains(far[1])
+
+
+def test_a_tokenizer_with_bins_or_discrete_actions_regresses_nothing():
+    bins = BCTokenizer(OBS, ACT, TokenizerConfig(action_head="bins"))
+    discrete = BCTokenizer(OBS, gym.spaces.Discrete(3))
+    for tok in (bins, discrete):
+        assert not tok.regression and (tok.regression_ids() == -1).all()
+    assert discrete.to_dict()["format_version"] == 3        # files of discrete tasks are unchanged
+
+
+def test_relabeled_steps_keep_every_regressed_target():
+    tok = tiny_policy(OBS, ACT).tokenizer
+    executed = np.array([[1, 2]]) + tok.number_offset
+    expert = np.array([[5, 6]]) + tok.number_offset
+    assert (action_labels(tok, executed, expert) == expert).all()
+    bins = BCTokenizer(OBS, ACT, TokenizerConfig(action_head="bins"))      # dimension 1 follows dimension 0
+    assert action_labels(bins, executed, expert).tolist() == [[expert[0, 0], IGNORE_INDEX]]
+
+
+# --- the loss ---------------------------------------------------------------------------------------
+
+def test_regression_loss_reads_each_value_at_its_own_windows_act_token():
+    act_id, offset = 3, 10
+    positions = torch.linspace(-1, 1, 8).repeat(2, 1)                     # 2 slots of 8 bins
+    # Two packed windows: [bos, task, obs, ACT, a0, a1] twice; targets are the next tokens.
+    ids = torch.tensor([[1, 7, 5, act_id, 12, 19, 1, 7, 5, act_id, 11, 20]])
+    keep = torch.tensor([3, 4, 9, 10])                                     # ACT and first action token of each
+    targets = ids[:, 1:][:, keep]
+    logits = torch.randn(1, len(keep), 30)
+    loss, regressed, hits = RegressionTargets(act_id, offset, positions).token_loss(logits, targets, keep, ids)
+    assert regressed.all()
+    flat = positions.flatten()
+    want = [(logits[0, 0, offset] - flat[2]) ** 2, (logits[0, 0, offset + 8] - flat[9]) ** 2,
+            (logits[0, 2, offset] - flat[1]) ** 2, (logits[0, 2, offset + 8] - flat[10]) ** 2]
+    torch.testing.assert_close(loss[0], torch.stack(want))
+    logits[0, 0, offset], logits[0, 0, offset + 8] = flat[2] + 0.01, flat[9] - 0.01
+    _, _, hits = RegressionTargets(act_id, offset, positions).token_loss(logits, targets, keep, ids)
+    assert hits[0, :2].all()
+    plain = torch.tensor([[4, 4, 4, 4]])                                   # a value token: not regressed
+    assert not RegressionTargets(act_id, offset, positions).token_loss(logits, plain, keep, ids)[1].any()
+
+
+# --- the state token --------------------------------------------------------------------------------
+
+def test_the_state_token_is_a_linear_map_of_the_steps_observation_numbers():
+    policy = _moved(tiny_policy(OBS, ACT, context_length=40))
+    tok, state = policy.tokenizer, state_of(policy.model)
+    obs = _stream(OBS, 2, 1, seed=0)[0]
+    step = np.concatenate([tok.encode_observation(obs), np.full((2, 1), tok.act_id)], axis=1)
+    ids = torch.as_tensor(np.concatenate([np.tile(tok.prefix("default"), (2, 1)), step], axis=1))
+    out = state(ids)
+    assert (out[:, :-1] == 0).all()                                        # only the ACT token
+    positions = torch.as_tensor(tok.number_positions("observation"), dtype=torch.float32)
+    local = ids - tok.number_offset
+    want = torch.zeros(2, out.shape[-1])
+    for b, t in zip(*torch.nonzero((local >= 0) & (local < tok.number_vocab), as_tuple=True)):
+        slot, k = divmod(int(local[b, t]), tok.number_width)
+        want[b] += positions[slot, k] * state.weight[slot]
+    torch.testing.assert_close(out[:, -1], want)
+    # A cached decoding step holds no task token: `serving` gives the step's length, and the state is the same.
+    with serving(policy.model, tok):
+        torch.testing.assert_close(state(torch.as_tensor(step))[:, -1], want)
+    # The numbers of another step (the history before this one) do not enter this step's state.
+    longer = torch.cat([ids[:, :2], torch.as_tensor(step), ids[:, 2:]], dim=1)
+    torch.testing.assert_close(state(longer)[:, -1], want)
+
+
+def test_a_policy_with_a_state_token_and_regression_round_trips(tmp_path):
+    policy = _moved(tiny_policy(OBS, ACT, context_length=40))
+    policy.save_pretrained(tmp_path)
+    assert not any("state" in k for k in load_file(tmp_path / "model.safetensors"))
+    assert torch.equal(load_file(tmp_path / STATE_FILE)["weight"], state_of(policy.model).weight.detach())
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=False)       # no bclm code
+    assert type(plain.get_input_embeddings()) is torch.nn.Embedding
+    loaded = Policy.from_pretrained(tmp_path, device="cpu")
+    for obs in _stream(OBS, 3, 12, seed=1):
+        # To float32 rounding: the loaded table holds the rows the live model computes from its basis.
+        np.testing.assert_allclose(policy.act(obs), loaded.act(obs), rtol=0, atol=1e-5)
+    staged = dict(stage_policy(tmp_path, tmp_path / "staged"))            # what `bclm push` uploads
+    assert STATE_FILE in staged and STATE_FILE in (tmp_path / "staged" / "README.md").read_text()
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reach_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("reach") / "data"
+    collect(get_task(REACH), "benchmarks.point_reach:expert", 16, path, seed=0)
+    return path
+
+
+def test_regression_learns_a_law_linear_in_several_observation_numbers(reach_data, tmp_path):
+    """About 500 labels of a reach whose expert force is linear in position, velocity and goal (an MLP learns
+    it from 1,000): the policy reaches most goals it has never seen."""
+    recipe = cfg.build_config(TrainRecipe, None, [
+        "--dataset", str(reach_data), "--output-dir", str(tmp_path / "p"), "--model.size", "tiny",
+        "--train.epochs", "0", "--train.max_steps", "400", "--train.lr", "2e-3", "--train.warmup_steps", "10",
+        "--loop.log_every", "25", "--loop.progress", "false", "--data.val_episodes", "0",
+        "--eval.episodes", "10", "--eval.num_envs", "5"])
+    train(recipe)
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in x]
+    assert losses[-1] < losses[0] / 20, losses
+    report = json.loads((tmp_path / "p" / "eval_report.json").read_text())
+    assert report["success_rate"] >= 0.6, report["success_rate"]
+    assert (tmp_path / "p" / STATE_FILE).is_file()
