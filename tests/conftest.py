@@ -39,6 +39,14 @@ def tiny_policy(obs_space: gym.Space, act_space: gym.Space, context_length: int 
     return Policy(model, tok, context_length)
 
 
+def trained_like(policy: Policy) -> Policy:
+    """Moves every parameter (as training would), so an export cannot pass by matching an initialisation."""
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return policy
+
+
 @pytest.fixture
 def box_discrete_policy() -> Policy:
     return tiny_policy(gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Discrete(4))

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_policy
+from conftest import tiny_policy, trained_like
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -35,14 +35,6 @@ def _stream(space: gym.Space, batch: int, steps: int, seed: int):
     bspace = gym.vector.utils.batch_space(space, batch)
     bspace.seed(seed)
     return [bspace.sample() for _ in range(steps)]
-
-
-def _moved(policy: Policy) -> Policy:
-    """Every parameter moved, as training would, so nothing passes by matching an initialisation."""
-    with torch.no_grad():
-        for p in policy.model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return policy
 
 
 # --- the tokenizer's side ---------------------------------------------------------------------------
@@ -102,7 +94,7 @@ def test_regression_loss_reads_each_value_at_its_own_windows_act_token():
 # --- the state token --------------------------------------------------------------------------------
 
 def test_the_state_token_is_a_linear_map_of_the_steps_observation_numbers():
-    policy = _moved(tiny_policy(OBS, ACT, context_length=40))
+    policy = trained_like(tiny_policy(OBS, ACT, context_length=40))
     tok, state = policy.tokenizer, state_of(policy.model)
     obs = _stream(OBS, 2, 1, seed=0)[0]
     step = np.concatenate([tok.encode_observation(obs), np.full((2, 1), tok.act_id)], axis=1)
@@ -125,7 +117,7 @@ def test_the_state_token_is_a_linear_map_of_the_steps_observation_numbers():
 
 
 def test_a_policy_with_a_state_token_and_regression_round_trips(tmp_path):
-    policy = _moved(tiny_policy(OBS, ACT, context_length=40))
+    policy = trained_like(tiny_policy(OBS, ACT, context_length=40))
     policy.save_pretrained(tmp_path)
     assert not any("state" in k for k in load_file(tmp_path / "model.safetensors"))
     assert torch.equal(load_file(tmp_path / STATE_FILE)["weight"], state_of(policy.model).weight.detach())

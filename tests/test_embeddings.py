@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_policy
+from conftest import tiny_policy, trained_like
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -25,14 +25,6 @@ GOLDEN_POLICY = Path(__file__).parent / "golden" / "policy_v1"
 SPACES = (gym.spaces.Box(-2, 2, (4,), np.float32), gym.spaces.Box(-1, 1, (2,), np.float32))
 
 
-def _trained_like(policy: Policy) -> Policy:
-    """Moves every parameter (as training would), so the export cannot pass by matching an initialisation."""
-    with torch.no_grad():
-        for p in policy.model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return policy
-
-
 def test_number_embedding_is_smooth_in_the_bin():
     emb = StructuredEmbedding(torch.randn(300, 32) * 0.02, start=20, size=256, features=16)
     torch.nn.init.normal_(emb.number_proj, std=0.02)
@@ -45,7 +37,7 @@ def test_number_embedding_is_smooth_in_the_bin():
 
 def test_structured_embedding_exports_a_plain_checkpoint_with_the_same_logits(tmp_path):
     # Without a state projector, which the plain LM lacks (tests/test_continuous.py exports one).
-    policy = _trained_like(tiny_policy(*SPACES, context_length=40, state=False))
+    policy = trained_like(tiny_policy(*SPACES, context_length=40, state=False))
     assert isinstance(policy.model.get_input_embeddings(), StructuredEmbedding)
     policy.save_pretrained(tmp_path)
     assert not any("number" in k for k in load_file(tmp_path / "model.safetensors"))
@@ -65,7 +57,7 @@ def test_structured_embedding_exports_a_plain_checkpoint_with_the_same_logits(tm
 
 
 def test_a_warm_start_keeps_the_number_rows_it_was_given(tmp_path):
-    policy = _trained_like(tiny_policy(*SPACES, context_length=40))
+    policy = trained_like(tiny_policy(*SPACES, context_length=40))
     policy.save_pretrained(tmp_path)
     loaded = Policy.from_pretrained(tmp_path)
     tok = loaded.tokenizer
@@ -217,7 +209,7 @@ def test_packed_cells_share_the_rows_of_their_elements():
 def test_factored_cells_and_numbers_export_a_plain_checkpoint_with_the_same_logits(tmp_path, grid):
     from bclm.embeddings import plain_state_dict
 
-    policy = _trained_like(_cells_policy(grid=grid))
+    policy = trained_like(_cells_policy(grid=grid))
     emb = policy.model.get_input_embeddings()
     table = plain_state_dict(policy.model.state_dict(), emb)["model.embed_tokens.weight"]
     torch.testing.assert_close(table, emb.materialized())          # the ZeRO-3 path writes the same rows
@@ -285,7 +277,7 @@ def test_a_slotted_tokenizer_round_trips_and_an_unslotted_file_has_no_grid():
 def test_a_warm_start_with_factors_keeps_the_embedding_it_was_given():
     from bclm.embeddings import untie
 
-    policy = _trained_like(_cells_policy(symbol_factors=False))
+    policy = trained_like(_cells_policy(symbol_factors=False))
     model = policy.model
     before = model.get_input_embeddings().materialized()
     plain = torch.nn.Embedding.from_pretrained(before.clone(), freeze=False)
@@ -355,7 +347,7 @@ def test_mission_words_share_the_rows_of_the_cells_that_show_them():
 def test_tied_words_export_a_plain_checkpoint_with_the_same_logits(tmp_path):
     from bclm.embeddings import plain_state_dict
 
-    policy = _trained_like(_mission_policy())
+    policy = trained_like(_mission_policy())
     emb = policy.model.get_input_embeddings()
     table = plain_state_dict(policy.model.state_dict(), emb)["model.embed_tokens.weight"]
     torch.testing.assert_close(table, emb.materialized())
