@@ -4,6 +4,7 @@ continuous observation projected into one vector there), and how both are saved,
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -129,6 +130,18 @@ def test_a_policy_with_a_state_token_and_regression_round_trips(tmp_path):
         np.testing.assert_allclose(policy.act(obs), loaded.act(obs), rtol=0, atol=1e-5)
     staged = dict(stage_policy(tmp_path, tmp_path / "staged"))            # what `bclm push` uploads
     assert STATE_FILE in staged and STATE_FILE in (tmp_path / "staged" / "README.md").read_text()
+
+
+def test_a_policy_saved_before_the_regression_head_loads_and_acts_identically():
+    """tests/golden/policy_v3: Box actions as bins (tokenizer format 3), no state projector, and the actions
+    the bclm that wrote it took (commit 4465aa7)."""
+    golden = Path(__file__).parent / "golden" / "policy_v3"
+    expected = json.loads((golden / "expected_actions.json").read_text())
+    policy = Policy.from_pretrained(golden, device="cpu")
+    assert not policy.tokenizer.regression and state_of(policy.model) is None
+    session = policy.new_session(4)
+    actions = [session.act(np.asarray(o, np.float32)).tolist() for o in expected["observations"]]
+    assert actions == expected["actions"]
 
 
 # --- training ---------------------------------------------------------------------------------------
