@@ -333,7 +333,7 @@ def plain_embedding(model: nn.Module) -> Iterator[None]:
 def plain_state_dict(state_dict: dict[str, torch.Tensor], emb: StructuredEmbedding) -> dict[str, torch.Tensor]:
     """A gathered (ZeRO-3) state dict with the structured rows written into the table and their parameters
     (and a state projector's, saved apart) dropped."""
-    out = {k: v for k, v in state_dict.items() if not k.endswith(f".{STATE}.weight")}
+    out = {k: v for k, v in state_dict.items() if f".{STATE}." not in k}
     structured = [k for k in out if k.endswith((NUMBER_PROJ, SYMBOL_FACTORS))]
     if not structured:
         return out

@@ -33,7 +33,7 @@ from bclm.artifacts import (
 )
 from bclm.embeddings import StructuredEmbedding, plain_embedding, plain_state_dict
 from bclm.errors import BCLMError
-from bclm.state import feeding, load_state, save_state, serving
+from bclm.state import add_read_out, feeding, load_state, save_state, serving
 from bclm.tokenizers import (
     HISTORY_LAYOUTS,
     TOKENIZER_FILE,
@@ -364,7 +364,7 @@ class ActSession:
                 input_ids=torch.from_numpy(ids).to(device), attention_mask=self.cache_mask,
                 position_ids=torch.from_numpy(positions).to(device), use_cache=True,
                 **{cache_argument(self.policy.model): self.cache})         # the cache grows in place
-        return out.logits[:, -1, :].float()
+            return add_read_out(self.policy.model, out.logits[:, -1, :].float())
 
     def _recompute(self, step_head: np.ndarray, head_values: np.ndarray, partial: list[np.ndarray]) -> torch.Tensor:
         """Reference path without a cache: the whole context of every row, every token."""

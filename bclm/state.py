@@ -28,11 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from bclm.embeddings import StructuredEmbedding, untie
+from bclm.embeddings import STATE, StructuredEmbedding, untie
 from bclm.tokenizers import BCTokenizer, slot_positions
 
 STATE_FILE = "state_projector.safetensors"
-STATE_KEY = "state.weight"          # the projector's weight, under the input embedding's prefix
 
 
 class StateProjector(nn.Module):
@@ -40,10 +39,15 @@ class StateProjector(nn.Module):
     position times their slot's vector; zero elsewhere."""
 
     def __init__(self, dim: int, positions: np.ndarray, number_offset: int, act_id: int, task_offset: int,
-                 obs_lens: list[int]):
+                 obs_lens: list[int], out_slots: list[int]):
         super().__init__()
         slots, width = positions.shape
         self.weight = nn.Parameter(torch.zeros(slots, dim))
+        # The linear read-out: per regressed action slot (`out_slots`), a weight per observation slot.
+        self.read_out = nn.Parameter(torch.zeros(slots, len(out_slots)))
+        self.register_buffer("out_ids", number_offset + width * torch.as_tensor(out_slots, dtype=torch.long),
+                             persistent=False)
+        self.linear: torch.Tensor | None = None     # (B, T, out) the read-out of the last forward, at ACT tokens
         self.register_buffer("positions", torch.as_tensor(positions, dtype=torch.float32).flatten(), persistent=False)
         self.register_buffer("obs_lens", torch.as_tensor(obs_lens, dtype=torch.long), persistent=False)
         self.number_offset, self.width, self.act_id, self.task_offset = number_offset, width, act_id, task_offset
@@ -57,13 +61,16 @@ class StateProjector(nn.Module):
         # The exact values where the caller gave them; else the bins' positions (rounded to the bin).
         value = self.values.to(self.weight.dtype) if self.values is not None else self.positions[local]
         value = torch.where(is_number, value, 0.0)                                           # (B, T)
-        terms = value[..., None] * self.weight[local // self.width]                          # (B, T, dim)
+        weights = torch.cat([self.weight, self.read_out], dim=1)
+        terms = value[..., None] * weights[local // self.width]                              # (B, T, dim + out)
         before = torch.cat([torch.zeros_like(terms[:, :1]), terms.cumsum(dim=1)], dim=1)      # sums of [0, t)
         arange = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         start = (arange - self._obs_lens(input_ids, arange)).clamp(min=0)
         index = torch.stack([arange, start])[..., None].expand(-1, -1, -1, terms.shape[-1])
         state = before.gather(1, index[0]) - before.gather(1, index[1])
-        return torch.where((input_ids == self.act_id)[..., None], state, 0.0)
+        state = torch.where((input_ids == self.act_id)[..., None], state, 0.0)
+        self.linear = state[..., self.weight.shape[1]:]
+        return state[..., :self.weight.shape[1]]
 
     def _obs_lens(self, input_ids: torch.Tensor, arange: torch.Tensor) -> torch.Tensor:
         """(B, T) observation tokens per step of the task of each position's window."""
@@ -79,11 +86,11 @@ def wants_state(tokenizers: Mapping[str, BCTokenizer]) -> bool:
     return any(t.part_slots("observation").any() for t in tokenizers.values())
 
 
-def attach_state(model: nn.Module, tokenizers: Mapping[str, BCTokenizer], weight: torch.Tensor | None = None,
-                 fresh: bool = True) -> StateProjector | None:
-    """Give `model` a state projector for `tokenizers` (its weight `weight`; without one small and random when
-    `fresh`, else zero, so that a warm-started model computes what it did), unless it has one already or no
-    task has continuous observation slots. Returns it (or None)."""
+def attach_state(model: nn.Module, tokenizers: Mapping[str, BCTokenizer],
+                 weights: Mapping[str, torch.Tensor] | None = None, fresh: bool = True) -> StateProjector | None:
+    """Give `model` a state projector for `tokenizers` (its `weights` as saved; without them the projection
+    small and random when `fresh`, else zero, so that a warm-started model computes what it did, and the
+    read-out zero), unless it has one already or no task has continuous observation slots. Returns it."""
     if not wants_state(tokenizers):
         return None
     emb = model.get_input_embeddings()
@@ -95,12 +102,14 @@ def attach_state(model: nn.Module, tokenizers: Mapping[str, BCTokenizer], weight
         return emb.state
     first = next(iter(tokenizers.values()))
     obs_lens = [tokenizers[task].obs_len if task in tokenizers else 0 for task in first.tasks]
+    regressed = [t.part_slots("action") for t in tokenizers.values() if t.regression]
+    out_slots = np.flatnonzero(np.any(regressed, axis=0)).tolist() if regressed else []
     state = StateProjector(emb.embedding_dim, slot_positions(tokenizers, "observation"), first.number_offset,
-                           first.act_id, first.task_offset, obs_lens).to(emb.weight.device)
-    if weight is None and fresh:
+                           first.act_id, first.task_offset, obs_lens, out_slots).to(emb.weight.device)
+    if weights is None and fresh:
         nn.init.normal_(state.weight, std=getattr(model.config, "initializer_range", 0.02))
-    elif weight is not None:
-        state.weight.data.copy_(weight.to(state.weight.dtype))
+    elif weights is not None:
+        state.load_state_dict({k: v.to(state.weight.dtype) for k, v in weights.items()})
     emb.state = state
     return state
 
@@ -140,15 +149,27 @@ def serving(model: nn.Module, tokenizer: BCTokenizer) -> Iterator[None]:
         state.default_obs_len = before
 
 
+def add_read_out(model: nn.Module, logits: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """`logits` (B, K, V) at `positions` (K,) of the last forward pass (or (B, V) at its last token) plus the
+    projector's linear read-out at the regressed action slots' ids: the regression head's value is the LM's
+    output there plus a map linear in the step's observation, the path an MLP's output has."""
+    state = state_of(model)
+    if state is None or state.linear is None or not len(state.out_ids):
+        return logits
+    linear = state.linear[:, -1] if positions is None else state.linear[:, positions]
+    return logits.index_add(-1, state.out_ids, linear.to(logits.dtype))
+
+
 def save_state(model: nn.Module, directory: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    """Write the projector's weight (from a gathered ZeRO-3 `state_dict` when given) to `directory/STATE_FILE`."""
+    """Write the projector's weights (from a gathered ZeRO-3 `state_dict` when given) to `directory/STATE_FILE`."""
     from safetensors.torch import save_file
 
     state = state_of(model)
     if state is None:
         return
-    weight = next((v for k, v in (state_dict or {}).items() if k.endswith(STATE_KEY)), state.weight)
-    save_file({"weight": weight.detach().float().cpu().contiguous()}, str(directory / STATE_FILE),
+    gathered = {k.rsplit(".", 1)[1]: v for k, v in (state_dict or {}).items() if f".{STATE}." in k}
+    weights = {k: gathered.get(k, v) for k, v in state.state_dict().items()}
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in weights.items()}, str(directory / STATE_FILE),
               metadata={"format": "bclm-state-projector"})
 
 
@@ -158,4 +179,4 @@ def load_state(model: nn.Module, tokenizers: Mapping[str, BCTokenizer], director
 
     path = directory / STATE_FILE
     if path.is_file():
-        attach_state(model, tokenizers, load_file(str(path))["weight"])
+        attach_state(model, tokenizers, load_file(str(path)))

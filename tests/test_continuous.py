@@ -20,7 +20,7 @@ from bclm.data.sequences import IGNORE_INDEX, action_labels
 from bclm.envs import get_task
 from bclm.hub.policies import stage_policy
 from bclm.policy import Policy
-from bclm.state import STATE_FILE, serving, state_of
+from bclm.state import STATE_FILE, feeding, serving, state_of
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
 from bclm.trainer.bc import train
 from bclm.trainer.config import TrainRecipe
@@ -117,11 +117,31 @@ def test_the_state_token_is_a_linear_map_of_the_steps_observation_numbers():
     torch.testing.assert_close(state(longer)[:, -1], want)
 
 
+def test_a_regressed_value_is_the_lm_output_plus_a_read_out_linear_in_the_observation():
+    policy = trained_like(tiny_policy(OBS, ACT, context_length=40))
+    tok, state = policy.tokenizer, state_of(policy.model)
+    obs = _stream(OBS, 3, 1, seed=0)[0]
+    ids = torch.as_tensor(np.concatenate([np.tile(tok.prefix("default"), (3, 1)), tok.encode_observation(obs),
+                                          np.full((3, 1), tok.act_id)], axis=1))
+    values = torch.as_tensor(np.concatenate([np.zeros((3, 2)), tok.observation_values(obs), np.zeros((3, 1))],
+                                            axis=1), dtype=torch.float32)
+    with torch.no_grad(), feeding(policy.model, values):
+        lm = policy.model(input_ids=ids).logits[:, -1]
+    local = (ids - tok.number_offset).clamp(0, tok.number_vocab - 1) // tok.number_width
+    is_number = (ids >= tok.number_offset) & (ids < tok.number_offset + tok.number_vocab)
+    linear = (values * is_number)[..., None] * state.read_out.detach()[local]        # (3, T, regressed slots)
+    want = lm[:, tok.regression_ids()] + linear.sum(dim=1)
+    got = policy.new_session(3).act(obs)
+    np.testing.assert_allclose(got, tok.decode_action(tok.regressed_ids(want.numpy()), want.numpy()), atol=1e-5)
+    assert state.read_out.abs().sum() > 0
+
+
 def test_a_policy_with_a_state_token_and_regression_round_trips(tmp_path):
     policy = trained_like(tiny_policy(OBS, ACT, context_length=40))
     policy.save_pretrained(tmp_path)
     assert not any("state" in k for k in load_file(tmp_path / "model.safetensors"))
-    assert torch.equal(load_file(tmp_path / STATE_FILE)["weight"], state_of(policy.model).weight.detach())
+    saved, state = load_file(tmp_path / STATE_FILE), state_of(policy.model)
+    assert all(torch.equal(saved[k], getattr(state, k).detach()) for k in ("weight", "read_out"))
     plain = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=False)       # no bclm code
     assert type(plain.get_input_embeddings()) is torch.nn.Embedding
     loaded = Policy.from_pretrained(tmp_path, device="cpu")

@@ -13,7 +13,7 @@ from transformers import get_scheduler
 
 from bclm.data.collate import PadCollator, predicted_positions
 from bclm.data.sequences import IGNORE_INDEX
-from bclm.state import feeding
+from bclm.state import add_read_out, feeding
 from bclm.trainer.config import OptimConfig
 from bclm.trainer.ordinal import OrdinalTargets
 from bclm.trainer.regression import RegressionTargets
@@ -49,7 +49,7 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_task
     with feeding(model, batch.get("values")):
         out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                     position_ids=batch.get("position_ids"), logits_to_keep=keep, use_cache=False)
-    logits = out.logits.float()                                     # (B, K, V)
+        logits = add_read_out(model, out.logits.float(), keep)     # (B, K, V)
     chosen = targets[:, keep]                                       # (B, K)
     token_loss = (ordinal or _PLAIN).token_loss(logits, chosen)    # (B, K), 0 where ignored
     valid = chosen != IGNORE_INDEX
