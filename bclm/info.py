@@ -11,6 +11,7 @@ from bclm.data.store import META_FILE, TrajectoryStore
 from bclm.errors import BCLMError
 from bclm.hub.cards import SUMMARY_COLUMNS, parameter_count, read_json_or_empty, shard_summary
 from bclm.policy import POLICY_FILE
+from bclm.state import STATE_FILE
 from bclm.tokenizers import load_tokenizers
 from bclm.trainer.bc import QUANTIZATION_FILE, quantization_summary
 
@@ -56,6 +57,10 @@ def describe_policy(directory: Path) -> list[str]:
                   f"({tok.config.mode})" + (f"; integer tokens in slots on a {'x'.join(map(str, grid))} grid"
                                             if (grid := tok.config.symbol_grid) else ""),
                   f"    observations {tok.observation_space}", f"    actions {tok.action_space}"]
+        if tok.regression:
+            lines.append(f"    {int(tok.regressed_actions().sum())} continuous action value(s) regressed at ACT")
+    if (directory / STATE_FILE).is_file():
+        lines.append(f"  state token: continuous observations projected at ACT ({STATE_FILE})")
     lines += _quantization(directory) + _evaluation(directory)
     return lines
 

@@ -12,6 +12,11 @@ ids alone, z_s is the position of the token's bin (`BCTokenizer.number_positions
 number tokens stay in the sequence (history, discrete and text leaves are unchanged); the ACT token, where
 the action is read, gets the linear path an MLP's first layer has.
 
+The same sums give the regression head a linear read-out (`add_read_out`): each regressed action value is
+the LM's output at its slot's id plus `Σ_s R_{s,k} z_s`, the linear path from input to output that an MLP
+has and that a transformer's normalisations and gates bend (a Llama trunk erred 1.8x the tanh MLP's torque
+around Pendulum's top, benchmarks/RESULTS.md).
+
 The step's observation tokens are the `obs_len` tokens before its ACT (`obs_len` of the task whose token
 last started a window, or of the task being served where the ids fed hold no task token: a cached decoding
 step). The causal LM itself stays a plain `AutoModelForCausalLM`; the projector's weights are their own

@@ -19,6 +19,7 @@ from bclm.collect import collect
 from bclm.data.sequences import IGNORE_INDEX, action_labels
 from bclm.envs import get_task
 from bclm.hub.policies import stage_policy
+from bclm.info import describe_policy
 from bclm.policy import Policy
 from bclm.state import STATE_FILE, feeding, serving, state_of
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
@@ -148,6 +149,8 @@ def test_a_policy_with_a_state_token_and_regression_round_trips(tmp_path):
     for obs in _stream(OBS, 3, 12, seed=1):
         # To float32 rounding: the loaded table holds the rows the live model computes from its basis.
         np.testing.assert_allclose(policy.act(obs), loaded.act(obs), rtol=0, atol=1e-5)
+    described = "\n".join(describe_policy(tmp_path))                     # what `bclm info` prints
+    assert "2 continuous action value(s) regressed at ACT" in described and STATE_FILE in described
     staged = dict(stage_policy(tmp_path, tmp_path / "staged"))            # what `bclm push` uploads
     assert STATE_FILE in staged and STATE_FILE in (tmp_path / "staged" / "README.md").read_text()
 
