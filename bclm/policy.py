@@ -215,7 +215,8 @@ class ActSession:
         for k, (lo, hi) in enumerate(ranges):
             allowed[k, lo:hi] = True
         self.logit_mask = torch.where(allowed, 0.0, float("-inf")).to(policy.device)
-        self.regressed, self.regression_ids = tok.regressed_actions(), tok.regression_ids()
+        self.regressed, self.squashed, self.regression_ids = (tok.regressed_actions(), tok.squashed_actions(),
+                                                              tok.regression_ids())
         self.fed = 0
         self.generator = torch.Generator(device=policy.device)
         if seed is not None:
@@ -267,6 +268,7 @@ class ActSession:
         # one token at a time, each after the tokens before it.
         values = np.zeros((self.batch_size, tok.action_len))
         values[:, self.regressed] = logits[:, self.regression_ids[self.regressed]].cpu().numpy()
+        values = np.where(self.squashed, np.tanh(values), values)
         actions = tok.regressed_ids(values)
         self.last_entropy, self.last_margin = np.zeros(self.batch_size), np.ones(self.batch_size)
         self.fed = 0                          # action tokens of this step in the cache

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bclm.data.sequences import IGNORE_INDEX, EpisodeTokens
 from bclm.embeddings import STATE, StructuredEmbedding, untie
 from bclm.tokenizers import BCTokenizer, slot_positions
 
@@ -163,6 +164,43 @@ def add_read_out(model: nn.Module, logits: torch.Tensor, positions: torch.Tensor
         return logits
     linear = state.linear[:, -1] if positions is None else state.linear[:, positions]
     return logits.index_add(-1, state.out_ids, linear.to(logits.dtype))
+
+
+def fit_read_out(model: nn.Module, steps: list[tuple[BCTokenizer, EpisodeTokens]], ridge: float = 1e-3) -> None:
+    """Start the read-out at the least-squares linear map (ridge, with an intercept left to the LM) from the
+    training steps' observation values to their expert's regressed action values, so that the transformer
+    learns what a linear law misses rather than racing a linear path that starts at zero: it fits a few
+    hundred labels long before gradients build the linear map, and extrapolates as it fits."""
+    state = state_of(model)
+    if state is None or not len(state.out_ids):
+        return
+    slots, out_slots = state.weight.shape[0], ((state.out_ids - state.number_offset) // state.width).tolist()
+    xs, ys = [], []
+    for tok, tokens in steps:
+        x = np.zeros((len(tokens.values), slots))
+        obs = np.flatnonzero(tok.number_mask())
+        x[:, (tok.number_slot_starts()[obs] - tok.number_offset) // tok.number_width] = tokens.values[:, obs]
+        y = np.full((len(x), len(out_slots)), np.nan)
+        for k in np.flatnonzero(tok.regressed_actions()):
+            column, at = out_slots.index((tok.regression_ids()[k] - tok.number_offset) // tok.number_width), \
+                tok.obs_len + 1 + k
+            # A squashed value is the tanh of the output: fit the output (saturated targets at tanh 0.95).
+            target = np.arctanh(np.clip(tokens.value_labels[:, at], -0.95, 0.95)) if tok.squashed_actions()[k] \
+                else tokens.value_labels[:, at]
+            y[:, column] = np.where(tokens.labels[:, at] != IGNORE_INDEX, target, np.nan)
+        xs.append(x)
+        ys.append(y)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    x1 = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    read_out = np.zeros((slots, len(out_slots)))
+    for j in range(len(out_slots)):
+        rows = ~np.isnan(y[:, j])
+        if rows.sum() > 1:
+            gram = x1[rows].T @ x1[rows]
+            gram += ridge * np.trace(gram) / len(gram) * np.eye(len(gram))
+            read_out[:, j] = np.linalg.solve(gram, x1[rows].T @ y[rows, j])[:slots]
+    with torch.no_grad():
+        state.read_out.copy_(torch.as_tensor(read_out, dtype=state.read_out.dtype))
 
 
 def save_state(model: nn.Module, directory: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:

@@ -16,12 +16,12 @@ from transformers import AutoModelForCausalLM
 
 from bclm import config as cfg
 from bclm.collect import collect
-from bclm.data.sequences import IGNORE_INDEX, action_labels
+from bclm.data.sequences import IGNORE_INDEX, action_labels, tokenize_episodes
 from bclm.envs import get_task
 from bclm.hub.policies import stage_policy
 from bclm.info import describe_policy
 from bclm.policy import Policy
-from bclm.state import STATE_FILE, feeding, serving, state_of
+from bclm.state import STATE_FILE, feeding, fit_read_out, serving, state_of
 from bclm.tokenizers import BCTokenizer, TokenizerConfig
 from bclm.trainer.bc import train
 from bclm.trainer.config import TrainRecipe
@@ -131,10 +131,26 @@ def test_a_regressed_value_is_the_lm_output_plus_a_read_out_linear_in_the_observ
     local = (ids - tok.number_offset).clamp(0, tok.number_vocab - 1) // tok.number_width
     is_number = (ids >= tok.number_offset) & (ids < tok.number_offset + tok.number_vocab)
     linear = (values * is_number)[..., None] * state.read_out.detach()[local]        # (3, T, regressed slots)
-    want = lm[:, tok.regression_ids()] + linear.sum(dim=1)
+    want = torch.tanh(lm[:, tok.regression_ids()] + linear.sum(dim=1))          # Box(-1, 1): bounded, squashed
+    assert tok.squashed_actions().all()
     got = policy.new_session(3).act(obs)
     np.testing.assert_allclose(got, tok.decode_action(tok.regressed_ids(want.numpy()), want.numpy()), atol=1e-5)
     assert state.read_out.abs().sum() > 0
+
+
+def test_the_read_out_starts_at_the_least_squares_linear_law_of_the_training_steps():
+    policy = tiny_policy(OBS, ACT)
+    tok, state = policy.tokenizer, state_of(policy.model)
+    obs = _stream(OBS, 300, 1, seed=4)[0]
+    actions = np.tanh(0.3 * obs["goal"] - 0.2 * obs["pos"][:, ::-1]).astype(np.float32)  # of 4 numbers, squashed
+    n = len(actions)
+    tokens = tokenize_episodes(tok, obs, actions, np.arange(n) // 30, np.arange(n) % 30, np.full(n, "default"))
+    fit_read_out(policy.model, [(tok, tokens)])
+    obs_at = np.flatnonzero(tok.number_mask())
+    slots = (tok.number_slot_starts()[obs_at] - tok.number_offset) // tok.number_width
+    pred = tokens.values[:, obs_at] @ state.read_out.detach().numpy()[slots]             # (n, 2), intercept aside
+    target = np.arctanh(tokens.value_labels[:, tok.obs_len + 1:])                       # the bounded dims' output
+    assert np.abs((pred - target) - (pred - target).mean(0)).max() < 1e-3
 
 
 def test_a_policy_with_a_state_token_and_regression_round_trips(tmp_path):

@@ -90,6 +90,11 @@ class BoxCodec:
             return not (np.isfinite(self.low).all() and np.isfinite(self.high).all())
         return self.bounds == "data"
 
+    @property
+    def data_bounds(self) -> bool:
+        """Whether the bounds are fitted to data (with a margin) rather than the space's."""
+        return self._bounds_from_data()
+
     def _needs_data(self) -> bool:
         return not self.exact.all() and (self._bounds_from_data() or self.mode == "quantile")
 

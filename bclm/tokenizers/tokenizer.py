@@ -254,6 +254,13 @@ class BCTokenizer:
             return np.zeros(self.action_len, dtype=bool)
         return np.concatenate([_binned(c) for c in self.action_codecs])
 
+    def squashed_actions(self) -> np.ndarray:
+        """(action_len,) True at the regressed tokens whose bounds are their space's: their value is the tanh of
+        the output, so it stays inside the space and saturates as a bounded expert does (a clipped force, a
+        torque limit), as the reference MLP's and SAC's bounded actions do."""
+        bounded = [_binned(c) & (isinstance(c, BoxCodec) and not c.data_bounds) for c in self.action_codecs]
+        return self.regressed_actions() & (np.concatenate(bounded) if bounded else np.zeros(0, bool))
+
     def regression_ids(self) -> np.ndarray:
         """(action_len,) the id whose output logit at the ACT token is each regressed action token's value: the
         first id of its number slot (-1 at tokens chosen among tokens)."""

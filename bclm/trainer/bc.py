@@ -28,7 +28,7 @@ from bclm.eval.evaluate import evaluate, evaluate_tasks, write_report
 from bclm.hub.cards import CARD_FILE, policy_card
 from bclm.models import build_model
 from bclm.policy import Policy
-from bclm.state import attach_state
+from bclm.state import attach_state, fit_read_out
 from bclm.tokenizers import BCTokenizer
 from bclm.trainer.best import KeepBest
 from bclm.trainer.config import OptimConfig, TrainRecipe
@@ -197,6 +197,8 @@ def _model_and_data(recipe: TrainRecipe) -> tuple[PreTrainedModel, Prepared]:
         attach_for(model, widest, recipe.model.number_features, fresh=warm_model is None, radix=radix, words=words)
         if recipe.model.state_token:
             attach_state(model, data.tokenizers, fresh=warm_model is None)
+            if warm_model is None:
+                fit_read_out(model, [(data.tokenizers[t.name], t.train.tokens) for t in data.tasks])
     return model, data
 
 

@@ -7,6 +7,8 @@ and JAT regress continuous actions: the value of action dimension k is the outpu
 token, of the first id of k's number slot, trained by squared error (a Gaussian log-likelihood of fixed
 variance) against the expert's value normalised with the tokenizer's statistics (`action_values`: 0 at the
 centre of the data, ±1 at its edges; the target bin's position where a batch carries no exact values).
+A dimension bounded by its space is the tanh of that output (`BCTokenizer.squashed_actions`), inside the
+bounds and saturating as a clipped expert does, as the reference MLP's and SAC's bounded actions are.
 Every dimension is read at the ACT token, from the observations alone, so the model stays a plain causal LM
 (the read-out is a row of its output head) and one forward pass gives the whole vector.
 """
@@ -22,10 +24,12 @@ class RegressionTargets:
     """Squared-error loss of the action tokens in the number range (`slots` slots of `width` ids from
     `offset`, whose bins sit at `positions` (slots, width)), predicted at the last `act_id` token."""
 
-    def __init__(self, act_id: int, offset: int, positions: torch.Tensor):
+    def __init__(self, act_id: int, offset: int, positions: torch.Tensor, squashed: torch.Tensor | None = None):
         self.act_id, self.offset = act_id, offset
         self.positions = positions.float()
         self.slots, self.width = positions.shape
+        # (slots,) the slots whose value is the tanh of the output (`BCTokenizer.squashed_actions`)
+        self.squashed = torch.zeros(self.slots, dtype=torch.bool) if squashed is None else squashed
 
     def token_loss(self, logits: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor, input_ids: torch.Tensor,
                    exact: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -46,6 +50,7 @@ class RegressionTargets:
         column = self.offset + slot * self.width
         vocab = logits.shape[-1]
         pred = logits.reshape(len(logits), -1).gather(1, kept_index[last_act] * vocab + column)      # (B, K)
+        pred = torch.where(self.squashed.to(slot.device)[slot], torch.tanh(pred), pred)
         loss = torch.where(regressed, (pred - target) ** 2, 0.0)
         with torch.no_grad():
             nearest = (positions[slot] - pred[..., None]).abs().argmin(-1)
@@ -59,4 +64,7 @@ def regression_targets(tokenizers: dict[str, BCTokenizer]) -> RegressionTargets 
         return None
     tok = next(iter(tokenizers.values()))
     positions = slot_positions(tokenizers, "action")
-    return RegressionTargets(tok.act_id, tok.number_offset, torch.as_tensor(positions))
+    squashed = torch.zeros(len(positions), dtype=torch.bool)
+    for t in tokenizers.values():
+        squashed[(t.regression_ids()[t.squashed_actions()] - t.number_offset) // t.number_width] = True
+    return RegressionTargets(tok.act_id, tok.number_offset, torch.as_tensor(positions), squashed)
