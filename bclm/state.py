@@ -42,7 +42,8 @@ STATE_FILE = "state_projector.safetensors"
 
 class StateProjector(nn.Module):
     """(B, T) ids -> (B, T, dim): at each ACT token, the sum over the step's observation number tokens of their
-    position times their slot's vector; zero elsewhere."""
+    value times their slot's vector; zero elsewhere. The same sums with the read-out's weights, (B, T, out),
+    are kept in `linear` for `add_read_out`."""
 
     def __init__(self, dim: int, positions: np.ndarray, number_offset: int, act_id: int, task_offset: int,
                  obs_lens: list[int], out_slots: list[int]):
