@@ -122,7 +122,11 @@ def attach_state(model: nn.Module, tokenizers: Mapping[str, BCTokenizer],
 
 
 def state_of(model: nn.Module) -> StateProjector | None:
-    """The projector of `model`, also when accelerate, DeepSpeed or torch.compile wrap it."""
+    """The projector of `model`, also when torch.compile, DDP or DeepSpeed wrap it (`_orig_mod`, `module`)."""
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner)
+    if hasattr(inner, "get_input_embeddings"):       # O(1): called at every forward pass of a rollout
+        return getattr(inner.get_input_embeddings(), STATE, None)
     return next((m for m in model.modules() if isinstance(m, StateProjector)), None)
 
 
