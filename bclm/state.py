@@ -50,8 +50,9 @@ class StateProjector(nn.Module):
         super().__init__()
         slots, width = positions.shape
         self.weight = nn.Parameter(torch.zeros(slots, dim))
-        # The linear read-out: per regressed action slot (`out_slots`), a weight per observation slot.
-        self.read_out = nn.Parameter(torch.zeros(slots, len(out_slots)))
+        # The linear read-out: per regressed action slot (`out_slots`), a weight per observation slot. None
+        # without any: DeepSpeed ZeRO-3 cannot gather a parameter of no elements.
+        self.register_parameter("read_out", nn.Parameter(torch.zeros(slots, len(out_slots))) if out_slots else None)
         self.register_buffer("out_ids", number_offset + width * torch.as_tensor(out_slots, dtype=torch.long),
                              persistent=False)
         self.linear: torch.Tensor | None = None     # (B, T, out) the read-out of the last forward, at ACT tokens
@@ -68,7 +69,7 @@ class StateProjector(nn.Module):
         # The exact values where the caller gave them; else the bins' positions (rounded to the bin).
         value = self.values.to(self.weight.dtype) if self.values is not None else self.positions[local]
         value = torch.where(is_number, value, 0.0)                                           # (B, T)
-        weights = torch.cat([self.weight, self.read_out], dim=1)
+        weights = self.weight if self.read_out is None else torch.cat([self.weight, self.read_out], dim=1)
         terms = value[..., None] * weights[local // self.width]                              # (B, T, dim + out)
         before = torch.cat([torch.zeros_like(terms[:, :1]), terms.cumsum(dim=1)], dim=1)      # sums of [0, t)
         arange = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
@@ -177,7 +178,7 @@ def fit_read_out(model: nn.Module, steps: list[tuple[BCTokenizer, EpisodeTokens]
     learns what a linear law misses rather than racing a linear path that starts at zero: it fits a few
     hundred labels long before gradients build the linear map, and extrapolates as it fits."""
     state = state_of(model)
-    if state is None or not len(state.out_ids):
+    if state is None or state.read_out is None:
         return
     slots, out_slots = state.weight.shape[0], ((state.out_ids - state.number_offset) // state.width).tolist()
     xs, ys = [], []
