@@ -80,10 +80,11 @@ class TokenizerConfig:
                 "MLP's first layer does; false: every dimension shares one slot (format 2)."})
     action_head: str = field(default="regression", metadata={
         "help": "How continuous action dimensions are predicted. 'regression' (format 4): all of a step's at once, "
-                "at its ACT token, each as the output logit of its slot's first id, trained by squared error on "
-                "the value normalised to its bounds (the position of `bin_positions`) and decoded exactly, as an "
-                "MLP regresses (needs number_slots). 'bins': one categorical token per dimension, cross-entropy "
-                "over its bins (train.ordinal_sigma smooths it), each dimension after the ones before it."})
+                "at its ACT token, each the output logit of its slot's first id (plus the state token's linear "
+                "read-out; through tanh where the space bounds the dimension), trained by squared error on the "
+                "value normalised to its bounds and decoded exactly, as an MLP regresses (needs number_slots). "
+                "'bins': one categorical token per dimension, cross-entropy over its bins (train.ordinal_sigma "
+                "smooths it), each dimension after the ones before it."})
 
     def __post_init__(self) -> None:
         self.percentiles = tuple(float(p) for p in self.percentiles)  # JSON gives a list back
