@@ -106,7 +106,7 @@ class EpisodeTokens:
     lengths: np.ndarray        # (E,) steps per episode
     task_tokens: np.ndarray    # (E,) task token id of each episode
     episode_ids: np.ndarray    # (E,) the store's episode id
-    values: np.ndarray         # (N, step_len) float32 exact values of the continuous tokens of `steps`, 0 elsewhere
+    values: np.ndarray         # (N, step_len) float32 exact values of the continuous observation tokens, 0 elsewhere
     value_labels: np.ndarray   # (N, step_len) float32 the same of the expert's action tokens (the labels)
 
 
@@ -139,8 +139,7 @@ def tokenize_episodes(tokenizer: BCTokenizer, observation, action, episode: np.n
     labels = np.full_like(tokens, IGNORE_INDEX)
     labels[:, first_action:] = action_labels(tokenizer, executed, expert)
     values = np.zeros(tokens.shape, np.float32)
-    values[:, :tokenizer.obs_len] = tokenizer.observation_values(observation)
-    values[:, first_action:] = tokenizer.action_values(action)
+    values[:, :tokenizer.obs_len] = tokenizer.observation_values(observation)     # what the state token reads
     value_labels = np.zeros(tokens.shape, np.float32)
     value_labels[:, first_action:] = tokenizer.action_values(action if expert_action is None else expert_action)
     if labeled is not None:
@@ -205,7 +204,7 @@ class WindowDataset(torch.utils.data.Dataset):
         steps, labels = self.tokens.steps[rows], self.tokens.labels[rows]
         values, value_labels = self.tokens.values[rows], self.tokens.value_labels[rows]
         if self.action_dropout:
-            steps, labels, values = self._dropped(steps, labels, values, i)
+            steps, labels = self._dropped(steps, labels, i)
         prefix = np.array([self.bos, self.tokens.task_tokens[e]], dtype=np.int64)
         input_ids = np.concatenate([prefix, self._body(steps)])
         if self.jitter is not None:
@@ -243,19 +242,17 @@ class WindowDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _dropped(self, steps: np.ndarray, labels: np.ndarray, values: np.ndarray,
-                 i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _dropped(self, steps: np.ndarray, labels: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
         """History dropout: the actions of past steps masked with probability `action_dropout`. A masked
         action's tokens after its first lose their labels too: each was predicted after the ones before it."""
         rng = np.random.default_rng((self.seed, self.epoch, int(i), 1))
         drop = rng.random(len(steps)) < self.action_dropout
         drop[-1] = False                      # the last action is no step's history
-        steps, labels, values = steps.copy(), labels.copy(), values.copy()
+        steps, labels = steps.copy(), labels.copy()
         first = self.obs_len + 1
         steps[drop, first:] = self.mask_id
-        values[drop, first:] = 0.0
         labels[drop, first + 1:] = IGNORE_INDEX
-        return steps, labels, values
+        return steps, labels
 
     def _jittered(self, input_ids: np.ndarray, steps: int, i: int) -> np.ndarray:
         """The window's observation numbers moved by random whole bins."""
