@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from bclm import atomic
+from bclm import atomic, dirlock
 from bclm.data.store import META_FILE, TrajectoryStore
 from bclm.envs import TaskSpec, make_env
 from bclm.errors import BCLMError
@@ -54,7 +54,15 @@ def collect(task: TaskSpec, expert_ref: str | None, episodes: int, output: str |
         env = make_env(task)
         noise.check(env.action_space)
         env.close()
-    store = collect_store(task, output, request)
+    with dirlock.exclusive(output, "--output"):
+        return _collect(task, collect_store(task, output, request), request, progress, noise)
+
+
+def _collect(task: TaskSpec, store: TrajectoryStore, request: dict[str, Any], progress: bool,
+             noise: Noise) -> dict[str, Any]:
+    """The request's chunks that `store` lacks, written one shard each; the summary of what was written."""
+    ref, episodes, seed, num_envs = (request[k] for k in ("expert", "episodes", "seed", "num_envs"))
+    noisy = {"noise": str(noise)} if noise else {}
     chunks = [chunk_name(c) for c in range(math.ceil(episodes / CHUNK))]
     done, now = set(store.shard_names()), []
     # One bar: over the chunks (with an ETA) when there are several, else the rollout's own over episodes.

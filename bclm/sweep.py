@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from bclm import atomic, interrupt
+from bclm import atomic, dirlock, interrupt
 from bclm.config import option
 from bclm.data.store import META_FILE, TrajectoryStore
 from bclm.envs import TaskSpec, get_task
@@ -224,6 +224,11 @@ def run_sweep(recipe: SweepRecipe) -> dict[str, Any]:
         raise BCLMError("sweep method 'dart' needs a fixed noise level: --dagger.noise eps:P or gauss:S (for a "
                         "fitted one, the method 'dart-fit')")
     out = Path(recipe.output_dir)
+    with dirlock.exclusive(out):
+        return _run_sweep(recipe, out)
+
+
+def _run_sweep(recipe: SweepRecipe, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     todo = cells(recipe.sweep)
     jobs = recipe.sweep.jobs or max(1, (os.cpu_count() or 2) // 2)

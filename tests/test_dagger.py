@@ -217,3 +217,25 @@ def test_collect_with_a_human_through_the_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     steps = TrajectoryStore(tmp_path / "data").arrays()
     assert len(steps) == 50 and (steps.action == 1).all()
+
+
+def test_reports_never_shrink_and_beta_and_labels_are_read_from_the_shards(tmp_path):
+    out = tmp_path / "run"
+
+    def agrees_with_the_shards(rows: list[dict]) -> None:
+        steps = TrajectoryStore(out / "data").arrays()
+        for row in rows:
+            mine = steps.columns["round"] == row["round"]
+            assert row["beta"] == pytest.approx(float(steps.columns["beta"][mine][0]), abs=1e-6)
+            upto = steps.columns["round"] <= row["round"]
+            assert row["expert_labels"] == int(steps.columns["labeled"][upto].sum())
+
+    run_dagger(_recipe(out, 3, "--dagger.beta", "linear"))         # β 1, 0.667, 0.333, 0
+    report = (out / "dagger_report.json").read_bytes()
+    with pytest.raises(BCLMError, match=r"holds DAgger rounds up to 3, more than --dagger\.rounds 1"):
+        run_dagger(_recipe(out, 1, "--dagger.beta", "linear"))
+    assert (out / "dagger_report.json").read_bytes() == report
+    rows = run_dagger(_recipe(out, 4, "--dagger.beta", "linear"))["rounds"]  # a new schedule for round 4 only
+    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["beta"] for r in rows[:4]] == pytest.approx([1, 2 / 3, 1 / 3, 0], abs=1e-6)
+    agrees_with_the_shards(rows)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bclm import dirlock
 from bclm.data.store import TrajectoryStore
 from bclm.trainer.rundir import latest_checkpoint, run_finished
 
@@ -215,3 +216,55 @@ def test_a_read_only_disk_is_named_before_any_work(tmp_path, small_disk, capsys,
                  ("train", "--dataset", "data", "--output-dir", "disk/out", "--model.size", "tiny")):
         code, err = _run(capsys, *args)
         assert code == 2 and "the file system is read-only" in _one_line(err), err
+
+
+def _holding(directory: Path) -> subprocess.Popen:
+    """Another process that holds `directory` until killed (it prints once it does)."""
+    code = f"import sys, time; from bclm import dirlock\nwith dirlock.exclusive({str(directory)!r}):\n" \
+           "    print('held', flush=True); time.sleep(600)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+# Every command that writes a directory, told to write `out` (beside a 3-episode dataset `data`).
+WRITERS = {"collect": ("--env", ENV, "--expert", EXPERT, "--episodes", "2", "--output", "out"),
+           "train": ("--dataset", "data", "--output-dir", "out"),
+           "dagger": ("--env", ENV, "--expert", EXPERT, "--output-dir", "out"),
+           "sweep": ("--env", ENV, "--dagger.expert", EXPERT, "--output-dir", "out"),
+           "export-lerobot": ("--dataset", "data", "--output", "out")}
+
+
+@pytest.fixture
+def small_data(tmp_path, monkeypatch) -> Path:
+    from bclm.collect import collect
+    from bclm.envs import get_task
+
+    monkeypatch.chdir(tmp_path)
+    collect(get_task(ENV), EXPERT, 3, tmp_path / "data", seed=0)
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", list(WRITERS))
+def test_an_output_that_is_a_file_is_one_line_and_the_file_is_kept(small_data, capsys, command):
+    (small_data / "out").write_text("mine")
+    code, err = _run(capsys, command, *WRITERS[command])
+    assert code == 2 and "out is a file, not a directory" in _one_line(err)
+    assert (small_data / "out").read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", list(WRITERS))
+def test_a_second_writer_is_one_line_naming_the_holder_and_a_kill_9_frees_the_directory(small_data, capsys,
+                                                                                        command):
+    out = small_data / "out"
+    holder = _holding(out)
+    try:
+        code, err = _run(capsys, command, *WRITERS[command])
+        assert code == 2 and f"out is being written by another bclm process (PID {holder.pid}" in _one_line(err)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not out.exists() or not any(out.iterdir())          # the refused command wrote nothing
+    with dirlock.exclusive(out):                               # the killed holder's lock is gone
+        pass

@@ -26,7 +26,7 @@ import datasets
 import gymnasium as gym
 import numpy as np
 
-from bclm import atomic, failpoints
+from bclm import atomic, dirlock, failpoints
 from bclm.errors import BCLMError
 from bclm.tokenizers import assemble, flatten_leaves, space_from_dict, space_to_dict
 
@@ -338,18 +338,18 @@ def staged_dir(output: str | Path) -> Iterator[Path]:
     """A new directory `output`, built in a temporary sibling and renamed into place when the block succeeds:
     a failure part-way leaves nothing that looks complete, and the retry is not refused as "not empty"."""
     output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise BCLMError(f"{output} already exists and is not empty: choose a new --output directory")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if output.exists():
-            output.rmdir()
-        os.replace(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with dirlock.exclusive(output, "--output"):
+        if output.exists() and any(output.iterdir()):
+            raise BCLMError(f"{output} already exists and is not empty: choose a new --output directory")
+        tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            yield tmp
+            if output.exists():
+                output.rmdir()
+            os.replace(tmp, output)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 

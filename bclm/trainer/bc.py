@@ -18,7 +18,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from bclm import atomic, failpoints, interrupt
+from bclm import atomic, dirlock, failpoints, interrupt
 from bclm import config as cfg
 from bclm.data.collate import PackCollator, PadCollator
 from bclm.embeddings import attach_for, shared_radix, word_rows
@@ -89,16 +89,17 @@ def check_output_dir(recipe: TrainRecipe) -> Path:
     if not recipe.output_dir:
         raise BCLMError("output_dir is required (--output-dir DIR)")
     task_entries(recipe)                  # a dataset or a mixture, checked before anything is written
-    out = Path(recipe.output_dir)
-    if out.exists() and not out.is_dir():
-        raise BCLMError(f"--output-dir {out} is a file, not a directory: choose another --output-dir")
+    return Path(recipe.output_dir)
+
+
+def claim_output_dir(recipe: TrainRecipe, out: Path) -> None:
+    """Under the directory's lock: a finished run is kept unless overwritten, and the directory made."""
     if run_finished(out):
         if not recipe.overwrite:
             raise BCLMError(f"{out} already holds a finished policy; choose another --output-dir "
                             "(or pass --overwrite true to train it again)")
         unmark_finished(out)
     out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -126,8 +127,15 @@ class _Run:
 
 
 def train(recipe: TrainRecipe, accelerator: Accelerator | None = None) -> Policy:
-    """Fit a policy on the recipe's dataset; write it (safetensors + tokenizer + report) to output_dir."""
+    """Fit a policy on the recipe's dataset; write it (safetensors + tokenizer + report) to output_dir, which
+    no other bclm process may write meanwhile."""
     out = check_output_dir(recipe)
+    with dirlock.exclusive(out):
+        claim_output_dir(recipe, out)
+        return _train(recipe, out, accelerator)
+
+
+def _train(recipe: TrainRecipe, out: Path, accelerator: Accelerator | None) -> Policy:
     accelerator = accelerator or make_accelerator(
         "bf16" if recipe.train.bf16 else "no", recipe.train.grad_accum, str(out),
         log_with=make_trackers(recipe.loop.report_to, out, recipe.loop.project) or None)

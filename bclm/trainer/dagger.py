@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from bclm import atomic, distributed, failpoints
+from bclm import atomic, dirlock, distributed, failpoints
 from bclm.config import option
 from bclm.data.store import TrajectoryStore
 from bclm.envs import TaskSpec, get_task, load_expert
@@ -244,12 +245,18 @@ def needs_training(recipe: TrainRecipe, policy_dir: Path) -> bool:
     return recipe.overwrite or not run_finished(policy_dir)
 
 
-def check_finished_rounds(tasks: list[DaggerTask], out: Path, rounds: int) -> None:
-    """Refuse, before anything is rewritten, a run whose data or finished rounds are damaged: the report
-    would otherwise be rewritten with fewer rounds than it had."""
+def check_finished_rounds(tasks: list[DaggerTask], out: Path, rounds: int, overwrite: bool) -> None:
+    """Refuse, before anything is rewritten, a run whose data or finished rounds are damaged, or that holds
+    more rounds than asked for: the report would otherwise be rewritten with fewer rounds than it had."""
     for t in tasks:
         if t.store.shard_names():
             t.store.load()                                  # names a damaged shard
+    names = {n for t in tasks for n in t.store.shard_names()} | {p.name for p in out.glob("round-*") if p.is_dir()}
+    held = max((int(n[6:]) for n in names if re.fullmatch(r"round-\d{3}", n)), default=0)
+    if held > rounds and not overwrite:
+        raise BCLMError(f"{out} already holds DAgger rounds up to {held}, more than --dagger.rounds {rounds}: give "
+                        f"--dagger.rounds {held} or more to continue it, or another --output-dir (or --overwrite "
+                        "true to report only the first rounds)")
     for k in range(rounds + 1):
         report = out / ROUND.format(k) / "eval_report.json"
         if run_finished(report.parent) and not isinstance(atomic.read_json(report), dict):
@@ -272,13 +279,19 @@ def run_dagger(recipe: DaggerRecipe) -> dict[str, Any]:
     if "human" in (cfg.expert, cfg.intervener) and distributed.launched_world_size() > 1:
         raise BCLMError("a human labeler answers at one terminal: run DAgger with --expert/--intervener human "
                         "in one process, not under a multi-process launch")
+    with dirlock.exclusive(out):
+        return _run_dagger(recipe, out)
+
+
+def _run_dagger(recipe: DaggerRecipe, out: Path) -> dict[str, Any]:
+    cfg = recipe.dagger
     init_processes()            # under `accelerate launch`: every rank rolls out its share of each round
     tasks = dagger_tasks(recipe, out)
     for t in tasks:                   # the seeds run_round and collect_round use
         check_unseen(cfg.seed, t.initial_episodes, recipe.eval, "dagger round 0")
         for k in range(1, cfg.rounds + 1):
             check_unseen(cfg.seed + ROUND_SEEDS * k, cfg.episodes_per_round, recipe.eval, f"dagger round {k}")
-    check_finished_rounds(tasks, out, cfg.rounds)
+    check_finished_rounds(tasks, out, cfg.rounds, recipe.overwrite)
     beta = beta_schedule(cfg)
     rows = []
     bar = tqdm(total=cfg.rounds + 1, desc="dagger rounds", unit="round", leave=False,
@@ -329,8 +342,7 @@ def run_round(recipe: DaggerRecipe, tasks: list[DaggerTask], k: int, beta: Calla
     policy_dir = out / ROUND.format(k)
     if needs_training(recipe, policy_dir):
         train(round_recipe(recipe, out, k, tasks))
-    no_coin = cfg.intervener or cfg.gate or Noise.parse(cfg.noise).fit
-    return _round_row(tasks, k, None if k and no_coin else beta(k), policy_dir)
+    return _round_row(tasks, k, policy_dir)
 
 
 def _report(tasks: list[DaggerTask], rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -358,13 +370,21 @@ def bc_baseline(recipe: DaggerRecipe, task: TaskSpec, expert_ref: str, out: Path
     return {"expert_labels": len(store.load()), **report}
 
 
-def _round_row(tasks: list[DaggerTask], k: int, beta: float | None, policy_dir: Path) -> dict[str, Any]:
+def _round_row(tasks: list[DaggerTask], k: int, policy_dir: Path) -> dict[str, Any]:
     report = atomic.read_json(policy_dir / "eval_report.json")
+    beta = _stored_beta(tasks[0].store, k)
     if tasks[0].name is None:
         return {"round": k, "beta": beta, **report, **_labels(tasks[0].store, k)}
     per_task = {t.name: {**report["tasks"][t.name], **_labels(t.store, k)} for t in tasks}
     return {"round": k, "beta": beta, "success_rate": report["success_rate"],
             "expert_labels": sum(r["expert_labels"] for r in per_task.values()), "tasks": per_task}
+
+
+def _stored_beta(store: TrajectoryStore, k: int) -> float | None:
+    """Round k's β as its shard recorded it (None where no β coin was tossed): provenance is what was
+    collected, whatever the schedule of a later rerun says."""
+    beta = float(store.load([ROUND.format(k)])["beta"][0])
+    return None if np.isnan(beta) else round(beta, 6)         # stored as float32
 
 
 def _labels(store: TrajectoryStore, k: int) -> dict[str, int]:
