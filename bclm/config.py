@@ -194,8 +194,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise BCLMError(f"recipe {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise BCLMError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if data is None:
-        return {}
+    if data is None:               # an empty file (or only comments): a recipe that was not saved, likely
+        raise BCLMError(f"recipe {path} is empty: expected sections such as train: and model:, or no recipe "
+                        "argument to train with the defaults")
     if not isinstance(data, dict):
         raise BCLMError(f"recipe {path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

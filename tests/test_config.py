@@ -62,6 +62,14 @@ def test_a_recipe_that_is_not_utf8_is_named(tmp_path):
         cfg.build_config(TrainRecipe, recipe, [])
 
 
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_recipe_is_an_error_not_the_defaults(tmp_path, text):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    with pytest.raises(BCLMError, match=r"recipe .*r\.yaml is empty"):
+        cfg.build_config(TrainRecipe, recipe, [])
+
+
 def test_help_lists_every_field_with_its_help():
     text = "\n".join(cfg.help_text(TrainRecipe))
     assert "--train.lr" in text and "Peak learning rate" in text

@@ -268,3 +268,39 @@ def test_a_second_writer_is_one_line_naming_the_holder_and_a_kill_9_frees_the_di
     assert not out.exists() or not any(out.iterdir())          # the refused command wrote nothing
     with dirlock.exclusive(out):                               # the killed holder's lock is gone
         pass
+
+
+def _flip_byte(shard: Path, where: float) -> None:
+    arrow = next(shard.glob("*.arrow"))
+    data = bytearray(arrow.read_bytes())
+    data[int(len(data) * where)] ^= 0x01
+    arrow.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where", [0.3, 0.6, 0.95])
+def test_a_flipped_byte_in_a_shard_is_named_before_training(small_data, capsys, where):
+    _flip_byte(small_data / "data" / "round-000", where)
+    code, err = _run(capsys, "train", "--dataset", "data", "--output-dir", "out", "--model.size", "tiny")
+    assert code == 2 and "shard data/round-000 is damaged: data-00000-of-00001.arrow is changed" in _one_line(err)
+    assert not (small_data / "out").exists()
+
+
+def test_dagger_names_a_damaged_label_shard_before_rewriting_anything(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["dagger", *DAGGER[1:]]
+    assert _run(capsys, *[a if a != "1" else "0" for a in args])[0] == 0       # round 0 only
+    report = (tmp_path / "run" / "dagger_report.json").read_bytes()
+    _flip_byte(tmp_path / "run" / "data" / "round-000", 0.5)
+    code, err = _run(capsys, *args)
+    assert code == 2 and "round-000 is damaged" in _one_line(err)
+    assert (tmp_path / "run" / "dagger_report.json").read_bytes() == report
+    assert not (tmp_path / "run" / "round-001").exists()
+
+
+def test_a_warmup_longer_than_the_sized_run_is_one_warning_line(small_data, capsys):
+    code, err = _run(capsys, "train", "--dataset", "data", "--output-dir", "out", "--model.size", "tiny",
+                     "--train.warmup_steps", "1000", "--train.max_steps", "5", "--loop.progress", "false",
+                     "--eval.episodes", "1")
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert code == 0 and warned == ["warning: train.warmup_steps 1000 is more than a tenth of this run's 5 steps "
+                                    "(sized to the data); warming up over 0"], err

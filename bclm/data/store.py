@@ -12,6 +12,7 @@ earlier shards intact and no half-written shard is ever read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from bclm.errors import BCLMError
 from bclm.tokenizers import assemble, flatten_leaves, space_from_dict, space_to_dict
 
 META_FILE = "bclm_dataset.json"
+SHARD_HASHES = "bclm_shard_hashes.json"   # in each shard: sha256 of its files, written with it
 FORMAT = "bclm-dataset"
 FORMAT_VERSION = 1
 
@@ -230,6 +232,7 @@ class TrajectoryStore:
         try:
             with atomic.disk_errors_named(final):
                 ds.save_to_disk(str(tmp))
+                atomic.write_json(tmp / SHARD_HASHES, {"sha256": _digests(tmp)})
             failpoints.point("shard")
             os.replace(tmp, final)
         finally:
@@ -287,6 +290,20 @@ class TrajectoryStore:
         ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
         return ds.with_format("numpy")
 
+    def verify(self, shards: Sequence[str] | None = None) -> None:
+        """Every file of the (named) shards still has the hash written when the shard was committed: a flipped
+        byte is named before it is trained on. Shards written before bclm kept hashes are not checked."""
+        for name in list(shards) if shards is not None else self.shard_names():
+            shard = self.path / name
+            written = atomic.read_json(shard / SHARD_HASHES)
+            if not isinstance(written, dict):
+                continue
+            now = _digests(shard)
+            for file, digest in written["sha256"].items():
+                if now.get(file) != digest:
+                    raise BCLMError(f"shard {shard} is damaged: {file} is {'missing' if file not in now else 'changed'}"
+                                    " since it was written: restore it, or delete the shard to collect it again")
+
     def arrays(self, shards: Sequence[str] | None = None) -> StepArrays:
         return StepArrays.from_dataset(self.load(shards), self.observation_space, self.action_space)
 
@@ -331,6 +348,16 @@ def _last_flag(length: int, flag: bool) -> np.ndarray:
     out = np.zeros(length, dtype=bool)
     out[-1] = flag
     return out
+
+
+def _digests(shard: Path) -> dict[str, str]:
+    """sha256 of each file a shard holds, its hash manifest aside."""
+    digests = {}
+    for path in sorted(shard.iterdir()):
+        if path.is_file() and path.name != SHARD_HASHES:
+            with open(path, "rb") as f:
+                digests[path.name] = hashlib.file_digest(f, "sha256").hexdigest()
+    return digests
 
 
 @contextmanager

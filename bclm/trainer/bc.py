@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from bclm.state import attach_state, fit_read_out
 from bclm.tokenizers import BCTokenizer
 from bclm.trainer.best import KeepBest
 from bclm.trainer.config import OptimConfig, TrainRecipe
-from bclm.trainer.data import EpochSampler, Prepared, prepare_data, task_entries
+from bclm.trainer.data import EpochSampler, Prepared, prepare_data, verify_datasets
 from bclm.trainer.launch import (
     align_deepspeed,
     check_engine,
@@ -88,7 +89,7 @@ def initial_model(recipe: TrainRecipe) -> tuple[PreTrainedModel | None, dict[str
 def check_output_dir(recipe: TrainRecipe) -> Path:
     if not recipe.output_dir:
         raise BCLMError("output_dir is required (--output-dir DIR)")
-    task_entries(recipe)                  # a dataset or a mixture, checked before anything is written
+    verify_datasets(recipe)               # a dataset or a mixture, checked before anything is written
     return Path(recipe.output_dir)
 
 
@@ -219,6 +220,10 @@ def _announce(recipe: TrainRecipe, run: _Run, accelerator: Accelerator) -> None:
     atomic.write_json(run.out / QUANTIZATION_FILE, run.data.quantization, indent=2)
     accelerator.print(quantization_summary(run.data.quantization))
     data, tok = run.data, run.tokenizer
+    asked = recipe.train.warmup_steps
+    if run.optim.warmup_steps < asked != OptimConfig.__dataclass_fields__["warmup_steps"].default:
+        print(f"warning: train.warmup_steps {asked} is more than a tenth of this run's {run.optim.max_steps} "
+              f"steps (sized to the data); warming up over {run.optim.warmup_steps}", file=sys.stderr)
     accelerator.print(f"model: {accelerator.unwrap_model(run.model).num_parameters() / 1e6:.2f}M parameters, "
                       f"vocab {tok.vocab_size}, {len(data.train_set)} windows, {len(data.task_names)} task(s), "
                       f"step_len {sorted({t.step_len for t in data.tokenizers.values()})}, context "

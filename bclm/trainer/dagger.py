@@ -250,7 +250,8 @@ def check_finished_rounds(tasks: list[DaggerTask], out: Path, rounds: int, overw
     more rounds than asked for: the report would otherwise be rewritten with fewer rounds than it had."""
     for t in tasks:
         if t.store.shard_names():
-            t.store.load()                                  # names a damaged shard
+            t.store.verify()                                # names a damaged shard
+            t.store.load()
     names = {n for t in tasks for n in t.store.shard_names()} | {p.name for p in out.glob("round-*") if p.is_dir()}
     held = max((int(n[6:]) for n in names if re.fullmatch(r"round-\d{3}", n)), default=0)
     if held > rounds and not overwrite:

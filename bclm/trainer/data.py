@@ -106,6 +106,13 @@ def task_entries(recipe: TrainRecipe) -> list[TaskEntry]:
     return entries
 
 
+def verify_datasets(recipe: TrainRecipe) -> None:
+    """The recipe's datasets that exist, checked against their shards' hashes before anything is written."""
+    for entry in task_entries(recipe):
+        if (Path(entry.dataset) / META_FILE).is_file():
+            TrajectoryStore(entry.dataset).verify(recipe.data.shards or None)
+
+
 def ensure_dataset(entry: TaskEntry, evaluation: EvalConfig, num_envs: int = 8) -> TrajectoryStore:
     """The entry's store; with `episodes` > 0, first its expert demonstrations when it holds none yet (also
     after a crash mid-collection: the shard is written atomically, so it is simply collected again)."""
