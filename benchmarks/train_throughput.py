@@ -72,6 +72,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=64, help="synthetic episodes in the dataset")
     # torch's default (one thread per core) is right on an idle machine; on a shared one, OpenMP threads
     # waiting for each other at every op can cost far more than the second core brings: try 1.
+    p.add_argument("--deterministic", action="store_true",
+                   help="also bclm's step under loop.deterministic (torch's deterministic algorithms), on a copy")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny settings, only to check that the script runs")
@@ -173,6 +175,17 @@ def bare_stepper(model: torch.nn.Module, optim: OptimConfig, bf16: bool,
     return step
 
 
+def deterministic(step: Callable[[Iterator], None]) -> Callable[[Iterator], None]:
+    """`step` as `loop.deterministic` runs it; the other sides keep torch's default algorithms."""
+    def run(stream: Iterator) -> None:
+        torch.use_deterministic_algorithms(True)
+        try:
+            step(stream)
+        finally:
+            torch.use_deterministic_algorithms(False)
+    return run
+
+
 def timed(step: Callable[[Iterator], None], batches: list[dict[str, torch.Tensor]],
           device: torch.device | None = None) -> float:
     """tokens/s of `len(batches)` optimizer steps (on a GPU, synchronised before and after)."""
@@ -209,6 +222,8 @@ def main() -> None:
         sides["bclm train_step, free symbol rows"] = bclm_stepper(free_rows, optim, args.bf16)
     attach_for(model, tok, ModelConfig().number_features, fresh=True, radix=radix)
     attach_state(model, {"default": tok})       # the state token, fed the batches' exact values
+    if args.deterministic:
+        sides["bclm train_step, deterministic"] = deterministic(bclm_stepper(copy.deepcopy(model), optim, args.bf16))
     sides["bclm train_step"] = bclm_stepper(model, optim, args.bf16)
     sides["bare PyTorch"] = bare_stepper(bare_model, optim, args.bf16)
 
@@ -240,6 +255,8 @@ def main() -> None:
         print(f"| {name} | {med[name]:,.0f} | {min(v):,.0f} | {max(v):,.0f} | {med[name] / bare:.2f}x |")
     print()
     print(f"bclm / bare = {bclm / bare:.2f} (target >= 0.95)")
+    if "bclm train_step, deterministic" in med:
+        print(f"deterministic / default = {med['bclm train_step, deterministic'] / bclm:.2f}")
     if "bclm train_step, free symbol rows" in med:
         print(f"factored / free symbol rows = {bclm / med['bclm train_step, free symbol rows']:.2f}")
     # Other processes on the machine skew everything (see --threads): say whether any came and went.

@@ -304,3 +304,58 @@ def test_a_warmup_longer_than_the_sized_run_is_one_warning_line(small_data, caps
     warned = [line for line in err.splitlines() if "warning" in line]
     assert code == 0 and warned == ["warning: train.warmup_steps 1000 is more than a tenth of this run's 5 steps "
                                     "(sized to the data); warming up over 0"], err
+
+
+TRAIN_PHASES = ["step:7", "checkpoint:1", "checkpointed:1", "step:18", "weights:1", "exported:1"]
+
+
+@pytest.mark.parametrize("phase", TRAIN_PHASES[:1] + [pytest.param(p, marks=pytest.mark.slow)
+                                                     for p in TRAIN_PHASES[1:]])
+def test_with_determinism_a_kill_9_and_resume_gives_bitwise_the_uninterrupted_weights(small_data, phase):
+    args = ("train", "--dataset", "data", "--output-dir", "OUT", "--model.size", "tiny", "--train.max_steps", "20",
+            "--train.epochs", "0", "--train.warmup_steps", "2", "--loop.save_every", "5", "--loop.deterministic",
+            "true", "--loop.progress", "false", "--eval.episodes", "1")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def train(out: str, failpoint: str = "") -> int:
+        return subprocess.run([sys.executable, "-m", "bclm", *[out if a == "OUT" else a for a in args]],
+                              cwd=small_data, env={**env, "BCLM_FAILPOINT": failpoint}, capture_output=True).returncode
+    assert train("whole") == 0
+    assert train("killed", phase) == -signal.SIGKILL
+    assert train("killed") == 0
+    whole, resumed = (small_data / d / "model.safetensors" for d in ("whole", "killed"))
+    assert whole.read_bytes() == resumed.read_bytes()
+
+
+def test_a_shard_without_hashes_damaged_in_its_middle_is_one_line(small_data, capsys):
+    from bclm.data.store import SHARD_HASHES
+
+    (small_data / "data" / "round-000" / SHARD_HASHES).unlink()        # as shards of earlier bclm versions
+    arrow = next((small_data / "data" / "round-000").glob("*.arrow"))
+    data = bytearray(arrow.read_bytes())
+    for where in (0.3, 0.5, 0.7):
+        data[int(len(data) * where)] ^= 0xFF
+    arrow.write_bytes(bytes(data))
+    code, err = _run(capsys, "train", "--dataset", "data", "--output-dir", "out", "--model.size", "tiny")
+    assert code == 2 and "shard data/round-000 is damaged (Arrow cannot read its rows" in _one_line(err)
+
+
+def test_two_trainings_into_one_directory_the_second_exits_at_once_and_the_first_resumes_after_kill_9(small_data):
+    args = ("train", "--dataset", "data", "--output-dir", "out", "--model.size", "tiny", "--train.max_steps",
+            "300", "--train.epochs", "0", "--train.batch_size", "8", "--loop.save_every", "5",
+            "--loop.progress", "false", "--eval.episodes", "1")
+    first = _start(*args, cwd=small_data)
+    try:
+        deadline = time.monotonic() + 120
+        while latest_checkpoint(small_data / "out") is None:
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.1)
+        second = _start(*args, cwd=small_data)
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 2 and f"(PID {first.pid} on" in _one_line(err)
+    finally:
+        first.kill()
+        first.wait()
+    again = _start(*args, cwd=small_data)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0 and "resumed from" in out, err

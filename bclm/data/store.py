@@ -26,6 +26,7 @@ from typing import Any
 import datasets
 import gymnasium as gym
 import numpy as np
+import pyarrow as pa
 
 from bclm import atomic, dirlock, failpoints
 from bclm.errors import BCLMError
@@ -305,7 +306,14 @@ class TrajectoryStore:
                                     " since it was written: restore it, or delete the shard to collect it again")
 
     def arrays(self, shards: Sequence[str] | None = None) -> StepArrays:
-        return StepArrays.from_dataset(self.load(shards), self.observation_space, self.action_space)
+        try:
+            return StepArrays.from_dataset(self.load(shards), self.observation_space, self.action_space)
+        except pa.ArrowException as e:
+            # A shard written before shards kept hashes, damaged where only reading its rows finds out.
+            names = list(shards) if shards is not None else self.shard_names()
+            bad = [n for n in names if not _readable(self.load([n]))] if len(names) > 1 else names
+            raise BCLMError(f"shard {self.path / (bad or names)[0]} is damaged (Arrow cannot read its rows: "
+                            f"{type(e).__name__}): restore it, or delete it to collect it again") from None
 
 
 @dataclass
@@ -348,6 +356,14 @@ def _last_flag(length: int, flag: bool) -> np.ndarray:
     out = np.zeros(length, dtype=bool)
     out[-1] = flag
     return out
+
+
+def _readable(ds: datasets.Dataset) -> bool:
+    try:
+        ds[:]
+    except pa.ArrowException:
+        return False
+    return True
 
 
 def _digests(shard: Path) -> dict[str, str]:

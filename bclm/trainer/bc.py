@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -168,7 +169,10 @@ def _set_up(recipe: TrainRecipe, accelerator: Accelerator, out: Path) -> _Run:
     if zero3 and loop.eval_every:
         raise BCLMError("loop.eval_every needs the whole model in one process, but ZeRO-3 shards it: evaluate "
                         "the exported policy instead (bclm eval --policy OUTPUT_DIR), or use ZeRO-2")
+    if loop.deterministic:         # cuBLAS needs a fixed workspace to be deterministic (read at its first use)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     set_seed(loop.seed)
+    torch.use_deterministic_algorithms(loop.deterministic)      # both ways: it outlives the run in-process
     model, data = _model_and_data(recipe)
     optim = sized_to_data(optim, len(data.train_set), accelerator.num_processes, _continuous(data.tokenizers))
     tok = data.tokenizers[data.task_names[0]]
