@@ -9,6 +9,7 @@ for a hundred lines. Help text lives once, in each field's metadata, and `--help
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -20,6 +21,7 @@ import yaml
 from bclm.errors import BCLMError
 
 T = TypeVar("T")
+BOOL_WORDS = ("true", "1", "yes", "on", "false", "0", "no", "off")
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -98,7 +100,7 @@ def _coerce_sequence(value: Any, origin: type, args: tuple[Any, ...], where: str
 def _coerce_bool(value: Any, where: str) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+    if isinstance(value, str) and value.lower() in BOOL_WORDS:
         return value.lower() in ("true", "1", "yes", "on")
     raise BCLMError(f"{where}: expected true or false, got {value!r}")
 
@@ -125,7 +127,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise BCLMError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise BCLMError(f"{where}: unknown key {key!r} ({hint}known: {', '.join(sorted(names))})")
         kwargs[key] = _coerce(value, types_[key], f"{where}.{key}")
     try:
         return cls(**kwargs)
@@ -156,25 +160,38 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """`--a.b value`, `--a.b=value` and `--a-b value` pairs into a nested dict (values stay strings)."""
+def parse_overrides(args: list[str], cls: type | None = None) -> dict[str, Any]:
+    """`--a.b value`, `--a.b=value` and `--a-b value` pairs into a nested dict (values stay strings). A
+    boolean field of `cls` may stand alone (`--overwrite` is `--overwrite true`): it never takes the next
+    option as its value."""
     out: dict[str, Any] = {}
     i = 0
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--"):
             raise BCLMError(f"unexpected argument {arg!r}: overrides look like --section.field VALUE")
-        key = arg[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
+        key, eq, value = arg[2:].partition("=")
+        key, nxt = key.replace("-", "_"), args[i + 1] if i + 1 < len(args) else None
+        if eq:
             i += 1
+        elif cls is not None and field_type(cls, key) is bool and (nxt is None or nxt.startswith("--")):
+            value, i = "true", i + 1
+        elif nxt is None:
+            raise BCLMError(f"--{key} needs a value")
         else:
-            if i + 1 >= len(args):
-                raise BCLMError(f"--{key} needs a value")
-            value = args[i + 1]
-            i += 2
-        _set_dotted(out, key.replace("-", "_"), value)
+            value, i = nxt, i + 2
+        _set_dotted(out, key, value)
     return out
+
+
+def field_type(cls: type, dotted: str) -> Any:
+    """The annotated type of `section.field` in config `cls`; None for a key it does not have."""
+    tp: Any = cls
+    for name in dotted.split("."):
+        if not _is_config(tp) or name not in {f.name for f in dataclasses.fields(tp)}:
+            return None
+        tp = _field_types(tp)[name]
+    return tp
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +226,7 @@ def build_config(cls: type[T], recipe: str | Path | None, overrides: list[str]) 
     if recipe is not None:
         data = load_recipe(recipe)
         where = str(recipe)
-    data = merge(data, parse_overrides(overrides))
+    data = merge(data, parse_overrides(overrides, cls))
     return from_dict(cls, data, where)
 
 

@@ -106,3 +106,18 @@ def test_shipped_recipes_parse(name):
     if recipe.tasks:                          # a mixture: unique names, and every env is a known task
         assert len(task_entries(recipe)) == len(recipe.tasks) > 1
         assert all(get_task(t.env).expert for t in recipe.tasks)
+
+
+def test_a_bare_boolean_flag_is_true_and_never_takes_the_next_option():
+    recipe = cfg.build_config(TrainRecipe, None, ["--overwrite", "--model.size", "tiny", "--train.packing"])
+    assert recipe.overwrite is True and recipe.model.size == "tiny" and recipe.train.packing is True
+    assert cfg.build_config(TrainRecipe, None, ["--overwrite", "false"]).overwrite is False
+    with pytest.raises(BCLMError, match="overwrite: expected true or false, got 'tiny'"):
+        cfg.build_config(TrainRecipe, None, ["--overwrite", "tiny"])
+    with pytest.raises(BCLMError, match="--train.lr needs a value"):      # only booleans stand alone
+        cfg.build_config(TrainRecipe, None, ["--train.lr"])
+
+
+def test_a_typo_names_the_nearest_key():
+    with pytest.raises(BCLMError, match=r"unknown key 'lrr' \(did you mean 'lr'\?"):
+        cfg.build_config(TrainRecipe, None, ["--train.lrr", "0.1"])
