@@ -114,7 +114,7 @@ def test_a_bare_boolean_flag_is_true_and_never_takes_the_next_option():
     assert cfg.build_config(TrainRecipe, None, ["--overwrite", "false"]).overwrite is False
     with pytest.raises(BCLMError, match="overwrite: expected true or false, got 'tiny'"):
         cfg.build_config(TrainRecipe, None, ["--overwrite", "tiny"])
-    with pytest.raises(BCLMError, match="--train.lr needs a value"):      # only booleans stand alone
+    with pytest.raises(BCLMError, match=r"--train\.lr needs a value"):      # only booleans stand alone
         cfg.build_config(TrainRecipe, None, ["--train.lr"])
 
 

@@ -90,3 +90,9 @@ def test_meta_world_without_an_offscreen_backend_says_which_to_set(tmp_path, mon
     with pytest.raises(BCLMError, match=r"MetaWorld-reach-v3: MuJoCo needs an offscreen backend .*MUJOCO_GL=egl"):
         evaluate(policy, task, EvalConfig(episodes=1, num_envs=1, video=1), video_dir=tmp_path / "videos")
     assert not (tmp_path / "videos").exists()
+
+
+def test_push_uploads_the_videos_its_card_shows(cartpole_policy):
+    r = bclm("push", "--policy", str(cartpole_policy), "--repo-id", "someone/policy", "--dry-run",
+             cwd=cartpole_policy)
+    assert r.returncode == 0 and "videos/CartPole-v1-episode-0.mp4" in r.stdout, r.stderr

@@ -17,6 +17,7 @@ from bclm.hub.upload import UploadPlan, create_repo, hub_api, hub_errors, link_o
 # Training byproducts stay local: checkpoints (optimizer pickles) and tensorboard logs are folders, and
 # launch.json describes one machine's processes. The card is written fresh from the other files.
 LOCAL_ONLY = ("launch.json", CARD_FILE)
+VIDEOS = "videos"          # the final evaluation's recorded episodes (`eval.video`), embedded in the card
 
 
 def stage_policy(policy_dir: str | Path, staging: str | Path, *, repo_id: str = "",
@@ -38,6 +39,9 @@ def stage_policy(policy_dir: str | Path, staging: str | Path, *, repo_id: str = 
         for path in sorted(source.iterdir()):
             if path.is_file() and path.name not in LOCAL_ONLY and any(fnmatch(path.name, p) for p in POLICY_PATTERNS):
                 link_or_copy(path, tmp / path.name)
+        for video in sorted((source / VIDEOS).rglob("*")):       # what the card's Videos section shows
+            if video.is_file():
+                link_or_copy(video, tmp / video.relative_to(source))
         policy_card(tmp, repo_id=repo_id, datasets=datasets, tags=tags, license=license).save(tmp / CARD_FILE)
         # What is pushed is what loads: the staged folder as a policy, its card as Hub metadata.
         Policy.from_pretrained(tmp, device="cpu")
