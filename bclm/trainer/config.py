@@ -77,7 +77,7 @@ class LoopConfig:
     deterministic: bool = option(
         False, "Bitwise-repeatable training: torch's deterministic algorithms, so that two runs with the same "
                "seed (and a killed run resumed) give identical weights on the same machine and thread count "
-               "(OMP_NUM_THREADS). Costs some speed; see docs/reliability.md.")
+               "(OMP_NUM_THREADS). Costs some speed; see docs/guides/reliability.md.")
     log_every: int = option(25, "Log loss and action accuracy every N steps (tensorboard + metrics.jsonl).")
     eval_every: int = option(0, "Evaluation rollouts every N steps (0 = only at the end).")
     val_every: int = option(0, "Validate on the held-out episodes every N steps (0 = 20 times per run).")
