@@ -230,17 +230,22 @@ def build_config(cls: type[T], recipe: str | Path | None, overrides: list[str]) 
     return from_dict(cls, data, where)
 
 
-def help_text(cls: type, prefix: str = "") -> list[str]:
-    """One line per field: `--section.field (type, default): help`."""
-    lines = []
+def leaf_fields(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type name, default, help) of every leaf field of config `cls`, in declaration order."""
+    rows = []
     types_ = _field_types(cls)
     for f in dataclasses.fields(cls):
         tp = types_[f.name]
         if _is_config(tp):
-            lines.extend(help_text(tp, f"{prefix}{f.name}."))
+            rows += leaf_fields(tp, f"{prefix}{f.name}.")
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
         tname = getattr(tp, "__name__", str(tp)).replace("typing.", "")
-        lines.append(f"  --{prefix}{f.name} ({tname}, default {default!r}): {f.metadata.get('help', '')}")
-    return lines
+        rows.append((f"{prefix}{f.name}", tname, default, f.metadata.get("help", "")))
+    return rows
+
+
+def help_text(cls: type) -> list[str]:
+    """One line per field: `--section.field (type, default): help`."""
+    return [f"  --{key} ({tname}, default {default!r}): {help_}" for key, tname, default, help_ in leaf_fields(cls)]
