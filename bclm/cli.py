@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +65,15 @@ def _collect(argv: list[str]) -> int:
 
 def _train(argv: list[str]) -> int:
     from bclm import config as cfg
-    from bclm.trainer.config import TrainRecipe
 
     if "-h" in argv or "--help" in argv:
+        from bclm.trainer.config import TrainRecipe
+
         print("usage: bclm train [RECIPE.yaml] --dataset DIR --output-dir DIR [--section.field VALUE ...]\n")
         print("\n".join(cfg.help_text(TrainRecipe)))
         return 0
     recipe_path = argv[0] if argv and not argv[0].startswith("--") else None
+    cfg.check_keys("train", argv[1:] if recipe_path else argv)      # a typo is named before torch loads
     recipe = load_train_recipe(recipe_path, argv[1:] if recipe_path else argv)
     from bclm.distributed import is_main
     from bclm.trainer.bc import train
@@ -99,27 +102,39 @@ DAGGER_FLAGS = {"--env": "--dagger.env", "--expert": "--dagger.expert", "--round
                 "--initial-episodes": "--dagger.initial_episodes", "--beta": "--dagger.beta"}
 
 
-def _recipe_with_flags(cls: type, argv: list[str], flags: dict[str, str], usage: str) -> Any:
+def _recipe_with_flags(command: str, recipe_class: Callable[[], type], argv: list[str], flags: dict[str, str],
+                       usage: str) -> Any:
     """[RECIPE.yaml] then overrides, the short `flags` spelled out (`--env X` is `--dagger.env X`); None after
-    printing the help."""
+    printing the help. `recipe_class` imports the recipe's class (and torch) once the keys are known good."""
     from bclm import config as cfg
 
     if "-h" in argv or "--help" in argv:
         print(usage + "\n")
-        print("\n".join(cfg.help_text(cls)))
+        print("\n".join(cfg.help_text(recipe_class())))
         return None
     recipe_path = argv[0] if argv and not argv[0].startswith("--") else None
     overrides = [flags.get(a.split("=")[0], a.split("=")[0]) + a[len(a.split("=")[0]):]
                  for a in (argv[1:] if recipe_path else argv)]
-    return cfg.build_config(cls, recipe_path, overrides)
+    cfg.check_keys(command, overrides)
+    return cfg.build_config(recipe_class(), recipe_path, overrides)
+
+
+def _dagger_recipe() -> type:
+    from bclm.trainer.dagger import DaggerRecipe
+
+    return DaggerRecipe
+
+
+def _sweep_recipe() -> type:
+    from bclm.sweep import SweepRecipe
+
+    return SweepRecipe
 
 
 def _dagger(argv: list[str]) -> int:
-    from bclm.trainer.dagger import DaggerRecipe
-
-    recipe = _recipe_with_flags(DaggerRecipe, argv, DAGGER_FLAGS, "usage: bclm dagger [RECIPE.yaml] --env ENV "
-                                "[--expert EXPERT] --rounds K --episodes-per-round N --output-dir DIR "
-                                "[--section.field VALUE ...]")
+    recipe = _recipe_with_flags("dagger", _dagger_recipe, argv, DAGGER_FLAGS,
+                                "usage: bclm dagger [RECIPE.yaml] --env ENV [--expert EXPERT] --rounds K "
+                                "--episodes-per-round N --output-dir DIR [--section.field VALUE ...]")
     if recipe is None:
         return 0
     from bclm.distributed import is_main
@@ -146,13 +161,13 @@ SWEEP_FLAGS = {**DAGGER_FLAGS, "--methods": "--sweep.methods", "--budgets": "--s
 
 
 def _sweep(argv: list[str]) -> int:
-    from bclm.sweep import SweepRecipe, run_sweep
-
-    recipe = _recipe_with_flags(SweepRecipe, argv, SWEEP_FLAGS, "usage: bclm sweep [RECIPE.yaml] --env ENV --budgets "
-                                "500,1000,2000 --seeds 3 --output-dir DIR [--methods bc,dagger,hg-dagger] "
-                                "[--section.field VALUE ...]")
+    recipe = _recipe_with_flags("sweep", _sweep_recipe, argv, SWEEP_FLAGS,
+                                "usage: bclm sweep [RECIPE.yaml] --env ENV --budgets 500,1000,2000 --seeds 3 "
+                                "--output-dir DIR [--methods bc,dagger,hg-dagger] [--section.field VALUE ...]")
     if recipe is None:
         return 0
+    from bclm.sweep import run_sweep
+
     run_sweep(recipe)
     out = Path(recipe.output_dir)
     print((out / "sweep.md").read_text())

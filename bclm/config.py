@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
@@ -228,6 +229,24 @@ def build_config(cls: type[T], recipe: str | Path | None, overrides: list[str]) 
         where = str(recipe)
     data = merge(data, parse_overrides(overrides, cls))
     return from_dict(cls, data, where)
+
+
+KEYS_FILE = Path(__file__).with_name("config_keys.json")    # written by `python -m bclm.reference`
+
+
+def check_keys(command: str, overrides: list[str]) -> None:
+    """A `--section.field` that `command`'s recipe lacks is named at once, with the nearest key: the recipe
+    classes live beside torch, whose import takes seconds, so this reads the generated key list instead."""
+    known = json.loads(KEYS_FILE.read_text(encoding="utf-8")).get(command)
+    if known is None:
+        return
+    keys, opened = set(known["keys"]), tuple(f"{k}." for k in known["open"])
+    for arg in overrides:
+        key = arg[2:].partition("=")[0].replace("-", "_") if arg.startswith("--") else ""
+        if key and key not in keys and not key.startswith(opened):
+            near = difflib.get_close_matches(key, keys, n=1)
+            raise BCLMError(f"unknown option --{key}" + (f" (did you mean --{near[0]}?)" if near else "")
+                            + f": `bclm {command} --help` lists them")
 
 
 def leaf_fields(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:

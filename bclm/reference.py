@@ -1,6 +1,7 @@
 """The reference pages of the documentation, generated from the code so that they cannot disagree with it:
 every command's `--help` (docs/reference/cli.md) and every config field with its type, default and help
-(docs/reference/config.md). `tests/test_docs.py` fails when the committed pages are not what this writes.
+(docs/reference/config.md); and the recipe keys the CLI checks before its heavy imports (bclm/config_keys.json).
+`tests/test_docs.py` fails when the committed files are not what this writes.
 
     python -m bclm.reference docs/reference
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -86,6 +88,18 @@ def cli_page() -> str:
     return "\n".join(lines)
 
 
+def recipe_keys() -> dict[str, dict[str, list[str]]]:
+    """Per config-driven command, its `--section.field` keys and those of mapping type (open below them):
+    what `bclm.cli` checks an override against before it imports torch."""
+    from bclm.trainer.dagger import DaggerRecipe
+
+    def keys(cls: type) -> dict[str, list[str]]:
+        rows = cfg.leaf_fields(cls)
+        return {"keys": [k for k, *_ in rows], "open": [k for k, t, *_ in rows if t == "dict"]}
+    dagger = keys(DaggerRecipe)          # `bclm train` reads a DAgger recipe too (its dagger section set aside)
+    return {"train": dagger, "dagger": dagger, "sweep": keys(recipe_class())}
+
+
 def pages() -> dict[str, str]:
     return {CONFIG_PAGE: config_page(), CLI_PAGE: cli_page()}
 
@@ -96,6 +110,8 @@ def main(argv: list[str]) -> int:
     for name, text in pages().items():
         (out / name).write_text(text, encoding="utf-8")
         print(f"wrote {out / name}")
+    cfg.KEYS_FILE.write_text(json.dumps(recipe_keys(), indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {cfg.KEYS_FILE}")
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import re
 import shlex
 import subprocess
@@ -88,9 +89,10 @@ def check_command(args: str) -> str | None:
 
 
 def test_a_planted_typo_in_a_docs_command_is_caught():
-    page = "```bash\nbclm train --dataset d --output-dir o --train.lrr 0.1\nbclm collect --env X --episodes 2 --output d --seeds 1\n```\n"
+    page = ("```bash\nbclm train --dataset d --output-dir o --train.lrr 0.1\n"
+            "bclm collect --env X --episodes 2 --output d --seeds 1\n```\n")
     problems = [check_command(c) for c in shell_commands(page)]
-    assert "unknown key 'lrr'" in problems[0] and "unrecognized arguments: --seeds 1" in problems[1]
+    assert "unknown option --train.lrr" in problems[0] and "unrecognized arguments: --seeds 1" in problems[1]
     assert check_command("train --dataset d --output-dir o --train.lr 0.1 --overwrite") is None
 
 
@@ -108,6 +110,19 @@ def test_the_reference_pages_are_what_the_code_generates():
     for name, text in reference.pages().items():
         page = ROOT / "docs" / "reference" / name
         assert page.read_text(encoding="utf-8") == text, f"{page} is stale: python -m bclm.reference docs/reference"
+
+
+def test_the_cli_key_list_is_what_the_code_generates():
+    assert json.loads(cfg.KEYS_FILE.read_text()) == reference.recipe_keys(), \
+        "bclm/config_keys.json is stale: python -m bclm.reference docs/reference"
+
+
+@pytest.mark.parametrize("command", ["train", "dagger", "sweep"])
+def test_a_typo_is_named_before_torch_is_imported(command):
+    code = (f"import sys; from bclm.cli import main; code = main([{command!r}, '--train.lrr', '0.1']); "
+            "sys.exit(10 if 'torch' in sys.modules else code)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "unknown option --train.lrr (did you mean --train.lr?)" in run.stderr
 
 
 def test_the_config_reference_lists_every_field_of_every_section():
