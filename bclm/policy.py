@@ -361,7 +361,7 @@ class ActSession:
         if self.cache is None:
             self.cache = DynamicCache(config=self.policy.model.config)
         fed = torch.from_numpy(values).to(device) if value_blocks is not None else None
-        with serving(self.policy.model, self.policy.tokenizer), feeding(self.policy.model, fed):
+        with serving(self.policy.model, self.policy.tokenizer, self.policy.task), feeding(self.policy.model, fed):
             out = self.policy.model(
                 input_ids=torch.from_numpy(ids).to(device), attention_mask=self.cache_mask,
                 position_ids=torch.from_numpy(positions).to(device), use_cache=True,

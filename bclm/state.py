@@ -17,10 +17,10 @@ the LM's output at its slot's id plus `Σ_s R_{s,k} z_s`, the linear path from i
 has and that a transformer's normalisations and gates bend (a Llama trunk erred 1.8x the tanh MLP's torque
 around Pendulum's top, benchmarks/RESULTS.md).
 
-The step's observation tokens are the `obs_len` tokens before its ACT (`obs_len` of the task whose token
-last started a window, or of the task being served where the ids fed hold no task token: a cached decoding
-step). The causal LM itself stays a plain `AutoModelForCausalLM`; the projector's weights are their own
-safetensors file beside it (`STATE_FILE`), which `Policy.from_pretrained` attaches again.
+The step's observation tokens are the `obs_len` tokens before its ACT, and its read-out is its task's: of
+the task whose token last started a window, or of the task being served where the ids fed hold no task
+token (a cached decoding step). The causal LM itself stays a plain `AutoModelForCausalLM`; the projector's
+weights are their own safetensors file beside it (`STATE_FILE`), which `Policy.from_pretrained` attaches again.
 """
 
 from __future__ import annotations
@@ -50,16 +50,19 @@ class StateProjector(nn.Module):
         super().__init__()
         slots, width = positions.shape
         self.weight = nn.Parameter(torch.zeros(slots, dim))
-        # The linear read-out: per regressed action slot (`out_slots`), a weight per observation slot. None
-        # without any: DeepSpeed ZeRO-3 cannot gather a parameter of no elements.
-        self.register_parameter("read_out", nn.Parameter(torch.zeros(slots, len(out_slots))) if out_slots else None)
+        # The linear read-out: per task, per observation slot, a weight per regressed action slot (`out_slots`).
+        # Per task: one law shared by a mixture is a compromise that, off a task's data, pulls it towards the
+        # others' actions (MT10: reach closed the gripper and dived like pick-place, 5% success). None without
+        # any regressed slot: DeepSpeed ZeRO-3 cannot gather a parameter of no elements.
+        self.register_parameter("read_out", nn.Parameter(torch.zeros(len(obs_lens), slots, len(out_slots)))
+                                if out_slots else None)
         self.register_buffer("out_ids", number_offset + width * torch.as_tensor(out_slots, dtype=torch.long),
                              persistent=False)
         self.linear: torch.Tensor | None = None     # (B, T, out) the read-out of the last forward, at ACT tokens
         self.register_buffer("positions", torch.as_tensor(positions, dtype=torch.float32).flatten(), persistent=False)
         self.register_buffer("obs_lens", torch.as_tensor(obs_lens, dtype=torch.long), persistent=False)
         self.number_offset, self.width, self.act_id, self.task_offset = number_offset, width, act_id, task_offset
-        self.default_obs_len = max(obs_lens)        # set per task by `serving` where the ids hold no task token
+        self.default_task = 0                       # set by `serving` for ids that hold no task token
         self.values: torch.Tensor | None = None     # (B, T) exact values of the ids about to be fed (`feeding`)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -69,24 +72,26 @@ class StateProjector(nn.Module):
         # The exact values where the caller gave them; else the bins' positions (rounded to the bin).
         value = self.values.to(self.weight.dtype) if self.values is not None else self.positions[local]
         value = torch.where(is_number, value, 0.0)                                           # (B, T)
-        weights = self.weight if self.read_out is None else torch.cat([self.weight, self.read_out], dim=1)
-        terms = value[..., None] * weights[local // self.width]                              # (B, T, dim + out)
-        before = torch.cat([torch.zeros_like(terms[:, :1]), terms.cumsum(dim=1)], dim=1)      # sums of [0, t)
         arange = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        start = (arange - self._obs_lens(input_ids, arange)).clamp(min=0)
+        task, slot = self._tasks(input_ids, arange), local // self.width
+        weights = self.weight[slot] if self.read_out is None else torch.cat([self.weight[slot],
+                                                                             self.read_out[task, slot]], dim=-1)
+        terms = value[..., None] * weights                                                   # (B, T, dim + out)
+        before = torch.cat([torch.zeros_like(terms[:, :1]), terms.cumsum(dim=1)], dim=1)      # sums of [0, t)
+        start = (arange - self.obs_lens[task]).clamp(min=0)
         index = torch.stack([arange, start])[..., None].expand(-1, -1, -1, terms.shape[-1])
         state = before.gather(1, index[0]) - before.gather(1, index[1])
         state = torch.where((input_ids == self.act_id)[..., None], state, 0.0)
         self.linear = state[..., self.weight.shape[1]:]
         return state[..., :self.weight.shape[1]]
 
-    def _obs_lens(self, input_ids: torch.Tensor, arange: torch.Tensor) -> torch.Tensor:
-        """(B, T) observation tokens per step of the task of each position's window."""
+    def _tasks(self, input_ids: torch.Tensor, arange: torch.Tensor) -> torch.Tensor:
+        """(B, T) the task of each position: that of the last task token before it, else the served one."""
         task = input_ids - self.task_offset
         is_task = (task >= 0) & (task < len(self.obs_lens))
         last = torch.where(is_task, arange, -1).cummax(dim=1).values
         task_at = task.gather(1, last.clamp(min=0)).clamp(0, len(self.obs_lens) - 1)
-        return torch.where(last >= 0, self.obs_lens[task_at], self.default_obs_len)
+        return torch.where(last >= 0, task_at, self.default_task)
 
 
 def wants_state(tokenizers: Mapping[str, BCTokenizer]) -> bool:
@@ -117,6 +122,9 @@ def attach_state(model: nn.Module, tokenizers: Mapping[str, BCTokenizer],
     if weights is None and fresh:
         nn.init.normal_(state.weight, std=getattr(model.config, "initializer_range", 0.02))
     elif weights is not None:
+        weights = dict(weights)
+        if "read_out" in weights and weights["read_out"].dim() == 2:     # saved before read-outs were per task
+            weights["read_out"] = weights["read_out"].expand(len(obs_lens), -1, -1).clone()
         state.load_state_dict({k: v.to(state.weight.dtype) for k, v in weights.items()})
     emb.state = state
     return state
@@ -148,17 +156,17 @@ def feeding(model: nn.Module, values: torch.Tensor | None) -> Iterator[None]:
 
 
 @contextmanager
-def serving(model: nn.Module, tokenizer: BCTokenizer) -> Iterator[None]:
-    """Within the block, ids without a task token are steps of `tokenizer`'s task (cached decoding)."""
+def serving(model: nn.Module, tokenizer: BCTokenizer, task: str) -> Iterator[None]:
+    """Within the block, ids without a task token are steps of `task` (cached decoding)."""
     state = state_of(model)
     if state is None:
         yield
         return
-    before, state.default_obs_len = state.default_obs_len, tokenizer.obs_len
+    before, state.default_task = state.default_task, tokenizer.tasks.index(task) if task in tokenizer.tasks else 0
     try:
         yield
     finally:
-        state.default_obs_len = before
+        state.default_task = before
 
 
 def add_read_out(model: nn.Module, logits: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -172,41 +180,44 @@ def add_read_out(model: nn.Module, logits: torch.Tensor, positions: torch.Tensor
     return logits.index_add(-1, state.out_ids, linear.to(logits.dtype))
 
 
-def fit_read_out(model: nn.Module, steps: list[tuple[BCTokenizer, EpisodeTokens]], ridge: float = 1e-3) -> None:
-    """Start the read-out at the least-squares linear map (ridge, with an intercept left to the LM) from the
-    training steps' observation values to their expert's regressed action values, so that the transformer
-    learns what a linear law misses rather than racing a linear path that starts at zero: it fits a few
-    hundred labels long before gradients build the linear map, and extrapolates as it fits."""
+def fit_read_out(model: nn.Module, steps: list[tuple[str, BCTokenizer, EpisodeTokens]], ridge: float = 1e-3) -> None:
+    """Start each task's read-out at the least-squares linear map (ridge, with an intercept left to the LM)
+    from its training steps' observation values to their expert's regressed action values, so that the
+    transformer learns what a linear law misses rather than racing a linear path that starts at zero: it
+    fits a few hundred labels long before gradients build the linear map, and extrapolates as it fits."""
     state = state_of(model)
     if state is None or state.read_out is None:
         return
-    slots, out_slots = state.weight.shape[0], ((state.out_ids - state.number_offset) // state.width).tolist()
-    xs, ys = [], []
-    for tok, tokens in steps:
-        x = np.zeros((len(tokens.values), slots))
-        obs = np.flatnonzero(tok.number_mask())
-        x[:, (tok.number_slot_starts()[obs] - tok.number_offset) // tok.number_width] = tokens.values[:, obs]
-        y = np.full((len(x), len(out_slots)), np.nan)
-        for k in np.flatnonzero(tok.regressed_actions()):
-            column, at = out_slots.index((tok.regression_ids()[k] - tok.number_offset) // tok.number_width), \
-                tok.obs_len + 1 + k
-            # A squashed value is the tanh of the output: fit the output (saturated targets at tanh 0.95).
-            target = np.arctanh(np.clip(tokens.value_labels[:, at], -0.95, 0.95)) if tok.squashed_actions()[k] \
-                else tokens.value_labels[:, at]
-            y[:, column] = np.where(tokens.labels[:, at] != IGNORE_INDEX, target, np.nan)
-        xs.append(x)
-        ys.append(y)
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    x1 = np.concatenate([x, np.ones((len(x), 1))], axis=1)
-    read_out = np.zeros((slots, len(out_slots)))
-    for j in range(len(out_slots)):
-        rows = ~np.isnan(y[:, j])
-        if rows.sum() > 1:
-            gram = x1[rows].T @ x1[rows]
-            gram += ridge * np.trace(gram) / len(gram) * np.eye(len(gram))
-            read_out[:, j] = np.linalg.solve(gram, x1[rows].T @ y[rows, j])[:slots]
-    with torch.no_grad():
-        state.read_out.copy_(torch.as_tensor(read_out, dtype=state.read_out.dtype))
+    out_slots = ((state.out_ids - state.number_offset) // state.width).tolist()
+    for task, tok, tokens in steps:
+        x, y = _linear_problem(tok, tokens, state.weight.shape[0], out_slots)
+        x1 = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+        read_out = np.zeros((x.shape[1], len(out_slots)))
+        for j in range(len(out_slots)):
+            rows = ~np.isnan(y[:, j])
+            if rows.sum() > 1:
+                gram = x1[rows].T @ x1[rows]
+                gram += ridge * np.trace(gram) / len(gram) * np.eye(len(gram))
+                read_out[:, j] = np.linalg.solve(gram, x1[rows].T @ y[rows, j])[:-1]
+        with torch.no_grad():
+            state.read_out[tok.tasks.index(task)] = torch.as_tensor(read_out)
+
+
+def _linear_problem(tok: BCTokenizer, tokens: EpisodeTokens, slots: int, out_slots: list[int]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, slots) observation values by slot and (steps, out) the regressed targets (NaN where unlabeled)."""
+    x = np.zeros((len(tokens.values), slots))
+    obs = np.flatnonzero(tok.number_mask())
+    x[:, (tok.number_slot_starts()[obs] - tok.number_offset) // tok.number_width] = tokens.values[:, obs]
+    y = np.full((len(x), len(out_slots)), np.nan)
+    for k in np.flatnonzero(tok.regressed_actions()):
+        column, at = out_slots.index((tok.regression_ids()[k] - tok.number_offset) // tok.number_width), \
+            tok.obs_len + 1 + k
+        # A squashed value is the tanh of the output: fit the output (saturated targets at tanh 0.95).
+        target = np.arctanh(np.clip(tokens.value_labels[:, at], -0.95, 0.95)) if tok.squashed_actions()[k] \
+            else tokens.value_labels[:, at]
+        y[:, column] = np.where(tokens.labels[:, at] != IGNORE_INDEX, target, np.nan)
+    return x, y
 
 
 def save_state(model: nn.Module, directory: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:

@@ -111,7 +111,7 @@ def test_the_state_token_is_a_linear_map_of_the_steps_observation_numbers():
         want[b] += positions[slot, k] * state.weight[slot]
     torch.testing.assert_close(out[:, -1], want)
     # A cached decoding step holds no task token: `serving` gives the step's length, and the state is the same.
-    with serving(policy.model, tok):
+    with serving(policy.model, tok, "default"):
         torch.testing.assert_close(state(torch.as_tensor(step))[:, -1], want)
     # The numbers of another step (the history before this one) do not enter this step's state.
     longer = torch.cat([ids[:, :2], torch.as_tensor(step), ids[:, 2:]], dim=1)
@@ -130,7 +130,7 @@ def test_a_regressed_value_is_the_lm_output_plus_a_read_out_linear_in_the_observ
         lm = policy.model(input_ids=ids).logits[:, -1]
     local = (ids - tok.number_offset).clamp(0, tok.number_vocab - 1) // tok.number_width
     is_number = (ids >= tok.number_offset) & (ids < tok.number_offset + tok.number_vocab)
-    linear = (values * is_number)[..., None] * state.read_out.detach()[local]        # (3, T, regressed slots)
+    linear = (values * is_number)[..., None] * state.read_out.detach()[0, local]     # (3, T, regressed slots)
     want = torch.tanh(lm[:, tok.regression_ids()] + linear.sum(dim=1))          # Box(-1, 1): bounded, squashed
     assert tok.squashed_actions().all()
     got = policy.new_session(3).act(obs)
@@ -145,10 +145,10 @@ def test_the_read_out_starts_at_the_least_squares_linear_law_of_the_training_ste
     actions = np.tanh(0.3 * obs["goal"] - 0.2 * obs["pos"][:, ::-1]).astype(np.float32)  # of 4 numbers, squashed
     n = len(actions)
     tokens = tokenize_episodes(tok, obs, actions, np.arange(n) // 30, np.arange(n) % 30, np.full(n, "default"))
-    fit_read_out(policy.model, [(tok, tokens)])
+    fit_read_out(policy.model, [("default", tok, tokens)])
     obs_at = np.flatnonzero(tok.number_mask())
     slots = (tok.number_slot_starts()[obs_at] - tok.number_offset) // tok.number_width
-    pred = tokens.values[:, obs_at] @ state.read_out.detach().numpy()[slots]             # (n, 2), intercept aside
+    pred = tokens.values[:, obs_at] @ state.read_out.detach().numpy()[0, slots]          # (n, 2), intercept aside
     target = np.arctanh(tokens.value_labels[:, tok.obs_len + 1:])                       # the bounded dims' output
     assert np.abs((pred - target) - (pred - target).mean(0)).max() < 1e-3
 

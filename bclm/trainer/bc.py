@@ -211,7 +211,7 @@ def _model_and_data(recipe: TrainRecipe) -> tuple[PreTrainedModel, Prepared]:
         if recipe.model.state_token:
             attach_state(model, data.tokenizers, fresh=warm_model is None)
             if warm_model is None:
-                fit_read_out(model, [(data.tokenizers[t.name], t.train.tokens) for t in data.tasks])
+                fit_read_out(model, [(t.name, data.tokenizers[t.name], t.train.tokens) for t in data.tasks])
     return model, data
 
 
