@@ -1,3 +1,3 @@
 """bclm: behavior cloning as language modeling."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
