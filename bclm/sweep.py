@@ -44,7 +44,7 @@ from bclm.eval.plots import plot_mistakes
 from bclm.rollout import NO_NOISE, Noise
 from bclm.rollout.shards import create_store, expert_ref_of, write_expert_shard
 from bclm.trainer.bc import train
-from bclm.trainer.dagger import DaggerRecipe, needs_training, run_dagger, train_recipe
+from bclm.trainer.dagger import DaggerRecipe, needs_training, rounds_held, run_dagger, train_recipe
 
 # method -> how its DAgger rounds choose who labels (offline methods have no rounds)
 METHODS: dict[str, dict[str, str]] = {
@@ -193,7 +193,8 @@ def run_dagger_cell(recipe: SweepRecipe, out: Path, cell: Cell) -> list[dict[str
                                  seed=first_env_seed(recipe, cell.seed), beta_rounds=cfg.beta_rounds or cfg.rounds)
     seeded = dataclasses.replace(recipe.loop, seed=cell.seed)
     rows: list[dict[str, Any]] = []
-    for rounds in range(recipe.sweep.max_rounds + 1):
+    # From the rounds a killed cell already holds: asking DAgger for fewer than its directory holds is refused.
+    for rounds in range(min(rounds_held(cell.path(out)), recipe.sweep.max_rounds), recipe.sweep.max_rounds + 1):
         run = dataclasses.replace(recipe, output_dir=str(cell.path(out)), loop=seeded,
                                   dagger=dataclasses.replace(dagger, rounds=rounds))
         rows = run_dagger(run)["rounds"]

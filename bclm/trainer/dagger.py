@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +244,13 @@ def needs_training(recipe: TrainRecipe, policy_dir: Path) -> bool:
     return recipe.overwrite or not run_finished(policy_dir)
 
 
+def rounds_held(out: Path) -> int:
+    """The last DAgger round that `out` holds, as a policy directory or a shard of any task (0 for none)."""
+    pattern = "round-[0-9][0-9][0-9]"
+    held = [*out.glob(pattern), *out.glob(f"data/{pattern}"), *out.glob(f"data/*/{pattern}")]
+    return max((int(p.name[6:]) for p in held if p.is_dir()), default=0)
+
+
 def check_finished_rounds(tasks: list[DaggerTask], out: Path, rounds: int, overwrite: bool) -> None:
     """Refuse, before anything is rewritten, a run whose data or finished rounds are damaged, or that holds
     more rounds than asked for: the report would otherwise be rewritten with fewer rounds than it had."""
@@ -252,8 +258,7 @@ def check_finished_rounds(tasks: list[DaggerTask], out: Path, rounds: int, overw
         if t.store.shard_names():
             t.store.verify()                                # names a damaged shard
             t.store.load()
-    names = {n for t in tasks for n in t.store.shard_names()} | {p.name for p in out.glob("round-*") if p.is_dir()}
-    held = max((int(n[6:]) for n in names if re.fullmatch(r"round-\d{3}", n)), default=0)
+    held = rounds_held(out)
     if held > rounds and not overwrite:
         raise BCLMError(f"{out} already holds DAgger rounds up to {held}, more than --dagger.rounds {rounds}: give "
                         f"--dagger.rounds {held} or more to continue it, or another --output-dir (or --overwrite "
