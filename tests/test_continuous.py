@@ -153,6 +153,48 @@ def test_the_read_out_starts_at_the_least_squares_linear_law_of_the_training_ste
     assert np.abs((pred - target) - (pred - target).mean(0)).max() < 1e-3
 
 
+def test_each_task_of_a_mixture_gets_its_own_linear_read_out():
+    from bclm.embeddings import attach_for
+    from bclm.models import ModelConfig, build_model
+    from bclm.state import attach_state
+    from bclm.tokenizers import build_tokenizers
+
+    obs_space, act_space = gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Box(-1, 1, (1,), np.float32)
+    toks = build_tokenizers({"a": (obs_space, act_space), "b": (obs_space, act_space)},
+                            TokenizerConfig(obs_bins=64, action_bins=32, value_vocab=128))
+    laws = {"a": np.array([0.5, 0.0, 0.0]), "b": np.array([-0.5, 0.0, 0.3])}     # opposite gains on o_0
+    obs = np.random.default_rng(0).uniform(-1, 1, (400, 3)).astype(np.float32)
+    steps = []
+    for name, tok in toks.items():
+        actions = np.tanh(obs @ laws[name])[:, None].astype(np.float32)
+        tok.fit(obs, actions)
+        steps.append((name, tok, tokenize_episodes(tok, obs, actions, np.arange(400) // 40, np.arange(400) % 40,
+                                                   np.full(400, name))))
+    model = build_model(ModelConfig(size="tiny"), toks["a"].vocab_size, 16, toks["a"].bos_id, toks["a"].eos_id,
+                        toks["a"].pad_id)
+    attach_for(model, toks["a"], 16, fresh=True)
+    state = attach_state(model, toks)
+    fit_read_out(model, steps)
+    for name, tok, tokens in steps:
+        obs_at = np.flatnonzero(tok.number_mask())
+        slots = (tok.number_slot_starts()[obs_at] - tok.number_offset) // tok.number_width
+        pred = tokens.values[:, obs_at] @ state.read_out.detach().numpy()[tok.tasks.index(name), slots]
+        target = np.arctanh(np.clip(tokens.value_labels[:, tok.obs_len + 1:], -0.95, 0.95))
+        assert np.abs((pred - target) - (pred - target).mean(0)).max() < 0.05, name     # its own law
+        # The ACT token reads the read-out of the window's task, or of the served task in a cached step.
+        prefix, step = tok.prefix(name), slice(0, tok.obs_len + 1)                # observations, then ACT
+        ids = torch.as_tensor(np.concatenate([prefix, tokens.steps[0, step]]))[None]
+        values = torch.as_tensor(np.concatenate([np.zeros(len(prefix)), tokens.values[0, step]]),
+                                 dtype=torch.float32)[None]
+        want = torch.as_tensor(pred[0], dtype=torch.float32)
+        with feeding(model, values):
+            state(ids)
+        torch.testing.assert_close(state.linear[0, -1], want)
+        with serving(model, tok, name), feeding(model, values[:, len(prefix):]):
+            state(ids[:, len(prefix):])
+        torch.testing.assert_close(state.linear[0, -1], want)
+
+
 def test_a_policy_with_a_state_token_and_regression_round_trips(tmp_path):
     policy = trained_like(tiny_policy(OBS, ACT, context_length=40))
     policy.save_pretrained(tmp_path)
