@@ -350,6 +350,7 @@ def test_two_trainings_into_one_directory_the_second_exits_at_once_and_the_first
         while latest_checkpoint(small_data / "out") is None:
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.1)
+        first.send_signal(signal.SIGSTOP)            # still the holder, paused: it cannot finish meanwhile
         second = _start(*args, cwd=small_data)
         _, err = second.communicate(timeout=120)
         assert second.returncode == 2 and f"(PID {first.pid} on" in _one_line(err)
