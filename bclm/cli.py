@@ -73,8 +73,9 @@ def _train(argv: list[str]) -> int:
         print("\n".join(cfg.help_text(TrainRecipe)))
         return 0
     recipe_path = argv[0] if argv and not argv[0].startswith("--") else None
-    cfg.check_keys("train", argv[1:] if recipe_path else argv)      # a typo is named before torch loads
-    recipe = load_train_recipe(recipe_path, argv[1:] if recipe_path else argv)
+    overrides = argv[1:] if recipe_path else argv
+    cfg.check_keys("train", overrides)      # a typo is named before torch loads
+    recipe = load_train_recipe(recipe_path, overrides)
     from bclm.distributed import is_main
     from bclm.trainer.bc import train
 
@@ -119,20 +120,22 @@ def _recipe_with_flags(command: str, recipe_class: Callable[[], type], argv: lis
     return cfg.build_config(recipe_class(), recipe_path, overrides)
 
 
-def _dagger_recipe() -> type:
+def dagger_recipe() -> type:
+    """`bclm dagger`'s recipe class (`bclm train` reads it too), imported on demand: it brings torch."""
     from bclm.trainer.dagger import DaggerRecipe
 
     return DaggerRecipe
 
 
-def _sweep_recipe() -> type:
+def sweep_recipe() -> type:
+    """`bclm sweep`'s recipe class, the widest: its sections include dagger's and train's."""
     from bclm.sweep import SweepRecipe
 
     return SweepRecipe
 
 
 def _dagger(argv: list[str]) -> int:
-    recipe = _recipe_with_flags("dagger", _dagger_recipe, argv, DAGGER_FLAGS,
+    recipe = _recipe_with_flags("dagger", dagger_recipe, argv, DAGGER_FLAGS,
                                 "usage: bclm dagger [RECIPE.yaml] --env ENV [--expert EXPERT] --rounds K "
                                 "--episodes-per-round N --output-dir DIR [--section.field VALUE ...]")
     if recipe is None:
@@ -161,7 +164,7 @@ SWEEP_FLAGS = {**DAGGER_FLAGS, "--methods": "--sweep.methods", "--budgets": "--s
 
 
 def _sweep(argv: list[str]) -> int:
-    recipe = _recipe_with_flags("sweep", _sweep_recipe, argv, SWEEP_FLAGS,
+    recipe = _recipe_with_flags("sweep", sweep_recipe, argv, SWEEP_FLAGS,
                                 "usage: bclm sweep [RECIPE.yaml] --env ENV --budgets 500,1000,2000 --seeds 3 "
                                 "--output-dir DIR [--methods bc,dagger,hg-dagger] [--section.field VALUE ...]")
     if recipe is None:
