@@ -93,6 +93,40 @@ def test_regression_loss_reads_each_value_at_its_own_windows_act_token():
     assert not RegressionTargets(act_id, offset, positions).token_loss(logits, plain, keep, ids)[1].any()
 
 
+def test_the_residual_penalty_weighs_only_what_the_transformer_adds_to_the_linear_law():
+    from bclm.data.collate import PadCollator
+    from bclm.data.sequences import WindowDataset
+    from bclm.trainer.regression import regression_targets
+    from bclm.trainer.step import action_loss
+
+    policy = trained_like(tiny_policy(OBS, ACT, context_length=40))
+    tok, model = policy.tokenizer, policy.model
+    obs = _stream(OBS, 8, 1, seed=1)[0]
+    actions = np.tanh(obs["goal"] - obs["pos"]).astype(np.float32)
+    tokens = tokenize_episodes(tok, obs, actions, np.zeros(8, int), np.arange(8), np.full(8, "default"))
+    windows = WindowDataset(tokens, tok, 40)
+    batch = PadCollator(tok.pad_id)([windows[i] for i in range(len(windows))])
+
+    def penalty(weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        model.zero_grad()
+        total, stats = action_loss(model, batch, regression=regression_targets({"default": tok}, weight))
+        total.backward()
+        return (total - stats["loss"]).detach(), state_of(model).read_out.grad.clone()
+
+    none, read_out_grad = penalty(0.0)
+    some, _ = penalty(0.1)
+    more, more_grad = penalty(0.2)
+    assert none == 0 and some > 0
+    torch.testing.assert_close(more, 2 * some)                 # linear in its weight; the logged loss excludes it
+    torch.testing.assert_close(more_grad, read_out_grad)      # the linear law itself is not pulled towards 0
+    # Without a read-out (no state token) the LM's output is the whole value: nothing to penalise.
+    plain = tiny_policy(OBS, ACT, context_length=40)
+    embedding = plain.model.get_input_embeddings()
+    embedding.state = None
+    total, stats = action_loss(plain.model, batch, regression=regression_targets({"default": tok}, 0.1))
+    torch.testing.assert_close(total, stats["loss"])
+
+
 # --- the state token --------------------------------------------------------------------------------
 
 def test_the_state_token_is_a_linear_map_of_the_steps_observation_numbers():
@@ -245,7 +279,7 @@ def test_regression_learns_a_law_linear_in_several_observation_numbers(reach_dat
     train(recipe)
     losses = [json.loads(x)["loss"] for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in x]
-    assert losses[-1] < losses[0] / 20, losses
+    assert losses[-1] < losses[0] / 10, losses
     report = json.loads((tmp_path / "p" / "eval_report.json").read_text())
     assert report["success_rate"] >= 0.6, report["success_rate"]
     assert (tmp_path / "p" / STATE_FILE).is_file()

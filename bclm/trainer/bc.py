@@ -189,7 +189,8 @@ def _set_up(recipe: TrainRecipe, accelerator: Accelerator, out: Path) -> _Run:
     if optim.compile:
         model = torch.compile(model)
     return _Run(out, data, optim, model, optimizer, scheduler, loader, sampler,
-                ordinal_targets(tok, optim.ordinal_sigma), regression_targets(data.tokenizers), zero3,
+                ordinal_targets(tok, optim.ordinal_sigma),
+                regression_targets(data.tokenizers, optim.residual_penalty), zero3,
                 start=_maybe_resume(accelerator, out))
 
 

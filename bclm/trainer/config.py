@@ -42,6 +42,11 @@ class OptimConfig:
         0.0, "Observation prediction (JAT's kappa): the training loss adds this times the mean next-token "
              "cross-entropy of the windows' observation tokens, a dense auxiliary signal next to the one action "
              "per step (0 = actions only). The logged loss, validation and keep-the-best stay on the actions.")
+    residual_penalty: float = option(
+        0.1, "With the state token's linear read-out of regressed action dimensions: the training loss adds this "
+             "times the mean square of what the transformer adds to the linear law, in the action's normalised "
+             "units (a Gaussian prior that the law is linear unless the data say otherwise; 0 = none). The "
+             "logged loss, validation and keep-the-best stay on the actions.")
     weight_decay: float = option(0.1, "AdamW weight decay (not applied to norms and biases).")
     betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas.")
     grad_clip: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
@@ -60,6 +65,8 @@ class OptimConfig:
             raise BCLMError(f"train.epochs must be >= 0, or -1 for auto, got {self.epochs}")
         if not self.obs_loss_weight >= 0:
             raise BCLMError(f"train.obs_loss_weight must be >= 0, got {self.obs_loss_weight}")
+        if not self.residual_penalty >= 0:
+            raise BCLMError(f"train.residual_penalty must be >= 0, got {self.residual_penalty}")
         if not self.ordinal_sigma >= 0:
             raise BCLMError(f"train.ordinal_sigma must be >= 0 (bins), got {self.ordinal_sigma}")
         if not 0 < self.decay_fraction <= 1:

@@ -29,7 +29,7 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_task
     of action tokens), with the counts behind action-token accuracy, per task when `num_tasks` > 1. With
     `ordinal`, continuous action tokens are scored against HL-Gauss targets instead of one-hot ones; with
     `regression`, by the squared error of their value read at the step's ACT token (a hit: its nearest bin
-    is the target's). A batch
+    is the target's), plus its `residual_penalty` on what the LM adds to the linear read-out. A batch
     with `obs_labels` adds `obs_weight` times the mean cross-entropy of its observation tokens to the loss
     returned; `stats["loss"]` stays the action loss, comparable with runs without it.
 
@@ -49,19 +49,25 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_task
     with feeding(model, batch.get("values")):
         out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                     position_ids=batch.get("position_ids"), logits_to_keep=keep, use_cache=False)
-        logits = add_read_out(model, out.logits.float(), keep)     # (B, K, V)
+        lm_logits = out.logits.float()
+        logits = add_read_out(model, lm_logits, keep)               # (B, K, V)
     chosen = targets[:, keep]                                       # (B, K)
     token_loss = (ordinal or _PLAIN).token_loss(logits, chosen)    # (B, K), 0 where ignored
     valid = chosen != IGNORE_INDEX
     hits = (logits.argmax(-1) == chosen) & valid
+    penalty = None
     if regression is not None:
         exact = batch["value_labels"][:, 1:][:, keep] if "value_labels" in batch else None
         squared, regressed, near = regression.token_loss(logits, chosen, keep, batch["input_ids"], exact)
         token_loss, hits = torch.where(regressed, squared, token_loss), torch.where(regressed, near, hits)
+        if regression.residual_penalty and logits is not lm_logits:       # a linear read-out was added
+            penalty = regression.residual_loss(lm_logits, chosen, keep, batch["input_ids"])
     weight = batch.get("loss_weight")
     weighted = token_loss if weight is None else token_loss * _per_target(weight, keep, chosen).to(token_loss.dtype)
     loss = _global_mean(weighted, valid, accelerator)
     total = loss
+    if penalty is not None:
+        total = total + _global_mean(penalty, valid, accelerator)
     if "obs_labels" in batch:
         observed = batch["obs_labels"][:, 1:][:, keep]
         obs_loss = _global_mean(_PLAIN.token_loss(logits, observed), observed != IGNORE_INDEX, accelerator)
