@@ -39,7 +39,8 @@ from bclm.config import option
 from bclm.data.store import META_FILE, TrajectoryStore
 from bclm.envs import TaskSpec, get_task
 from bclm.errors import BCLMError
-from bclm.eval.curves import markdown_table, mean_ci, plot_curves
+from bclm.eval.compare import horizon_exponent, iqm, mean_ci, paired
+from bclm.eval.curves import markdown_table, plot_curves, plot_differences
 from bclm.eval.plots import plot_mistakes
 from bclm.rollout import NO_NOISE, Noise
 from bclm.rollout.shards import create_store, expert_ref_of, write_expert_shard
@@ -240,8 +241,9 @@ def _run_sweep(recipe: SweepRecipe, out: Path) -> dict[str, Any]:
     bar = tqdm(total=len(todo), desc="sweep cells", unit="cell", leave=False, disable=not recipe.loop.progress)
     results = _in_parallel(run_cell, [(recipe, out, c) for c in todo], jobs, bar)
     bar.close()
-    report = {"env": recipe.dagger.env, "budgets": recipe.sweep.budgets, "cells": results,
-              "summary": summarize(results, recipe.sweep)}
+    summary = summarize(results, recipe.sweep)
+    report = {"env": recipe.dagger.env, "budgets": recipe.sweep.budgets, "cells": results, "summary": summary,
+              "comparisons": comparisons(summary)}
     write_outputs(report, out, recipe.dagger.env)
     return report
 
@@ -290,25 +292,51 @@ def summarize(results: list[dict[str, Any]], config: SweepConfig) -> dict[str, l
         for budget in config.budgets:
             runs = [r for r in results if r["cell"]["method"] == method
                     and r["cell"]["budget"] in (budget, None)]
-            points = [p for p in (at_budget(r["points"], budget) for r in runs) if p is not None]
-            if not points:
+            pairs = [(r["cell"]["seed"], p) for r in runs if (p := at_budget(r["points"], budget)) is not None]
+            if not pairs:
                 continue
-            row: dict[str, Any] = {"budget": budget}
+            seeds, points = [s for s, _ in pairs], [p for _, p in pairs]
+            row: dict[str, Any] = {"budget": budget, "seeds": seeds}
             for key in ("expert_labels", "success_rate", "mean_return", "mistakes_per_episode"):
                 if all(key in p for p in points):
-                    row[key] = {**mean_ci([p[key] for p in points]), "values": [p[key] for p in points]}
+                    values = [p[key] for p in points]
+                    row[key] = {**mean_ci(values), "values": values, "iqm": iqm(values)}
             curves = [p["mistakes_vs_t"] for p in points if p.get("mistakes_vs_t")]
             if len(curves) == len(points):
                 row["mistakes_vs_t"] = np.mean(curves, axis=0).round(4).tolist()
+                row["horizon_exponent"] = horizon_exponent(row["mistakes_vs_t"])
             summary.setdefault(method, []).append(row)
     return summary
+
+
+def comparisons(summary: dict[str, list[dict[str, Any]]], baseline: str = "bc") -> list[dict[str, Any]]:
+    """Each other method against `baseline` at each budget both reached, paired over their common seeds:
+    success and mistakes per episode (`bclm.eval.compare.paired`)."""
+    if baseline not in summary:
+        return []
+    base = {row["budget"]: row for row in summary[baseline]}
+    out = []
+    for method, rows in summary.items():
+        for row in rows:
+            if method == baseline or row["budget"] not in base:
+                continue
+            entry: dict[str, Any] = {"method": method, "baseline": baseline, "budget": row["budget"]}
+            for key in ("success_rate", "mistakes_per_episode"):
+                if key in row and key in base[row["budget"]]:
+                    a, b = (dict(zip(r["seeds"], r[key]["values"])) for r in (row, base[row["budget"]]))
+                    entry[key] = paired(a, b)
+            out.append(entry)
+    return out
 
 
 def write_outputs(report: dict[str, Any], out: Path, env: str) -> None:
     summary = report["summary"]
     atomic.write_json(out / "sweep.json", report, indent=2)
-    atomic.write_text(out / "sweep.md", markdown_table(summary))
+    atomic.write_text(out / "sweep.md", markdown_table(summary, report.get("comparisons", [])))
     plot_curves(summary, out / "success_vs_labels.png", title=f"{env}: success vs expert labels")
+    if any(c.get("success_rate") for c in report.get("comparisons", [])):
+        plot_differences(report["comparisons"], out / "paired_difference.png",
+                         title=f"{env}: success difference on the same seeds")
     curves = [{"name": f"{method}, budget {rows[-1]['budget']:,}", "mistakes_vs_t": rows[-1]["mistakes_vs_t"],
                "expert_labels": round(rows[-1]["expert_labels"]["mean"])}
               for method, rows in summary.items() if rows and "mistakes_vs_t" in rows[-1]]

@@ -29,7 +29,7 @@ import torch
 from bclm import config as cfg
 from bclm.data.store import TrajectoryStore
 from bclm.envs import get_task, load_expert
-from bclm.eval.curves import mean_ci
+from bclm.eval.compare import mean_ci
 from bclm.rollout import ExpertActor, run_episodes
 from bclm.rollout.metrics import summarize
 from bclm.sweep import SweepRecipe, expert_episodes, expert_store, run_sweep, within_budget
