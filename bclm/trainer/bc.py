@@ -211,8 +211,8 @@ def _model_and_data(recipe: TrainRecipe) -> tuple[PreTrainedModel, Prepared]:
         attach_for(model, widest, recipe.model.number_features, fresh=warm_model is None, radix=radix, words=words)
         if recipe.model.state_token:
             attach_state(model, data.tokenizers, fresh=warm_model is None)
-            # Also on a warm start: the law is that of this run's data (a DAgger round's aggregate labels).
-            fit_read_out(model, [(t.name, data.tokenizers[t.name], t.train.tokens) for t in data.tasks])
+            if warm_model is None:
+                fit_read_out(model, [(t.name, data.tokenizers[t.name], t.train.tokens) for t in data.tasks])
     return model, data
 
 
