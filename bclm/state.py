@@ -38,7 +38,6 @@ from bclm.embeddings import STATE, StructuredEmbedding, untie
 from bclm.tokenizers import BCTokenizer, slot_positions
 
 STATE_FILE = "state_projector.safetensors"
-EDGE = 0.95     # a bounded value at or past this fraction of its bound fits a target at the bound
 
 
 class StateProjector(nn.Module):
@@ -55,11 +54,8 @@ class StateProjector(nn.Module):
         # Per task: one law shared by a mixture is a compromise that, off a task's data, pulls it towards the
         # others' actions (MT10: reach closed the gripper and dived like pick-place, 5% success). None without
         # any regressed slot: DeepSpeed ZeRO-3 cannot gather a parameter of no elements.
-        # A fixed law (`fit_read_out`), not trained: trained along with the transformer it drifts from the law
-        # that extrapolates to one that fits the demonstrations together with it (Meta-World reach, 300
-        # labels: the least-squares law alone 75% success, the same law after training 40%).
-        self.register_parameter("read_out", nn.Parameter(torch.zeros(len(obs_lens), slots, len(out_slots)),
-                                                         requires_grad=False) if out_slots else None)
+        self.register_parameter("read_out", nn.Parameter(torch.zeros(len(obs_lens), slots, len(out_slots)))
+                                if out_slots else None)
         self.register_buffer("out_ids", number_offset + width * torch.as_tensor(out_slots, dtype=torch.long),
                              persistent=False)
         self.linear: torch.Tensor | None = None     # (B, T, out) the read-out of the last forward, at ACT tokens
@@ -185,11 +181,10 @@ def add_read_out(model: nn.Module, logits: torch.Tensor, positions: torch.Tensor
 
 
 def fit_read_out(model: nn.Module, steps: list[tuple[str, BCTokenizer, EpisodeTokens]], ridge: float = 1e-3) -> None:
-    """Set each task's read-out to the least-squares linear map (ridge, with an intercept left to the LM) from
-    its training steps' observation values to their expert's regressed action values (a value at its bound
-    as EDGE, as the loss reads it), so that the transformer learns what a linear law misses rather than
-    racing a linear path that starts at zero: it fits a few hundred labels long before gradients build the
-    linear map, and extrapolates as it fits. The read-out then stays fixed."""
+    """Start each task's read-out at the least-squares linear map (ridge, with an intercept left to the LM)
+    from its training steps' observation values to their expert's regressed action values, so that the
+    transformer learns what a linear law misses rather than racing a linear path that starts at zero: it
+    fits a few hundred labels long before gradients build the linear map, and extrapolates as it fits."""
     state = state_of(model)
     if state is None or state.read_out is None:
         return
@@ -218,8 +213,8 @@ def _linear_problem(tok: BCTokenizer, tokens: EpisodeTokens, slots: int, out_slo
     for k in np.flatnonzero(tok.regressed_actions()):
         column, at = out_slots.index((tok.regression_ids()[k] - tok.number_offset) // tok.number_width), \
             tok.obs_len + 1 + k
-        # A squashed value is the tanh of the output: fit the output (saturated targets at tanh EDGE).
-        target = np.arctanh(np.clip(tokens.value_labels[:, at], -EDGE, EDGE)) if tok.squashed_actions()[k] \
+        # A squashed value is the tanh of the output: fit the output (saturated targets at tanh 0.95).
+        target = np.arctanh(np.clip(tokens.value_labels[:, at], -0.95, 0.95)) if tok.squashed_actions()[k] \
             else tokens.value_labels[:, at]
         y[:, column] = np.where(tokens.labels[:, at] != IGNORE_INDEX, target, np.nan)
     return x, y

@@ -17,15 +17,13 @@ to it, and `residual_penalty` weighs the square of that addition (in the action'
 Gaussian prior that the law is linear unless the data say otherwise. Without it the transformer fits the
 demonstrations to a loss of 1e-6 and extrapolates its addition off them: on Meta-World reach (seed 4, 1,200
 labels) the linear law alone succeeded in 20 of 20 episodes, the law plus the free transformer in 0, and the
-law plus the penalised one (0.1 and 1.0 alike) in 20. A bounded target at its bound is met by any value past
-`EDGE` (see `token_loss`).
+law plus the penalised one (0.1 and 1.0 alike) in 20.
 """
 
 from __future__ import annotations
 
 import torch
 
-from bclm.state import EDGE
 from bclm.tokenizers import BCTokenizer, slot_positions
 
 
@@ -51,12 +49,7 @@ class RegressionTargets:
         slot = local // self.width
         positions = self.positions.to(logits.device)
         target = positions.flatten()[local] if exact is None else exact.to(logits.dtype)
-        # A bounded target at its bound is a clipped command: the expert asked for at least that much, so any
-        # value past EDGE fits it, and the output is not pushed towards infinity there (a tanh reaches 1 only
-        # there), where it would spill into the states next to the saturated ones.
-        at_bound = self.squashed.to(slot.device)[slot] & (target.abs() >= 1 - 1e-6)
-        error = torch.where(at_bound, (target.sign() * (pred - EDGE * target.sign())).clamp(max=0), pred - target)
-        loss = torch.where(regressed, error ** 2, 0.0)
+        loss = torch.where(regressed, (pred - target) ** 2, 0.0)
         with torch.no_grad():
             nearest = (positions[slot] - pred[..., None]).abs().argmin(-1)
             hits = regressed & (nearest == local % self.width)
