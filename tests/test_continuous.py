@@ -279,7 +279,7 @@ def test_regression_learns_a_law_linear_in_several_observation_numbers(reach_dat
     train(recipe)
     losses = [json.loads(x)["loss"] for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in x]
-    assert losses[-1] < losses[0] / 10, losses
+    assert losses[-1] < losses[0] / 20, losses
     report = json.loads((tmp_path / "p" / "eval_report.json").read_text())
     assert report["success_rate"] >= 0.6, report["success_rate"]
     assert (tmp_path / "p" / STATE_FILE).is_file()

@@ -43,10 +43,11 @@ class OptimConfig:
              "cross-entropy of the windows' observation tokens, a dense auxiliary signal next to the one action "
              "per step (0 = actions only). The logged loss, validation and keep-the-best stay on the actions.")
     residual_penalty: float = option(
-        0.1, "With the state token's linear read-out of regressed action dimensions: the training loss adds this "
+        0.0, "With the state token's linear read-out of regressed action dimensions: the training loss adds this "
              "times the mean square of what the transformer adds to the linear law, in the action's normalised "
-             "units (a Gaussian prior that the law is linear unless the data say otherwise; 0 = none). The "
-             "logged loss, validation and keep-the-best stay on the actions.")
+             "units (a Gaussian prior that the law is linear unless the data say otherwise; 0 = none). Off by "
+             "default: 0.1 did not measure better beyond noise (docs/results/continuous.md). The logged loss, "
+             "validation and keep-the-best stay on the actions.")
     weight_decay: float = option(0.1, "AdamW weight decay (not applied to norms and biases).")
     betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas.")
     grad_clip: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
