@@ -36,7 +36,7 @@ torch, transformers and accelerate have no embedding of this kind, hence this sm
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import numpy as np
@@ -303,6 +303,32 @@ def attach_for(model: nn.Module, tokenizer: BCTokenizer, features: int, fresh: b
     return attach_structured_embedding(model, tokenizer.number_offset, tokenizer.number_vocab, features, fresh,
                                        slots=max(tokenizer.number_slots, 1), positions=positions,
                                        symbols=symbols, words=words)
+
+
+def reindex_numbers(model: nn.Module, before: Mapping[str, BCTokenizer], after: Mapping[str, BCTokenizer]) -> int:
+    """Move a warm-started model's number rows with the bins of tokenizers that `cover_tokenizers` widened
+    (`before`: their copies from before): each row of a widened dimension becomes the row of the old bin that
+    held its value, so the model embeds (and, for action bins chosen among, scores) every value the old bins
+    covered as it did. The table must be plain (as a policy loads), before `attach_for` structures it; in a
+    mixture the first task to move an id decides its row, as it decides the slot's positions. Returns the
+    number of rows moved."""
+    emb = model.get_input_embeddings()
+    if isinstance(emb, StructuredEmbedding) and emb.size:
+        raise BCLMError("reindex_numbers needs the plain table of a loaded policy, before attach_for")
+    untie(model)
+    head = model.get_output_embeddings()
+    done: set[int] = set()
+    with torch.no_grad():
+        rows, head_rows = emb.weight.detach().clone(), None if head is None else head.weight.detach().clone()
+        for name, old in before.items():
+            ids, sources, chosen = after[name].moved_numbers(old)
+            fresh = np.array([i not in done for i in ids.tolist()], dtype=bool)
+            ids, sources, chosen = ids[fresh], sources[fresh], chosen[fresh]
+            done.update(ids.tolist())
+            emb.weight[torch.as_tensor(ids)] = rows[torch.as_tensor(sources)]
+            if head_rows is not None and chosen.any():
+                head.weight[torch.as_tensor(ids[chosen])] = head_rows[torch.as_tensor(sources[chosen])]
+    return len(done)
 
 
 def untie(model: nn.Module) -> None:

@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
@@ -36,6 +37,7 @@ def test_the_pendulum_probe_names_a_directory_without_cells(tmp_path):
     assert done.returncode == 2 and str(tmp_path) in done.stderr and "no trained cells" in done.stderr
 
 
+@pytest.mark.slow               # 48 s of 23 learners: a probe of the past, not a path users take
 def test_the_architecture_probe_prints_every_learner():
     out = _run(str(BENCHMARKS / "pendulum_architecture.py"), "--seeds", "1", "--episodes", "2", "--batches", "20")
     rows = [line for line in out.splitlines() if line.startswith("| ") and "%" in line]

@@ -377,3 +377,39 @@ def test_word_factors_refuse_what_they_cannot_tie_by_name():
         ModelConfig(word_factors=WORDS)
     with pytest.raises(BCLMError, match=r"model.word_factors.red: expected \[element, value\]"):
         ModelConfig(symbol_factors=True, word_factors={"red": "1, 0"})
+
+
+@pytest.mark.parametrize("head", ["regression", "bins"])
+def test_rows_follow_their_values_when_a_warm_start_widens_the_bins(head):
+    """After `cover`, the id of a value inside the old bounds embeds it with the row its old id had, a value
+    past them with the old edge row (where the old bounds clipped it); output rows move for chosen action bins
+    only, and no other row moves."""
+    from bclm.embeddings import reindex_numbers
+    from bclm.models import ModelConfig, build_model
+
+    rng = np.random.default_rng(0)
+    space = (gym.spaces.Box(-np.inf, np.inf, (2,), np.float32), gym.spaces.Box(-np.inf, np.inf, (1,), np.float32))
+    tok = BCTokenizer(*space, TokenizerConfig(obs_bins=64, action_bins=32, value_vocab=128, action_head=head,
+                                                  action_bounds="data"))
+    first, actions = rng.normal(size=(300, 2)).astype(np.float32), rng.normal(size=(300, 1)).astype(np.float32)
+    tok.fit(first, actions)
+    model = build_model(ModelConfig(size="tiny"), tok.vocab_size, 32, tok.bos_id, tok.eos_id, tok.pad_id)
+    table, out = (m.weight.detach().clone() for m in (model.get_input_embeddings(), model.get_output_embeddings()))
+    old = BCTokenizer.from_dict(tok.to_dict())
+    wide = np.concatenate([first, first * 30]), np.concatenate([actions, actions * 30])
+    assert tok.cover(*wide)
+    moved = reindex_numbers(model, {"default": old}, {"default": tok})
+    new_table, new_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    values = tok.decode_observation(tok.encode_observation(wide[0]))        # at the centres of the new bins
+    new_ids, old_ids = tok.encode_observation(values), old.encode_observation(values)
+    torch.testing.assert_close(new_table[torch.as_tensor(new_ids)], table[torch.as_tensor(old_ids)], rtol=0, atol=0)
+    past = values[:, 0] > old.obs_codecs[0].high[0]
+    assert past.any() and (old_ids[past, 0] == old_ids[past, 0].max()).all()        # the old edge bin
+    numbers = slice(tok.number_offset, tok.number_offset + tok.number_vocab)
+    assert moved == 64 * 2 + 32 and torch.equal(new_table[:numbers.start], table[:numbers.start])
+    act_ids = torch.as_tensor(tok.encode_action(wide[1]).ravel())
+    if head == "bins":
+        assert torch.equal(new_out[act_ids], out[torch.as_tensor(old.encode_action(tok.decode_action(
+            tok.encode_action(wide[1]))).ravel())])
+    else:                                  # the regressed value is the logit of the slot's first id: kept
+        assert torch.equal(new_out, out)

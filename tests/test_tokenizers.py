@@ -237,6 +237,48 @@ def test_fit_uses_percentiles_and_reports_clipping():
     json.dumps(report, allow_nan=False)
 
 
+def _clip_share(tok: BCTokenizer, x: np.ndarray, actions: np.ndarray | None) -> float:
+    actions = np.zeros(len(x), np.int64) if actions is None else actions
+    return max(max(leaf["clip_fraction"]) for leaf in tok.quantization_report(x, actions)["observation"].values())
+
+
+@pytest.mark.parametrize("mode", ["mulaw", "uniform", "quantile"])
+def test_cover_widens_the_bounds_to_states_beyond_the_first_fit_and_keeps_every_value_s_position(mode):
+    """A DAgger round's states lie off the demonstrations: the warm tokenizer must cover them (clipping at most
+    0.5%) without moving what the model reads of the states it learned on."""
+    rng = np.random.default_rng(0)
+    tok = BCTokenizer(gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), gym.spaces.Box(-1, 1, (2,), np.float32),
+                      TokenizerConfig(mode=mode))
+    first = rng.normal(size=(500, 3)).astype(np.float32)
+    actions = rng.uniform(-1, 1, (500, 2)).astype(np.float32)
+    tok.fit(first, actions)
+    positions, low0 = tok.observation_values(first), tok.obs_codecs[0].low.copy()
+    later = (rng.normal(size=(500, 3)) * [1, 40, 1] + [0, 0, 60]).astype(np.float32)   # dims 1 and 2 drift far
+    both, both_actions = np.concatenate([first, later]), np.concatenate([actions, actions])
+    assert _clip_share(tok, both, both_actions) > 0.3
+    assert tok.cover(both, both_actions)
+    assert _clip_share(tok, both, both_actions) <= 0.005
+    np.testing.assert_array_equal(tok.observation_values(first), positions)
+    assert tok.obs_codecs[0].low[0] == low0[0]                                  # dim 0 clipped nothing: kept
+    assert not tok.cover(both, both_actions)                                    # covered already
+    again = BCTokenizer.from_dict(json.loads(json.dumps(tok.to_dict())))
+    assert again == tok
+    np.testing.assert_array_equal(again.encode_observation(later), tok.encode_observation(later))
+    np.testing.assert_array_equal(again.observation_values(later), tok.observation_values(later))
+
+
+def test_cover_fits_a_dimension_that_was_constant_in_the_first_data():
+    """A dimension the demonstrations never moved (a car always on the centreline) read as one value: the rounds
+    that move it get bins of their own for it."""
+    tok = BCTokenizer(gym.spaces.Box(-np.inf, np.inf, (2,), np.float32), gym.spaces.Discrete(2))
+    first = np.stack([np.linspace(-1, 1, 200), np.zeros(200)], axis=1).astype(np.float32)
+    tok.fit(first, np.zeros(200, np.int64))
+    later = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32) * [0.5, 1]
+    assert len(np.unique(tok.encode_observation(later)[:, 1])) == 1          # one bin: the value is lost
+    assert tok.cover(later, np.zeros(200, np.int64))
+    assert len(np.unique(tok.encode_observation(later)[:, 1])) > 100 and _clip_share(tok, later, None) == 0
+
+
 def test_auto_bounds_use_space_when_finite():
     act_space = gym.spaces.Box(-2.0, 2.0, (3,), np.float32)
     tok = BCTokenizer(gym.spaces.Discrete(2), act_space, TokenizerConfig(mode="uniform"))  # action_bounds "auto"

@@ -273,6 +273,29 @@ def test_warm_start_checks_dataset_spaces(dataset, tmp_path):
     assert not (tmp_path / "c" / "config.json").exists()
 
 
+def test_a_warm_start_on_wider_states_widens_its_bins_to_cover_them(dataset, tmp_path):
+    """DAgger's rounds warm-start on states the first data never reached: the tokenizer widens (≤ 0.5% of
+    observation values clipped) instead of squashing them into its edge bins."""
+    narrow = tmp_path / "one-episode"
+    collect(get_task(ENV), "tests.custom_env:expert", 1, narrow, seed=3)
+    first = train(_recipe(narrow, tmp_path / "a", "--train.max_steps", "3", "--tokenizer.margin", "0.05",
+                               "--tokenizer.percentiles", "[0, 100]"))
+    wide = first.tokenizer.quantization_report(*_steps(dataset))["observation"][""]["clip_fraction"]
+    warm = train(_recipe(dataset, tmp_path / "b", "--train.max_steps", "3", "--init-from", str(tmp_path / "a")))
+    report = json.loads((tmp_path / "b" / "quantization_report.json").read_text())
+    clipped = report[next(iter(report))]["observation"][""]["clip_fraction"]
+    assert max(wide) > 0.1 and max(clipped) <= 0.005, (wide, clipped)
+    assert (warm.tokenizer.obs_codecs[0].low <= first.tokenizer.obs_codecs[0].low).all()
+    assert Policy.from_pretrained(tmp_path / "b").tokenizer == warm.tokenizer
+
+
+def _steps(path):
+    from bclm.data.store import TrajectoryStore
+
+    steps = TrajectoryStore(path).arrays()
+    return steps.observation, steps.action
+
+
 def test_pretrained_checkpoint_gets_bclm_tokens_after_its_vocabulary(dataset, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 

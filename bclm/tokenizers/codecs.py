@@ -49,7 +49,7 @@ class BoxCodec:
                  *, bins: int, mode: str = "uniform", mu: float = 100.0, bounds: str = "space",
                  percentiles: tuple[float, float] = (1.0, 99.0), exact: np.ndarray | None = None,
                  needs_data: bool | None = None, fitted: bool = False, margin: float = 0.0,
-                 knots: list | None = None):
+                 knots: list | None = None, margins: list | None = None):
         self.path = path
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
@@ -61,6 +61,8 @@ class BoxCodec:
         self.margin = float(margin)
         self.low = np.asarray(low, dtype=np.float64).ravel().copy()
         self.high = np.asarray(high, dtype=np.float64).ravel().copy()
+        # Per dimension, the margin the bounds have now: `margin` from a fit, more once `cover` widened them.
+        self.margins = np.full(self.low.shape, self.margin) if margins is None else floats_from_json(margins)
         self.exact = self._exact_dims() if exact is None else np.asarray(exact, dtype=bool)
         self.needs_data = self._needs_data() if needs_data is None else bool(needs_data)
         self.fitted = bool(fitted)
@@ -117,9 +119,46 @@ class BoxCodec:
             # policy drifting out of the demonstrated range still sees how far out it is (clipping would hide it).
             self.low = np.where(self.exact, self.low, lo - self.margin * (hi - lo))
             self.high = np.where(self.exact, self.high, hi + self.margin * (hi - lo))
+            self.margins = np.full(self.low.shape, self.margin)
         if self.mode == "quantile":
             self.knots = [self._fit_knots(flat[:, d], d) for d in range(flat.shape[1])]
         self.fitted = True
+
+    def cover(self, x: np.ndarray) -> bool:
+        """Widen data-fitted bounds that clip some of `x`, never narrow them, to those a fit on `x` would give,
+        keeping each dimension's frame (centre and half width of the data first fitted); returns whether any
+        bound moved.
+
+        DAgger's later rounds label states off the demonstrations, which the first fit's bounds would clip.
+        Widening symmetrically about the old centre keeps every value's normalised position (what the state
+        token reads and a regressed action means), so a warm-started model keeps what it learned; only the bins
+        get coarser, and `bclm.embeddings.reindex_numbers` moves the model's rows to the bins of their values.
+        A dimension that was constant in the first data had no frame (every value read as its centre): it is
+        fitted afresh."""
+        if not (self.fitted and self._bounds_from_data()):
+            return False
+        flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        if not len(flat):
+            return False
+        lo, hi = np.percentile(flat, self.percentiles, axis=0)
+        hi = np.maximum(hi, lo)
+        centre, half = self._frame()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reach = np.maximum(centre - (lo - self.margin * (hi - lo)), hi + self.margin * (hi - lo) - centre) / half
+        clipped = ~self.exact & ((flat < self.low) | (flat > self.high)).any(axis=0)  # only where a value clips
+        wider = clipped & (half > 0) & ((reach - 1) / 2 > self.margins)
+        fresh = clipped & (half == 0) & (hi > lo)             # constant before: nothing learned of it to keep
+        if not (wider | fresh).any():
+            return False
+        self.margins = np.where(wider, (reach - 1) / 2, np.where(fresh, self.margin, self.margins))
+        self.low = np.where(wider, centre - half * (1 + 2 * self.margins), self.low)
+        self.high = np.where(wider, centre + half * (1 + 2 * self.margins), self.high)
+        self.low = np.where(fresh, lo - self.margin * (hi - lo), self.low)
+        self.high = np.where(fresh, hi + self.margin * (hi - lo), self.high)
+        if self.mode == "quantile":
+            self.knots = [self._knots(self._inner_knots(d), d) if wider[d] else
+                          self._fit_knots(flat[:, d], d) if fresh[d] else self.knots[d] for d in range(len(self.knots))]
+        return True
 
     def _fit_knots(self, col: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
         """Equal-mass bins between the percentiles: bin edges at the data's quantiles. A value the data takes
@@ -129,7 +168,10 @@ class BoxCodec:
             return np.zeros(0), np.zeros(0)
         levels = min(QUANTILE_LEVELS, self.bins // 2 + 1)     # knots at least a bin apart once snapped below
         inner = np.unique(np.percentile(col, np.linspace(*self.percentiles, levels)))
-        inner = np.clip(inner, self.low[d], self.high[d])
+        return self._knots(np.clip(inner, self.low[d], self.high[d]), d)
+
+    def _knots(self, inner: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """The knots of dimension d: the data's quantiles `inner`, then the margins out to the bounds."""
         below, above = self.low[d] < inner[0], self.high[d] > inner[-1]
         t0, t1 = QUANTILE_MARGIN * below, 1.0 - QUANTILE_MARGIN * above
         ts = np.linspace(t0, t1, len(inner)) if len(inner) > 1 else np.array([(t0 + t1) / 2])
@@ -145,6 +187,12 @@ class BoxCodec:
         lo_t = (QUANTILE_MARGIN - m_ts)[::-1] if below else np.zeros(0)
         hi_t = 1.0 - QUANTILE_MARGIN + m_ts if above else np.zeros(0)
         return np.concatenate([lo_x, inner, hi_x]), np.concatenate([lo_t, ts, hi_t])
+
+    def _inner_knots(self, d: int) -> np.ndarray:
+        """The data's quantiles among dimension d's knots: a margin's 7 knots reach position 0 (1) exactly,
+        which a data knot, at the centre of a bin, never does."""
+        xs, ts = self.knots[d]
+        return xs[7 if ts[0] == 0.0 else 0:len(xs) - (7 if ts[-1] == 1.0 else 0)]
 
     def _interp(self, v: np.ndarray, forward: bool) -> np.ndarray:
         """Quantile mode: value -> position in [0, 1] (forward) or back, one dimension at a time."""
@@ -204,7 +252,7 @@ class BoxCodec:
 
     def _frame(self) -> tuple[np.ndarray, np.ndarray]:
         """(centre, half width) per dimension of the data: the bounds less the margin."""
-        half = (self.high - self.low) / 2 / ((1 + 2 * self.margin) if self._bounds_from_data() else 1.0)
+        half = (self.high - self.low) / 2 / ((1 + 2 * self.margins) if self._bounds_from_data() else 1.0)
         return (self.low + self.high) / 2, half
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
@@ -246,6 +294,7 @@ class BoxCodec:
                 "high": floats_to_json(self.high), "exact": self.exact.tolist(),
                 "needs_data": self.needs_data, "fitted": self.fitted,
                 **({"margin": self.margin} if self.margin else {}),
+                **({"margins": floats_to_json(self.margins)} if (self.margins != self.margin).any() else {}),
                 **({"knots": [[floats_to_json(x), floats_to_json(t)] for x, t in self.knots]}
                    if self.knots else {})}
 
@@ -255,7 +304,7 @@ class BoxCodec:
                    floats_from_json(d["high"]), bins=d["bins"], mode=d["mode"], mu=d["mu"],
                    bounds=d["bounds"], percentiles=tuple(d["percentiles"]), exact=np.array(d["exact"]),
                    needs_data=d["needs_data"], fitted=d["fitted"], margin=d.get("margin", 0.0),
-                   knots=d.get("knots"))
+                   knots=d.get("knots"), margins=d.get("margins"))
 
 
 # --- integer leaves: mixed-radix packing ---------------------------------------------------------

@@ -12,6 +12,7 @@ policy keeps the plain `bclm-tokenizer` file; `load_tokenizers` reads either.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,16 @@ def fit_tokenizers(tokenizers: Mapping[str, BCTokenizer], data: Mapping[str, tup
             tok.set_bpe(bpe)
     for tok in unfitted:
         tok.fitted = True
+
+
+def cover_tokenizers(tokenizers: Mapping[str, BCTokenizer],
+                     data: Mapping[str, tuple[Any, Any]]) -> dict[str, BCTokenizer]:
+    """Widen fitted (warm-start) tokenizers to cover each task's (observations, actions): DAgger's later rounds
+    reach states the first fit never saw. Returns, per task whose tokenizer moved, a copy from before, which
+    `bclm.embeddings.reindex_numbers` needs to move the model's rows with the bins."""
+    before = {id(t): copy.deepcopy(t) for t in tokenizers.values()}
+    moved = {id(tok) for name, tok in tokenizers.items() if tok.cover(*data[name])}
+    return {name: before[id(tok)] for name, tok in tokenizers.items() if id(tok) in moved}
 
 
 def check_shared_layout(tokenizers: Mapping[str, BCTokenizer], where: str = "tokenizers") -> None:

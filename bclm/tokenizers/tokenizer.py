@@ -480,6 +480,37 @@ class BCTokenizer:
                     codec.fit(arrays[codec.path])
         return texts
 
+    def cover(self, observations: Any, actions: Any) -> bool:
+        """Widen the data-fitted bounds of a fitted tokenizer to cover new data, each dimension in its own frame
+        (`BoxCodec.cover`); returns whether any bound moved."""
+        arrays = (self.check_observation(observations, "cover observations"),
+                  self.check_action(actions, "cover actions"))
+        moved = [codec.cover(leaves[codec.path]) for codecs, leaves in zip((self.obs_codecs, self.action_codecs),
+                                                                             arrays)
+                 for codec in codecs if isinstance(codec, BoxCodec)]
+        return any(moved)
+
+    def moved_numbers(self, before: BCTokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """After `cover`: (ids, sources, chosen) where each number id of a widened dimension takes the row of
+        the id that held its bin's value under `before` (the edge bin for values past `before`'s bounds, which
+        clipped them there); `chosen`: the id is an action bin chosen among (its output row moves too), not an
+        observation or a regressed action, whose value is read from its slot's first id alone."""
+        ids, sources, chosen = [], [], []
+        regressed = np.concatenate([np.zeros(self.obs_len, dtype=bool), self.regressed_actions()])
+        pos = 0
+        for old, new in zip(before.obs_codecs + before.action_codecs, self.obs_codecs + self.action_codecs):
+            if isinstance(new, BoxCodec) and self.config.numbers and self.config.number_slots:
+                bins = np.arange(new.bins)
+                old_ids = old.encode(new.decode(np.repeat(bins[:, None], new.num_tokens, axis=1)))
+                offsets = self._offsets(new)
+                for d in np.flatnonzero(_binned(new) & ((old.low != new.low) | (old.high != new.high))):
+                    ids.append(offsets[d] + bins)
+                    sources.append(offsets[d] + old_ids[:, d])
+                    chosen.append(np.full(new.bins, pos >= self.obs_len and not regressed[pos + d]))
+            pos += new.num_tokens
+        return tuple(np.concatenate(a) if a else np.zeros(0, dtype=np.int64 if i < 2 else bool)
+                     for i, a in enumerate((ids, sources, chosen)))
+
     @property
     def needs_bpe(self) -> bool:
         return any(isinstance(c, TextCodec) and c.backend == "bpe" for c in self.obs_codecs + self.action_codecs)

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 from bclm import atomic, dirlock, failpoints, interrupt
 from bclm import config as cfg
 from bclm.data.collate import PackCollator, PadCollator
-from bclm.embeddings import attach_for, shared_radix, word_rows
+from bclm.embeddings import attach_for, reindex_numbers, shared_radix, word_rows
 from bclm.envs import get_task
 from bclm.errors import BCLMError
 from bclm.eval.evaluate import evaluate, evaluate_tasks, write_report
@@ -201,6 +201,8 @@ def _model_and_data(recipe: TrainRecipe) -> tuple[PreTrainedModel, Prepared]:
         data = prepare_data(recipe, warm_tokenizers)
         failpoints.point("prepared")
         tok = data.tokenizers[data.task_names[0]]
+        if data.covered:                # the warm model's rows follow the bins its data widened
+            reindex_numbers(warm_model, data.covered, data.tokenizers)
         model = warm_model or build_model(recipe.model, tok.vocab_size, data.context_length, tok.bos_id,
                                           tok.eos_id, tok.pad_id)
         # The task with the most continuous dimensions lays out every number slot (a bin's value relative to
@@ -223,7 +225,7 @@ def _announce(recipe: TrainRecipe, run: _Run, accelerator: Accelerator) -> None:
     accelerator.init_trackers(recipe.loop.project, config=_flat_scalars(cfg_dict))
     accelerator.print(f"launch: {describe_launch(accelerator)}")
     atomic.write_json(run.out / QUANTIZATION_FILE, run.data.quantization, indent=2)
-    accelerator.print(quantization_summary(run.data.quantization))
+    accelerator.print(quantization_summary(run.data.quantization, run.data.covered))
     data, tok = run.data, run.tokenizer
     asked = recipe.train.warmup_steps
     if run.optim.warmup_steps < asked != OptimConfig.__dataclass_fields__["warmup_steps"].default:
@@ -453,8 +455,9 @@ def _log(accelerator: Accelerator, stats: dict[str, Any], metrics_file: Path) ->
                                 for k, v in stats.items()}) + "\n")
 
 
-def quantization_summary(reports: dict[str, dict]) -> str:
-    """One line per task: the largest round-trip error and clip rate of its observations and actions."""
+def quantization_summary(reports: dict[str, dict], covered: dict[str, Any] | None = None) -> str:
+    """One line per task: the largest round-trip error and clip rate of its observations and actions, and
+    whether a warm start's bounds widened to cover the data (`covered`)."""
     lines = []
     for task, report in reports.items():
         parts = []
@@ -463,7 +466,8 @@ def quantization_summary(reports: dict[str, dict]) -> str:
             err = max((max(leaf.get("max_abs_error", [0.0]) or [0.0]) for leaf in leaves), default=0.0)
             clip = max((max(leaf.get("clip_fraction", [0.0]) or [0.0]) for leaf in leaves), default=0.0)
             parts.append(f"{kind}s max error {err:.3g}, clipped {clip:.1%}")
-        lines.append(f"tokenizer ({task}): " + "; ".join(parts))
+        widened = "; bounds widened to cover the data" if task in (covered or {}) else ""
+        lines.append(f"tokenizer ({task}): " + "; ".join(parts) + widened)
     return "\n".join(lines)
 
 

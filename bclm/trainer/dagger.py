@@ -40,7 +40,7 @@ from bclm.rollout import (
     run_episodes,
 )
 from bclm.rollout.shards import expert_ref_of, open_store, write_expert_shard, write_gathered
-from bclm.trainer.bc import train
+from bclm.trainer.bc import QUANTIZATION_FILE, train
 from bclm.trainer.config import TaskEntry, TrainRecipe
 from bclm.trainer.data import task_entries
 from bclm.trainer.launch import init_processes, whole_models
@@ -379,11 +379,24 @@ def bc_baseline(recipe: DaggerRecipe, task: TaskSpec, expert_ref: str, out: Path
 def _round_row(tasks: list[DaggerTask], k: int, policy_dir: Path) -> dict[str, Any]:
     report = atomic.read_json(policy_dir / "eval_report.json")
     beta = _stored_beta(tasks[0].store, k)
+    clipped = _clipped(policy_dir)
     if tasks[0].name is None:
-        return {"round": k, "beta": beta, **report, **_labels(tasks[0].store, k)}
-    per_task = {t.name: {**report["tasks"][t.name], **_labels(t.store, k)} for t in tasks}
+        return {"round": k, "beta": beta, **report, **_labels(tasks[0].store, k),
+                "obs_clipped": next(iter(clipped.values()), None)}
+    per_task = {t.name: {**report["tasks"][t.name], **_labels(t.store, k), "obs_clipped": clipped.get(t.name)}
+                for t in tasks}
     return {"round": k, "beta": beta, "success_rate": report["success_rate"],
             "expert_labels": sum(r["expert_labels"] for r in per_task.values()), "tasks": per_task}
+
+
+def _clipped(policy_dir: Path) -> dict[str, float]:
+    """Per task, the largest share of any observation dimension's training values that the round's tokenizer
+    clipped at its bounds (its quantization report; a round trained before it was written has none)."""
+    reports = atomic.read_json(policy_dir / QUANTIZATION_FILE)
+    if not isinstance(reports, dict):
+        return {}
+    return {task: max((max(leaf.get("clip_fraction") or [0.0]) for leaf in rep["observation"].values()), default=0.0)
+            for task, rep in reports.items()}
 
 
 def _stored_beta(store: TrajectoryStore, k: int) -> float | None:

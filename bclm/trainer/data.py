@@ -24,7 +24,7 @@ from bclm.envs.refs import import_callable
 from bclm.errors import BCLMError
 from bclm.eval.evaluate import EvalConfig, check_unseen
 from bclm.models import pretrained_vocabulary
-from bclm.tokenizers import BCTokenizer, build_tokenizers, fit_tokenizers
+from bclm.tokenizers import BCTokenizer, build_tokenizers, cover_tokenizers, fit_tokenizers
 from bclm.trainer.config import TaskEntry, TrainRecipe
 
 
@@ -47,6 +47,7 @@ class Prepared:
     val_set: torch.utils.data.Dataset | None
     context_length: int
     quantization: dict[str, dict] = field(default_factory=dict)    # task -> the tokenizer's round-trip report
+    covered: dict[str, BCTokenizer] = field(default_factory=dict)  # task -> its warm tokenizer before widening
 
     @property
     def task_names(self) -> list[str]:
@@ -134,12 +135,13 @@ def ensure_dataset(entry: TaskEntry, evaluation: EvalConfig, num_envs: int = 8) 
 
 def prepare_data(recipe: TrainRecipe, tokenizers: dict[str, BCTokenizer] | None = None) -> Prepared:
     """Load every task's dataset, build and fit one vocabulary over them (or check them against a warm-start
-    policy's), and build windows."""
+    policy's and widen its bounds to cover them), and build windows."""
     entries = task_entries(recipe)
     stores = [ensure_dataset(e, recipe.eval) for e in entries]
     names = [e.name or s.meta.get("task") or "default" for e, s in zip(entries, stores)]
     steps = [first_episodes(s.arrays(recipe.data.shards or None), recipe.data.max_episodes, s.path) for s in stores]
-    if tokenizers is None:
+    warm = tokenizers is not None
+    if not warm:
         base_vocab, text_tokenizer = pretrained_vocabulary(recipe.model)
         spaces = {n: (s.observation_space, s.action_space) for n, s in zip(names, stores)}
         tokenizers = build_tokenizers(spaces, recipe.tokenizer, base_vocab, text_tokenizer)
@@ -155,7 +157,9 @@ def prepare_data(recipe: TrainRecipe, tokenizers: dict[str, BCTokenizer] | None 
         tok.check_observation(s.observation, where=where)
         tok.check_action(s.action, where=where)
         tok.check_action(take_tree(s.expert_action, s.columns["labeled"]), where=f"{where} (expert_action)")
-    fit_tokenizers(tokenizers, {n: (s.observation, s.action) for n, s in zip(names, steps)})
+    values = {n: (s.observation, s.action) for n, s in zip(names, steps)}
+    covered = cover_tokenizers(tokenizers, values) if warm else {}
+    fit_tokenizers(tokenizers, values)
     context = resolve_context(recipe.data.context_length, [tokenizers[n] for n in names])
     tasks = []
     for index, (entry, name, store, s) in enumerate(zip(entries, names, stores, steps)):
@@ -173,7 +177,7 @@ def prepare_data(recipe: TrainRecipe, tokenizers: dict[str, BCTokenizer] | None 
     val_parts = [t.val for t in tasks if t.val is not None]
     val_set = _concat(val_parts) if val_parts else None
     quantization = {n: tokenizers[n].quantization_report(s.observation, s.action) for n, s in zip(names, steps)}
-    return Prepared(tokenizers, tasks, train_set, val_set, context, quantization)
+    return Prepared(tokenizers, tasks, train_set, val_set, context, quantization, covered)
 
 
 def symmetry_of(config: DataConfig, env: str, tokenizer: BCTokenizer) -> Symmetry:
