@@ -22,7 +22,7 @@ commands:
   dagger    DAgger rounds: expert demos, then β-mixture rollouts labeled by the expert, retraining
   eval      scripted evaluation rollouts of a policy, written as a JSON report
   sweep     learning curves: BC, DAgger, HG-DAgger over label budgets and seeds (mean ± 95% CI, plots)
-  demo      the default job: BC vs DAgger at equal expert labels on CartPole over 2,000 steps, CPU, minutes
+  demo      the default job: BC vs DART vs DAgger at equal expert labels, a car on a curvy road, CPU, minutes
   push      a policy or a dataset to the Hugging Face Hub (--dry-run prints what would be uploaded)
   pull      a dataset from the Hub (any round's revision) into a local bclm dataset
   export-lerobot    a bclm dataset as a LeRobotDataset v3.0 directory
@@ -248,15 +248,20 @@ def report_table(report: dict[str, Any], task: str = "", clock: dict[str, float]
 
 
 def _demo(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bclm demo", description="BC vs DAgger: success against expert labels over "
-                                "seeds, CartPole balanced for 2,000 steps (a `bclm sweep`; the same --workdir "
+    p = argparse.ArgumentParser(prog="bclm demo", description="BC vs DART vs DAgger: success against expert labels "
+                                "over seeds, a car kept on a curvy road (a `bclm sweep`; the same --workdir "
                                 "resumes it).")
     p.add_argument("--workdir", default="runs/demo", help="Where the data, policies and reports go.")
-    p.add_argument("--seeds", type=int, default=3, help="Seeds per method and budget.")
+    p.add_argument("--seeds", type=int, default=5, help="Seeds per method and budget.")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="The first seed: another value gives a disjoint set of seeds (e.g. 5 after the default 0).")
+    p.add_argument("--env", default="LaneKeep-v0",
+                   help="The task, with the same budgets: LaneKeep-Gusty-v0 is the same road in gusts, where the "
+                        "expert's demonstrations show its recoveries and BC is enough.")
     args = p.parse_args(argv)
     from bclm.demo import run_demo
 
-    run_demo(Path(args.workdir), seeds=args.seeds)
+    run_demo(Path(args.workdir), seeds=args.seeds, first_seed=args.first_seed, env=args.env)
     return 0
 
 

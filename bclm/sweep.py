@@ -65,6 +65,8 @@ class SweepConfig:
     methods: list[str] = option(["bc", "dagger"], f"Methods to compare: {', '.join(METHODS)}.")
     budgets: list[int] = option([500, 1000, 2000], "Expert-label budgets: the curve's points.")
     seeds: int = option(3, "Seeds per cell (data, model initialisation and rollouts); the CI is over them.")
+    first_seed: int = option(0, "The first seed: seeds first_seed ... first_seed + seeds - 1, so that a second "
+                                "sweep over a disjoint set of seeds can check a first one's conclusion.")
     max_rounds: int = option(20, "DAgger rounds at most, if the largest budget is not reached before.")
     jobs: int = option(0, "Cells run in parallel processes (0 = one per 2 cores).")
 
@@ -74,9 +76,13 @@ class SweepConfig:
             raise BCLMError(f"sweep.methods {self.methods}: expected some of {list(METHODS)}")
         if not self.budgets or min(self.budgets) < 1:
             raise BCLMError(f"sweep.budgets {self.budgets}: expected positive label counts")
-        if self.seeds < 1 or self.max_rounds < 1 or self.jobs < 0:
-            raise BCLMError("sweep.seeds and sweep.max_rounds must be >= 1, sweep.jobs >= 0")
+        if self.seeds < 1 or self.max_rounds < 1 or self.jobs < 0 or self.first_seed < 0:
+            raise BCLMError("sweep.seeds and sweep.max_rounds must be >= 1, sweep.jobs and sweep.first_seed >= 0")
         self.budgets = sorted(set(self.budgets))
+
+    @property
+    def seed_range(self) -> range:
+        return range(self.first_seed, self.first_seed + self.seeds)
 
 
 @dataclass
@@ -98,7 +104,7 @@ class Cell:
 
 def cells(config: SweepConfig) -> list[Cell]:
     out = []
-    for seed in range(config.seeds):
+    for seed in config.seed_range:
         for method in config.methods:
             budgets = config.budgets if method in OFFLINE else [None]
             out.extend(Cell(method, seed, b) for b in budgets)
@@ -236,7 +242,7 @@ def _run_sweep(recipe: SweepRecipe, out: Path) -> dict[str, Any]:
     jobs = recipe.sweep.jobs or max(1, (os.cpu_count() or 2) // 2)
     # Collected first, once per (method, seed) and in parallel like the cells: the offline cells of one seed
     # then read the same episodes.
-    stores = [(m, seed) for m in recipe.sweep.methods if m in OFFLINE for seed in range(recipe.sweep.seeds)]
+    stores = [(m, seed) for m in recipe.sweep.methods if m in OFFLINE for seed in recipe.sweep.seed_range]
     _in_parallel(collect_seed, [(recipe, out, m, seed) for m, seed in stores], jobs)
     bar = tqdm(total=len(todo), desc="sweep cells", unit="cell", leave=False, disable=not recipe.loop.progress)
     results = _in_parallel(run_cell, [(recipe, out, c) for c in todo], jobs, bar)
@@ -303,10 +309,22 @@ def summarize(results: list[dict[str, Any]], config: SweepConfig) -> dict[str, l
                     row[key] = {**mean_ci(values), "values": values, "iqm": iqm(values)}
             curves = [p["mistakes_vs_t"] for p in points if p.get("mistakes_vs_t")]
             if len(curves) == len(points):
-                row["mistakes_vs_t"] = np.mean(curves, axis=0).round(4).tolist()
+                row["mistakes_vs_t"] = np.mean(_same_length(curves), axis=0).round(4).tolist()
                 row["horizon_exponent"] = horizon_exponent(row["mistakes_vs_t"])
             summary.setdefault(method, []).append(row)
     return summary
+
+
+def _same_length(curves: list[list[float]]) -> np.ndarray:
+    """Mistakes-vs-t curves of the seeds, each carried to the longest at its last step's rate: an env with no time
+    limit gives each evaluation the horizon of its longest episode, short where every episode failed early
+    (and failed episodes count a mistake per step from there on, `cumulative_mistakes`)."""
+    n = max(len(c) for c in curves)
+    out = np.zeros((len(curves), n))
+    for i, c in enumerate(curves):
+        rate = c[-1] - (c[-2] if len(c) > 1 else 0.0)
+        out[i] = np.concatenate([c, c[-1] + rate * np.arange(1, n - len(c) + 1)])
+    return out
 
 
 def comparisons(summary: dict[str, list[dict[str, Any]]], baseline: str = "bc") -> list[dict[str, Any]]:

@@ -239,3 +239,22 @@ def test_reports_never_shrink_and_beta_and_labels_are_read_from_the_shards(tmp_p
     assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
     assert [r["beta"] for r in rows[:4]] == pytest.approx([1, 2 / 3, 1 / 3, 0], abs=1e-6)
     agrees_with_the_shards(rows)
+
+
+def test_a_round_s_tokenizer_covers_the_states_beyond_round_zero_s_range(tmp_path):
+    """LaneKeep's expert never leaves the centreline, so round 0 sees offset and heading at exactly 0; the
+    learner's round-1 states leave it, and round 1's tokenizer must give them bins instead of clipping them."""
+    from bclm.policy import Policy
+
+    out = tmp_path / "run"
+    recipe = cfg.build_config(DaggerRecipe, None, [
+        "--output-dir", str(out), "--dagger.env", "LaneKeep-v0", "--dagger.rounds", "1",
+        "--dagger.initial_episodes", "1", "--dagger.episodes_per_round", "2", "--dagger.num_envs", "2",
+        "--dagger.beta", "constant", "--dagger.beta_value", "0", "--model.size", "tiny", "--train.max_steps", "10",
+        "--train.batch_size", "16", "--loop.progress", "false", "--eval.episodes", "2", "--eval.num_envs", "2"])
+    rows = run_dagger(recipe)["rounds"]
+    offsets = [{c.path: c for c in Policy.from_pretrained(out / f"round-00{k}").tokenizer.obs_codecs}["offset"]
+               for k in (0, 1)]
+    assert offsets[0].high[0] == offsets[0].low[0] == 0.0                                      # one value
+    assert offsets[1].low[0] < -0.1 and offsets[1].high[0] > 0.1
+    assert [r["obs_clipped"] for r in rows] == [0.0, 0.0]

@@ -53,7 +53,9 @@ def _rollout(task: TaskSpec, expert, seed: int, max_steps: int | None = None) ->
 # the bottom even for a good swing-up (~70% success over many seeds), hence 3/5 there.
 EXPERT_CASES = [
     ("CartPole-v1", 5),
-    ("CartPole-v1-H2000", 5),            # the demo task: 2,000 steps
+    ("CartPole-v1-H2000", 5),
+    ("LaneKeep-v0", 5),                  # the demo task
+    ("LaneKeep-Gusty-v0", 5),
     ("MountainCar-v0", 4),
     ("MountainCarContinuous-v0", 4),
     ("Acrobot-v1", 4),
@@ -242,3 +244,22 @@ def test_make_vector_env_rejects_bad_num_envs() -> None:
         make_vector_env(get_task("CartPole-v1"), 0)
     with pytest.raises(BCLMError, match="env_workers -1"):
         make_vector_env(get_task("CartPole-v1"), 2, asynchronous=True, workers=-1)
+
+
+def test_the_lane_keeping_expert_never_leaves_the_centreline_unless_gusts_push_it() -> None:
+    """What the demo rests on: on the calm road the expert's states hold offset and heading at exactly 0, so
+    its demonstrations say nothing of coming back; in gusts they do."""
+    spread = {}
+    for name in ("LaneKeep-v0", "LaneKeep-Gusty-v0"):
+        env, expert = make_env(get_task(name)), load_expert(get_task(name).expert)
+        obs, _ = env.reset(seed=0)
+        seen = []
+        for _ in range(300):
+            obs, _, terminated, truncated, info = env.step(expert(obs))
+            seen.append([obs["offset"][0], obs["heading"][0]])
+            if terminated or truncated:
+                break
+        assert info["success"] and len(seen) == 300, name
+        spread[name] = np.abs(seen).max(axis=0)
+    assert spread["LaneKeep-v0"].tolist() == [0.0, 0.0]
+    assert (spread["LaneKeep-Gusty-v0"] > 0.01).all()

@@ -65,6 +65,29 @@ def test_a_budget_takes_the_point_with_the_most_labels_within_it():
     assert at_budget(points, 40) is None
 
 
+def test_a_disjoint_seed_set_runs_other_cells_on_other_envs():
+    """`sweep.first_seed` (the demo's --first-seed) gives seeds no earlier sweep used, data and envs included."""
+    first, second = (cfg.build_config(SweepRecipe, None, ["--sweep.seeds", "5", "--sweep.first_seed", str(f)])
+                     for f in (0, 5))
+    seeds = [{c.seed for c in sweep_module.cells(r.sweep)} for r in (first, second)]
+    assert seeds == [set(range(5)), set(range(5, 10))]
+    envs = [{sweep_module.first_env_seed(r, s) for s in chosen} for r, chosen in zip((first, second), seeds)]
+    assert not envs[0] & envs[1]
+    with pytest.raises(BCLMError, match="first_seed"):
+        cfg.build_config(SweepRecipe, None, ["--sweep.first_seed", "-1"])
+
+
+def test_seeds_whose_episodes_all_failed_early_still_average_their_mistakes():
+    """With no time limit an evaluation's curve is as long as its longest episode; a seed whose episodes all
+    failed at step 3 keeps its rate of a mistake per step to the others' horizon."""
+    cell = {"method": "bc", "seed": 0, "budget": 50}
+    points = [[{"expert_labels": 50, "mistakes_vs_t": curve}] for curve in ([0, 1, 2, 2, 2, 2], [1, 2, 3])]
+    results = [{"cell": {**cell, "seed": i}, "points": p} for i, p in enumerate(points)]
+    config = cfg.build_config(SweepRecipe, None, ["--sweep.budgets", "50", "--sweep.methods", "bc"]).sweep
+    row = sweep_module.summarize(results, config)["bc"][0]
+    assert row["mistakes_vs_t"] == [0.5, 1.5, 2.5, 3.0, 3.5, 4.0]
+
+
 def test_confidence_interval_over_seeds():
     ci = mean_ci([0.9, 1.0, 0.8])
     assert ci["mean"] == pytest.approx(0.9) and ci["ci95"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-4)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from bclm.envs import lane
 from bclm.envs.refs import import_callable
 from bclm.errors import BCLMError
 
@@ -174,6 +175,7 @@ def lunarlander_continuous_heuristic(obs: Any) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- resolution
 
 BUILTIN_EXPERTS: dict[str, Expert] = {
+    "lane_keeping": lane.expert,
     "cartpole_lqr": cartpole_lqr,
     "mountaincar_energy": mountaincar_energy,
     "mountaincar_continuous_energy": mountaincar_continuous_energy,

@@ -65,6 +65,12 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
         # CartPole-v1 balanced for 2,000 steps instead of 500 (success: 95% of them, as 475 of 500): over the
         # longer horizon a cloned policy's small drifts compound into failures that DAgger removes (the demo).
         TaskSpec("CartPole-v1-H2000", "CartPole-v1", "cartpole_lqr", "return", 1900.0, {"max_episode_steps": 2000}),
+        # A car kept on a curvy road by a PD law (`bclm.envs.lane`): the demo's task, where a cloned policy's
+        # errors carry it off the expert's path into states it has never seen labeled.
+        TaskSpec("LaneKeep-v0", "bclm.envs.lane:bclm/LaneKeep-v0", "lane_keeping", "info"),
+        # ... and the same road in gusts, which push the expert off its path too: its demonstrations then show
+        # the recoveries, as DART's noise does, and BC is enough.
+        TaskSpec("LaneKeep-Gusty-v0", "bclm.envs.lane:bclm/LaneKeep-Gusty-v0", "lane_keeping", "info"),
         TaskSpec("MountainCar-v0", "MountainCar-v0", "mountaincar_energy", "terminated"),
         TaskSpec(
             "MountainCarContinuous-v0",

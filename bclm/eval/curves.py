@@ -80,6 +80,8 @@ def plot_differences(comparisons: list[dict[str, Any]], path: str | Path, title:
     ax.axhline(0, color="black", linewidth=1)
     ax.set_xscale("log")
     ax.minorticks_off()
+    budgets = sorted({c["budget"] for c in comparisons})
+    ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
     ax.set_xlabel("expert-label budget")
     ax.set_ylabel("success difference, points (paired, 95% CI)")
     return save_figure(fig, ax, title, path)
