@@ -4,7 +4,9 @@ For every task, `bclm sweep` cells (method bc, the recipe-free defaults) run ove
 on exactly the same expert episodes of each cell, an MLP (2 hidden layers of 64, standardised raw
 observations, cross-entropy for discrete actions, MSE for continuous ones, 800 batches of 64: the size
 of the `imitation` library's BC) is trained and evaluated on the same evaluation seeds with the same
-success rule. Printed: success per budget (mean ± 95% CI over seeds), labels-to-threshold for both
+success rule; for continuous actions, so is the linear law alone (ridge least squares to the tanh
+pre-image of the action, no training), the part of the expert a linear read-out can hold. Printed: success
+per budget (mean ± 95% CI over seeds), labels-to-threshold for bclm and the MLP
 (the smallest budget whose mean success reaches `--threshold` × the expert's own success on those
 seeds), and their ratio bclm / MLP (<= 1.0: bclm needs no more labels than the MLP).
 
@@ -99,6 +101,32 @@ def train_mlp(obs, actions: np.ndarray, obs_space: gym.Space, space: gym.Space, 
     return MLPActor(net, mean, std, obs_space, space)
 
 
+class LinearActor:
+    """The least-squares linear law: standardised observations to the tanh pre-image of the scaled action."""
+
+    def __init__(self, weights: np.ndarray, mean: np.ndarray, std: np.ndarray, obs_space: gym.Space,
+                 space: gym.Space):
+        self.weights, self.mean, self.std, self.obs_space, self.space = weights, mean, std, obs_space, space
+
+    def act(self, observations, new_episode=None):
+        x = (flat_observations(self.obs_space, observations) - self.mean) / self.std
+        out = np.tanh(np.c_[x, np.ones(len(x))] @ self.weights)
+        low, high = self.space.low, self.space.high
+        return (low + (out + 1) / 2 * (high - low)).reshape(len(x), *self.space.shape).astype(self.space.dtype)
+
+
+def fit_linear(obs, actions: np.ndarray, obs_space: gym.Space, space: gym.Space, ridge: float = 1e-3) -> LinearActor:
+    """Ridge least squares of arctanh(action scaled to [-1, 1]) on the standardised observation. A target at the
+    bound is read as 0.95 of it: a saturated command says only that the law is past the bound."""
+    x = flat_observations(obs_space, obs)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    x1 = np.c_[(x - mean) / std, np.ones(len(x))].astype(np.float64)
+    y = 2 * (actions.reshape(len(actions), -1) - space.low) / (space.high - space.low) - 1
+    gram = x1.T @ x1
+    gram += ridge * np.trace(gram) / len(gram) * np.eye(len(gram))
+    return LinearActor(np.linalg.solve(gram, x1.T @ np.arctanh(np.clip(y, -0.95, 0.95))), mean, std, obs_space, space)
+
+
 def evaluate_actor(task_name: str, actor, episodes: int, seed: int = 10_000) -> float:
     result = run_episodes(get_task(task_name), actor, episodes, num_envs=min(episodes, 10), seed=seed, record=False)
     return summarize(result.episodes)["success_rate"]
@@ -124,22 +152,29 @@ def run_task(task_name: str, args: argparse.Namespace) -> dict:
     bclm_s = time.perf_counter() - t0
     expert = ExpertActor(load_expert(expert_ref), *_spaces(out), name=expert_ref)
     expert_success = evaluate_actor(task_name, expert, args.episodes)
-    mlp_rows, t0 = [], time.perf_counter()
+    obs_space, space = _spaces(out)
+    linear = isinstance(space, gym.spaces.Box)         # the linear law is a reference for continuous actions
+    mlp_rows, linear_rows, t0 = [], [], time.perf_counter()
     for budget in budgets:
-        values = []
+        values, linear_values = [], []
         for seed in range(args.seeds):
             shards, count, _ = within_budget(expert_episodes(recipe, out, seed), budget)
             store = TrajectoryStore(expert_store(out, seed))
             steps = first_episodes(store.arrays(shards), count, store.path)     # the episodes bclm trained on
-            actor = train_mlp(steps.observation, np.asarray(steps.action), *_spaces(out), seed)
-            values.append(evaluate_actor(task_name, actor, args.episodes))
+            actions = np.asarray(steps.action)
+            values.append(evaluate_actor(task_name, train_mlp(steps.observation, actions, obs_space, space, seed),
+                                         args.episodes))
+            if linear:
+                linear_values.append(evaluate_actor(task_name, fit_linear(steps.observation, actions, obs_space,
+                                                                          space), args.episodes))
         mlp_rows.append({"budget": budget, "success": mean_ci(values)})
+        linear_rows.append({"budget": budget, "success": mean_ci(linear_values)} if linear else None)
     mlp_s = time.perf_counter() - t0
     bclm_rows = [{"budget": r["budget"], "success": r["success_rate"]} for r in bclm_rows]
     target = args.threshold * expert_success
     return {"task": task_name, "expert": expert_success, "target": target, "bclm": bclm_rows, "mlp": mlp_rows,
-            "bclm_labels": labels_to_threshold(bclm_rows, target), "mlp_labels": labels_to_threshold(mlp_rows, target),
-            "bclm_s": bclm_s, "mlp_s": mlp_s}
+            "linear": linear_rows, "bclm_labels": labels_to_threshold(bclm_rows, target),
+            "mlp_labels": labels_to_threshold(mlp_rows, target), "bclm_s": bclm_s, "mlp_s": mlp_s}
 
 
 def _spaces(out: Path) -> tuple[gym.Space, gym.Space]:
@@ -154,10 +189,11 @@ def _pct(ci: dict) -> str:
 def print_results(results: list[dict], args: argparse.Namespace) -> None:
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch "
           f"{torch.__version__}; {args.seeds} seeds, {args.episodes} evaluation episodes (seeds 10000+i)\n")
-    print("| task | labels | bclm success | MLP success |\n|---|---:|---:|---:|")
+    print("| task | labels | bclm success | MLP success | linear law alone |\n|---|---:|---:|---:|---:|")
     for r in results:
-        for b, m in zip(r["bclm"], r["mlp"]):
-            print(f"| {r['task']} | {b['budget']:,} | {_pct(b['success'])} | {_pct(m['success'])} |")
+        for b, m, lin in zip(r["bclm"], r["mlp"], r["linear"]):
+            print(f"| {r['task']} | {b['budget']:,} | {_pct(b['success'])} | {_pct(m['success'])} | "
+                  f"{_pct(lin['success']) if lin else '-'} |")
     print(f"\n| task | expert success | threshold ({args.threshold:.0%} of expert) | bclm labels-to-threshold | "
           "MLP labels-to-threshold | ratio bclm / MLP | bclm time | MLP time |\n" + "|---" + "|---:" * 7 + "|")
     for r in results:

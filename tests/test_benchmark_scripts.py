@@ -23,7 +23,7 @@ def _run(*args: str) -> str:
 
 def test_label_efficiency_then_the_pendulum_probe_print_their_tables(tmp_path):
     out = _run(str(BENCHMARKS / "label_efficiency.py"), "--quick", "--tasks", "Pendulum-v1", "--out", str(tmp_path))
-    assert re.search(r"\| Pendulum-v1 \| 200 \| \d+% ± \d+ \| \d+% ± \d+ \|", out), out
+    assert re.search(r"\| Pendulum-v1 \| 200 \| \d+% ± \d+ \| \d+% ± \d+ \| \d+% ± \d+ \|", out), out   # + linear law
     task_dir = tmp_path / "quick" / "Pendulum-v1"
     table = _run(str(BENCHMARKS / "pendulum_generalization.py"), str(task_dir))
     row = next(line for line in table.splitlines() if line.startswith("| 200 |"))
