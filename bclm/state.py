@@ -56,6 +56,12 @@ class StateProjector(nn.Module):
         # any regressed slot: DeepSpeed ZeRO-3 cannot gather a parameter of no elements.
         self.register_parameter("read_out", nn.Parameter(torch.zeros(len(obs_lens), slots, len(out_slots)))
                                 if out_slots else None)
+        # Per task, how much of the LM's output the regressed values take (1; 0 where `bclm.trainer.select`
+        # kept the least-squares law alone) and the law's intercept (0 unless then).
+        self.register_buffer("trunk_gate", torch.ones(len(obs_lens)) if out_slots else None)
+        self.register_buffer("law_bias", torch.zeros(len(obs_lens), len(out_slots)) if out_slots else None)
+        self.law_only = False                       # whether some task's gate is 0 (`refresh`)
+        self.task: torch.Tensor | None = None       # (B, T) the task of each position of the last forward
         self.register_buffer("out_ids", number_offset + width * torch.as_tensor(out_slots, dtype=torch.long),
                              persistent=False)
         self.linear: torch.Tensor | None = None     # (B, T, out) the read-out of the last forward, at ACT tokens
@@ -74,6 +80,7 @@ class StateProjector(nn.Module):
         value = torch.where(is_number, value, 0.0)                                           # (B, T)
         arange = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         task, slot = self._tasks(input_ids, arange), local // self.width
+        self.task = task
         weights = self.weight[slot] if self.read_out is None else torch.cat([self.weight[slot],
                                                                              self.read_out[task, slot]], dim=-1)
         terms = value[..., None] * weights                                                   # (B, T, dim + out)
@@ -84,6 +91,17 @@ class StateProjector(nn.Module):
         state = torch.where((input_ids == self.act_id)[..., None], state, 0.0)
         self.linear = state[..., self.weight.shape[1]:]
         return state[..., :self.weight.shape[1]]
+
+    def refresh(self) -> None:
+        """Note whether any task keeps the law alone, so that `add_read_out` costs nothing where none does."""
+        self.law_only = self.trunk_gate is not None and bool((self.trunk_gate < 1).any())
+
+    def use_trunk(self) -> None:
+        """Every task's value the LM's output plus the read-out again: what training fits."""
+        if self.trunk_gate is not None:
+            self.trunk_gate.fill_(1.0)
+            self.law_bias.zero_()
+        self.refresh()
 
     def _tasks(self, input_ids: torch.Tensor, arange: torch.Tensor) -> torch.Tensor:
         """(B, T) the task of each position: that of the last task token before it, else the served one."""
@@ -125,7 +143,11 @@ def attach_state(model: nn.Module, tokenizers: Mapping[str, BCTokenizer],
         weights = dict(weights)
         if "read_out" in weights and weights["read_out"].dim() == 2:     # saved before read-outs were per task
             weights["read_out"] = weights["read_out"].expand(len(obs_lens), -1, -1).clone()
+        for name in ("trunk_gate", "law_bias"):                        # saved before the law could be chosen
+            if getattr(state, name) is not None:
+                weights.setdefault(name, getattr(state, name))
         state.load_state_dict({k: v.to(state.weight.dtype) for k, v in weights.items()})
+        state.refresh()
     emb.state = state
     return state
 
@@ -176,7 +198,16 @@ def add_read_out(model: nn.Module, logits: torch.Tensor, positions: torch.Tensor
     state = state_of(model)
     if state is None or state.linear is None or not len(state.out_ids):
         return logits
-    linear = state.linear[:, -1] if positions is None else state.linear[:, positions]
+    at = slice(-1, None) if positions is None else positions
+    linear = state.linear[:, at]
+    if state.law_only:                      # a task whose value is the law alone: its LM output is gated off
+        task = state.task[:, at]
+        flat = logits if positions is not None else logits[:, None]
+        gated = flat[..., state.out_ids] * state.trunk_gate[task][..., None].to(logits.dtype)
+        flat = flat.index_copy(-1, state.out_ids, gated)
+        linear = linear + state.law_bias[task]
+        logits = flat if positions is not None else flat[:, 0]
+    linear = linear if positions is not None else linear[:, 0]
     return logits.index_add(-1, state.out_ids, linear.to(logits.dtype))
 
 
@@ -188,19 +219,27 @@ def fit_read_out(model: nn.Module, steps: list[tuple[str, BCTokenizer, EpisodeTo
     state = state_of(model)
     if state is None or state.read_out is None:
         return
-    out_slots = ((state.out_ids - state.number_offset) // state.width).tolist()
     for task, tok, tokens in steps:
-        x, y = _linear_problem(tok, tokens, state.weight.shape[0], out_slots)
-        x1 = np.concatenate([x, np.ones((len(x), 1))], axis=1)
-        read_out = np.zeros((x.shape[1], len(out_slots)))
-        for j in range(len(out_slots)):
-            rows = ~np.isnan(y[:, j])
-            if rows.sum() > 1:
-                gram = x1[rows].T @ x1[rows]
-                gram += ridge * np.trace(gram) / len(gram) * np.eye(len(gram))
-                read_out[:, j] = np.linalg.solve(gram, x1[rows].T @ y[rows, j])[:-1]
+        read_out, _ = least_squares_law(state, tok, tokens, ridge)
         with torch.no_grad():
             state.read_out[tok.tasks.index(task)] = torch.as_tensor(read_out)
+
+
+def least_squares_law(state: StateProjector, tok: BCTokenizer, tokens: EpisodeTokens, ridge: float = 1e-3
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(slots, out) weights and (out,) intercept of the ridge least-squares map from the steps' observation
+    values to their regressed action values (the tanh pre-image on squashed slots), per output slot."""
+    out_slots = ((state.out_ids - state.number_offset) // state.width).tolist()
+    x, y = _linear_problem(tok, tokens, state.weight.shape[0], out_slots)
+    x1 = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    law = np.zeros((x1.shape[1], len(out_slots)))
+    for j in range(len(out_slots)):
+        rows = ~np.isnan(y[:, j])
+        if rows.sum() > 1:
+            gram = x1[rows].T @ x1[rows]
+            gram += ridge * np.trace(gram) / len(gram) * np.eye(len(gram))
+            law[:, j] = np.linalg.solve(gram, x1[rows].T @ y[rows, j])
+    return law[:-1], law[-1]
 
 
 def _linear_problem(tok: BCTokenizer, tokens: EpisodeTokens, slots: int, out_slots: list[int]

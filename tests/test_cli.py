@@ -273,4 +273,6 @@ def test_training_envs_that_are_the_evaluations_are_refused(tmp_path, capsys):
     recipe.write_text(f"tasks:\n  - env: '{ENV}'\n    episodes: 20\n")
     err = one_line_error("train", str(recipe), "--eval.seed", "19", "--output-dir", str(tmp_path / "train"))
     assert "20 episodes: its env seeds 0..19 overlap the evaluation's (19..38" in err
+    err = one_line_error("train", str(recipe), "--eval.select_seed", "5", "--output-dir", str(tmp_path / "train"))
+    assert "20 episodes: its env seeds 0..19 overlap the selection episodes' (5..24" in err
     assert not (tmp_path / "train" / "data").exists() or not any((tmp_path / "train" / "data").rglob("round-*"))

@@ -275,7 +275,7 @@ def test_regression_learns_a_law_linear_in_several_observation_numbers(reach_dat
         "--dataset", str(reach_data), "--output-dir", str(tmp_path / "p"), "--model.size", "tiny",
         "--train.epochs", "0", "--train.max_steps", "400", "--train.lr", "2e-3", "--train.warmup_steps", "10",
         "--loop.log_every", "25", "--loop.progress", "false", "--data.val_episodes", "0",
-        "--eval.episodes", "10", "--eval.num_envs", "5"])
+        "--eval.episodes", "10", "--eval.num_envs", "5", "--eval.select_episodes", "0"])      # what training learned
     train(recipe)
     losses = [json.loads(x)["loss"] for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in x]
@@ -283,3 +283,26 @@ def test_regression_learns_a_law_linear_in_several_observation_numbers(reach_dat
     report = json.loads((tmp_path / "p" / "eval_report.json").read_text())
     assert report["success_rate"] >= 0.6, report["success_rate"]
     assert (tmp_path / "p" / STATE_FILE).is_file()
+
+
+def test_each_task_keeps_the_least_squares_law_alone_where_it_succeeds_more_often(reach_data, tmp_path):
+    """Five training steps leave the transformer's share poor; the reach's expert is linear in the observation,
+    so the law alone succeeds more often on the selection episodes and is kept: saved with the policy, acted
+    with by the evaluation and after a reload. A warm start trains the whole policy again."""
+    def recipe(out, *extra):
+        return cfg.build_config(TrainRecipe, None, [
+            "--dataset", str(reach_data), "--output-dir", str(out), "--model.size", "tiny", "--train.epochs", "0",
+            "--train.max_steps", "5", "--train.warmup_steps", "0", "--loop.progress", "false", "--eval.episodes", "10",
+            "--eval.num_envs", "5",
+            "--eval.select_episodes", "10", *extra])
+
+    policy = train(recipe(tmp_path / "p"))
+    choice = json.loads((tmp_path / "p" / "law_selection.json").read_text())[REACH]
+    assert choice["kept"] == "law" and choice["law"] > choice["policy"], choice
+    assert json.loads((tmp_path / "p" / "eval_report.json").read_text())["success_rate"] >= 0.6
+    loaded = Policy.from_pretrained(tmp_path / "p", device="cpu")
+    assert state_of(loaded.model).trunk_gate.tolist() == [0.0] and state_of(loaded.model).law_only
+    for obs in _stream(loaded.tokenizer.observation_space, 3, 5, seed=2):
+        np.testing.assert_allclose(policy.act(obs), loaded.act(obs), rtol=0, atol=1e-5)
+    warm = train(recipe(tmp_path / "w", "--init-from", str(tmp_path / "p"), "--eval.select_episodes", "0"))
+    assert state_of(warm.model).trunk_gate.tolist() == [1.0] and not state_of(warm.model).law_only

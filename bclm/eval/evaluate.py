@@ -34,6 +34,12 @@ class EvalConfig:
                            "evaluation, and the model card shows them.")
     greedy: bool = option(True, "Greedy decoding; false samples with `temperature`.")
     temperature: float = option(1.0, "Sampling temperature when greedy is false.")
+    select_episodes: int = option(
+        -1, "After training, where the task's env is at hand and actions are regressed: episodes on which each task "
+            "is rolled out as trained and as the least-squares linear law alone; the law is kept where it succeeds "
+            "strictly more often (bclm.trainer.select). -1 = as many as `episodes`; 0 = keep the trained policy "
+            "without trying.")
+    select_seed: int = option(20_000, "Seed of the first env of those episodes (apart from the evaluation's).")
     mistake_tolerance: float = option(
         0.1, "A continuous action counts as a mistake when it differs from the expert's by more than this "
              "fraction of the dimension's range.")
@@ -43,6 +49,9 @@ class EvalConfig:
             raise BCLMError(f"eval.episodes and eval.num_envs must be >= 1, got {self.episodes}, {self.num_envs}")
         if self.env_workers < 0:
             raise BCLMError(f"eval.env_workers must be >= 0 (0 = one process per env), got {self.env_workers}")
+        if self.select_episodes < -1:
+            raise BCLMError(f"eval.select_episodes must be >= -1 (-1 = as many as eval.episodes, 0 = no selection), "
+                            f"got {self.select_episodes}")
         if self.video < 0:
             raise BCLMError(f"eval.video must be >= 0 (episodes recorded per task), got {self.video}")
 
@@ -54,6 +63,11 @@ def check_unseen(first: int, episodes: int, config: EvalConfig, what: str) -> No
         raise BCLMError(f"{what}: its env seeds {first}..{first + episodes - 1} overlap the evaluation's "
                         f"({config.seed}..{config.seed + config.episodes - 1}, eval.seed and eval.episodes); "
                         "move one of them")
+    chosen = config.episodes if config.select_episodes < 0 else config.select_episodes
+    if first < config.select_seed + chosen and config.select_seed < first + episodes:
+        raise BCLMError(f"{what}: its env seeds {first}..{first + episodes - 1} overlap the selection episodes' "
+                        f"({config.select_seed}..{config.select_seed + chosen - 1}, eval.select_seed and "
+                        "eval.select_episodes); move one of them")
 
 
 def check_env(policy: Policy, task: TaskSpec) -> int | None:

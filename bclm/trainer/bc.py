@@ -30,7 +30,7 @@ from bclm.eval.evaluate import evaluate, evaluate_tasks, write_report
 from bclm.hub.cards import CARD_FILE, policy_card
 from bclm.models import build_model
 from bclm.policy import Policy
-from bclm.state import attach_state, fit_read_out
+from bclm.state import attach_state, fit_read_out, save_state
 from bclm.tokenizers import BCTokenizer
 from bclm.trainer.best import KeepBest
 from bclm.trainer.config import OptimConfig, TrainRecipe
@@ -55,10 +55,12 @@ from bclm.trainer.rundir import (
     trim_metrics,
     unmark_finished,
 )
+from bclm.trainer.select import select_laws
 from bclm.trainer.step import make_optimizer, make_scheduler, sized_to_data, summarize_stats, train_step, validate
 from bclm.trainer.trackers import make_trackers
 
 QUANTIZATION_FILE = "quantization_report.json"
+SELECT_FILE = "law_selection.json"
 
 
 # --- small steps -------------------------------------------------------------------------------------
@@ -151,6 +153,7 @@ def _train(recipe: TrainRecipe, out: Path, accelerator: Accelerator | None) -> P
     _restore_best(accelerator, run.model, run.keeper)
     policy = _export(accelerator, run.model, policy, out, run.zero3)
     if accelerator.is_main_process:
+        _select(recipe, run, policy, accelerator)
         _evaluate_and_card(recipe, run, policy, accelerator)
     # Every rank returns only once the policy and its report are on disk. The process group stays up
     # (DAgger trains again in it); `launch.shutdown` ends it when the command is done.
@@ -212,7 +215,9 @@ def _model_and_data(recipe: TrainRecipe) -> tuple[PreTrainedModel, Prepared]:
         words = word_rows(data.tokenizers.values(), radix, recipe.model.word_factors)
         attach_for(model, widest, recipe.model.number_features, fresh=warm_model is None, radix=radix, words=words)
         if recipe.model.state_token:
-            attach_state(model, data.tokenizers, fresh=warm_model is None)
+            state = attach_state(model, data.tokenizers, fresh=warm_model is None)
+            if state is not None:               # a warm start trains the whole policy, whatever was kept
+                state.use_trunk()
             if warm_model is None:
                 fit_read_out(model, [(t.name, data.tokenizers[t.name], t.train.tokens) for t in data.tasks])
     return model, data
@@ -298,6 +303,23 @@ class _LogWindow:
         self.sums, self.steps = {}, 0
         stats.update(step=step, lr=lr, tokens_per_s=self.tokens / max(time.perf_counter() - self.t0, 1e-9))
         return stats
+
+
+def _select(recipe: TrainRecipe, run: _Run, policy: Policy, accelerator: Accelerator) -> None:
+    """Per task, the trained policy or the least-squares law alone, whichever succeeds more often on the
+    selection episodes (`bclm.trainer.select`); the choice saved with the policy and written to SELECT_FILE."""
+    if not (recipe.eval.env or all(t.env for t in run.data.tasks)):
+        return
+    choices = select_laws(policy, run.data, recipe.eval, recipe.eval.env)
+    if not choices:
+        return
+    if any(c["kept"] == "law" for c in choices.values()):
+        save_state(policy.model, run.out)
+    atomic.write_json(run.out / SELECT_FILE, choices, indent=2)
+    accelerator.print("kept per task (success on the selection episodes, the trained policy / the law alone): "
+                      + ", ".join(f"{t} {c['kept']} ({c['policy']:.0%} / "
+                                  f"{'-' if c['law'] is None else format(c['law'], '.0%')})"
+                                  for t, c in choices.items()))
 
 
 def _evaluate_and_card(recipe: TrainRecipe, run: _Run, policy: Policy, accelerator: Accelerator) -> None:
