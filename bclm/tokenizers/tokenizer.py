@@ -483,10 +483,9 @@ class BCTokenizer:
     def cover(self, observations: Any, actions: Any) -> bool:
         """Widen the data-fitted bounds of a fitted tokenizer to cover new data, each dimension in its own frame
         (`BoxCodec.cover`); returns whether any bound moved."""
-        arrays = (self.check_observation(observations, "cover observations"),
-                  self.check_action(actions, "cover actions"))
-        moved = [codec.cover(leaves[codec.path]) for codecs, leaves in zip((self.obs_codecs, self.action_codecs),
-                                                                             arrays)
+        parts = ((self.obs_codecs, self.check_observation(observations, "cover observations")),
+                 (self.action_codecs, self.check_action(actions, "cover actions")))
+        moved = [codec.cover(leaves[codec.path]) for codecs, leaves in parts
                  for codec in codecs if isinstance(codec, BoxCodec)]
         return any(moved)
 

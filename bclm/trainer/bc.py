@@ -308,8 +308,6 @@ class _LogWindow:
 def _select(recipe: TrainRecipe, run: _Run, policy: Policy, accelerator: Accelerator) -> None:
     """Per task, the trained policy or the least-squares law alone, whichever succeeds more often on the
     selection episodes (`bclm.trainer.select`); the choice saved with the policy and written to SELECT_FILE."""
-    if not (recipe.eval.env or all(t.env for t in run.data.tasks)):
-        return
     choices = select_laws(policy, run.data, recipe.eval, recipe.eval.env)
     if not choices:
         return

@@ -5,12 +5,11 @@ The regressed action values are a linear law of the state plus what the transfor
 the transformer: on Meta-World reach from the same episodes, 97% against 70% at 600 labels, and one seed's
 whole policy failed every episode while its law alone succeeded in all of them, though its validation loss
 was the lowest of five. The loss on the expert's states cannot see what the transformer's share does off them;
-rollouts can. So, where the task's env is at hand, each task's policy is rolled out twice on
-`eval.select_episodes` episodes (as many as the evaluation's by default) seeded from `eval.select_seed`, apart
-from the evaluation's: as trained, and
-as the ridge least-squares law of its training data alone (the trunk's share gated off, the law's intercept
-added). The law is kept only where it succeeds strictly more often; the choice is saved with the state
-projector and reported. A warm start trains the whole policy again (`StateProjector.use_trunk`).
+rollouts can. So each task's policy is rolled out on `eval.select_episodes` episodes of its env (as many as
+the evaluation's by default) seeded from `eval.select_seed`, apart from the evaluation's: as trained, and, where
+that missed some, as the ridge least-squares law of its training data alone (the trunk's share gated off, the
+law's intercept added). The law is kept only where it succeeds strictly more often; the choice is saved with
+the state projector and reported. A warm start trains the whole policy again (`StateProjector.use_trunk`).
 """
 
 from __future__ import annotations
