@@ -42,9 +42,7 @@ def selected(policy_dir: Path, episodes: int) -> dict[str, dict]:
         after = trained[task]
         if choice["kept"] == "law":
             acting = policy.for_task(task) if len(data.tasks) > 1 else policy
-            env = recipe.eval.env if len(data.tasks) == 1 and recipe.eval.env else \
-                next(t.env for t in data.tasks if t.name == task)
-            after = evaluate(acting, get_task(env), recipe.eval)["success_rate"]
+            after = evaluate(acting, get_task(data.env_of(task, recipe.eval.env)), recipe.eval)["success_rate"]
         rows[task] = {**choice, "trained": trained[task], "selected": after}
     return rows
 

@@ -397,7 +397,8 @@ def _evaluate_and_log(policy: Policy, data: Prepared, recipe: TrainRecipe, step:
         return None
     videos = out / "videos" if final else None      # the final evaluation only, for the model card
     if len(data.tasks) == 1:
-        report = evaluate(policy, get_task(recipe.eval.env or data.tasks[0].env), recipe.eval, video_dir=videos)
+        report = evaluate(policy, get_task(data.env_of(data.tasks[0].name, recipe.eval.env)), recipe.eval,
+                          video_dir=videos)
         scalars = _scalars(report, "eval/")
     else:
         report = evaluate_tasks(policy, {t.name: t.env for t in data.tasks}, recipe.eval, video_dir=videos)

@@ -53,6 +53,11 @@ class Prepared:
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
+    def env_of(self, name: str, override: str = "") -> str:
+        """The env task `name` is evaluated on: `override` (eval.env) where there is one task, else its own."""
+        own = next(t.env for t in self.tasks if t.name == name)
+        return (override or own) if len(self.tasks) == 1 else own
+
     def sampler(self, seed: int) -> EpochSampler:
         """Shuffled windows; with several tasks drawn in proportion to their task's weight."""
         if len(self.tasks) == 1:

@@ -41,7 +41,7 @@ def select_laws(policy: Policy, data: Prepared, config: EvalConfig, env: str = "
         if not tok.regression or task.train is None:
             continue
         acting = policy.for_task(task.name) if len(data.tasks) > 1 else policy
-        spec = get_task(env or task.env) if len(data.tasks) == 1 else get_task(task.env)
+        spec = get_task(data.env_of(task.name, env))
         whole = evaluate(acting, spec, trial)["success_rate"]
         if whole >= 1.0:                    # the law cannot do strictly better
             choices[task.name] = {"policy": whole, "law": None, "kept": "policy"}
