@@ -44,6 +44,11 @@ class EvalConfig:
         0.1, "A continuous action counts as a mistake when it differs from the expert's by more than this "
              "fraction of the dimension's range.")
 
+    @property
+    def selection_episodes(self) -> int:
+        """The selection's episodes per task and candidate (`select_episodes`, -1 read as `episodes`)."""
+        return self.episodes if self.select_episodes < 0 else self.select_episodes
+
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.num_envs < 1:
             raise BCLMError(f"eval.episodes and eval.num_envs must be >= 1, got {self.episodes}, {self.num_envs}")
@@ -63,7 +68,7 @@ def check_unseen(first: int, episodes: int, config: EvalConfig, what: str) -> No
         raise BCLMError(f"{what}: its env seeds {first}..{first + episodes - 1} overlap the evaluation's "
                         f"({config.seed}..{config.seed + config.episodes - 1}, eval.seed and eval.episodes); "
                         "move one of them")
-    chosen = config.episodes if config.select_episodes < 0 else config.select_episodes
+    chosen = config.selection_episodes
     if first < config.select_seed + chosen and config.select_seed < first + episodes:
         raise BCLMError(f"{what}: its env seeds {first}..{first + episodes - 1} overlap the selection episodes' "
                         f"({config.select_seed}..{config.select_seed + chosen - 1}, eval.select_seed and "

@@ -483,13 +483,16 @@ def quantization_summary(reports: dict[str, dict], covered: dict[str, Any] | Non
     for task, report in reports.items():
         parts = []
         for kind in ("observation", "action"):
-            leaves = report[kind].values()
-            err = max((max(leaf.get("max_abs_error", [0.0]) or [0.0]) for leaf in leaves), default=0.0)
-            clip = max((max(leaf.get("clip_fraction", [0.0]) or [0.0]) for leaf in leaves), default=0.0)
+            err, clip = (largest(report, kind, key) for key in ("max_abs_error", "clip_fraction"))
             parts.append(f"{kind}s max error {err:.3g}, clipped {clip:.1%}")
         widened = "; bounds widened to cover the data" if task in (covered or {}) else ""
         lines.append(f"tokenizer ({task}): " + "; ".join(parts) + widened)
     return "\n".join(lines)
+
+
+def largest(report: dict, kind: str, key: str) -> float:
+    """The largest per-dimension `key` of a quantization report's "observation" or "action" leaves (0 if none)."""
+    return max((max(leaf.get(key) or [0.0]) for leaf in report[kind].values()), default=0.0)
 
 
 def _flat_scalars(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

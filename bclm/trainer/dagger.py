@@ -40,7 +40,7 @@ from bclm.rollout import (
     run_episodes,
 )
 from bclm.rollout.shards import expert_ref_of, open_store, write_expert_shard, write_gathered
-from bclm.trainer.bc import QUANTIZATION_FILE, train
+from bclm.trainer.bc import QUANTIZATION_FILE, largest, train
 from bclm.trainer.config import TaskEntry, TrainRecipe
 from bclm.trainer.data import task_entries
 from bclm.trainer.launch import init_processes, whole_models
@@ -395,8 +395,7 @@ def _clipped(policy_dir: Path) -> dict[str, float]:
     reports = atomic.read_json(policy_dir / QUANTIZATION_FILE)
     if not isinstance(reports, dict):
         return {}
-    return {task: max((max(leaf.get("clip_fraction") or [0.0]) for leaf in rep["observation"].values()), default=0.0)
-            for task, rep in reports.items()}
+    return {task: largest(rep, "observation", "clip_fraction") for task, rep in reports.items()}
 
 
 def _stored_beta(store: TrajectoryStore, k: int) -> float | None:

@@ -22,7 +22,7 @@ import torch
 from bclm.envs import get_task
 from bclm.eval.evaluate import EvalConfig, evaluate
 from bclm.policy import Policy
-from bclm.state import least_squares_law, state_of
+from bclm.state import StateProjector, least_squares_law, state_of
 from bclm.trainer.data import Prepared
 
 
@@ -30,7 +30,7 @@ def select_laws(policy: Policy, data: Prepared, config: EvalConfig, env: str = "
     """Per task with regressed actions, {"policy": success, "law": success, "kept": "policy" | "law"}; the
     policy's projector is left with each choice. `env`: the single task's env, if not its dataset's."""
     state = state_of(policy.model)
-    episodes = config.episodes if config.select_episodes < 0 else config.select_episodes
+    episodes = config.selection_episodes
     if state is None or state.read_out is None or episodes < 1:
         return {}
     trial = dataclasses.replace(config, episodes=episodes, seed=config.select_seed, video=0,
@@ -57,7 +57,7 @@ def select_laws(policy: Policy, data: Prepared, config: EvalConfig, env: str = "
     return choices
 
 
-def _set_law(state: Any, index: int, weights: torch.Tensor, intercept: torch.Tensor, gate: float) -> None:
+def _set_law(state: StateProjector, index: int, weights: torch.Tensor, intercept: torch.Tensor, gate: float) -> None:
     with torch.no_grad():
         state.read_out[index] = weights.to(state.read_out.dtype)
         state.law_bias[index] = intercept.to(state.law_bias.dtype)
